@@ -1,0 +1,79 @@
+"""``pushagent run``: the agent in the foreground, or ``--once`` over what is in the folder now."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from pushagent.agent import Agent
+from pushagent.config import load_config
+from pushagent.env import Environment
+from pushagent.journal import Journal, StateLock
+from pushagent.runtime import build_client, configure_logging
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run the drop-folder agent",
+        description=(
+            "Watch the drop folder and upload each complete CSV file to the SEGMENT_EXPORT jobs "
+            "waiting for its segment, or fail those jobs with the reason. Runs until SIGTERM or "
+            "SIGINT (a second signal stops at once). Exit codes: 0 ok, 1 a file failed (--once), "
+            "2 configuration or usage error."
+        ),
+    )
+    parser.add_argument("-c", "--config", type=Path, required=True, help="the agent's YAML file")
+    parser.add_argument(
+        "--once", action="store_true",
+        help="handle the files in the folder now, then exit (files with no waiting job stay)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, env: Environment) -> int:
+    config = load_config(args.config, environ=env.environ)
+    configure_logging(config, env=env, verbosity=args.verbose)
+    lock = StateLock(config.state_dir)
+    lock.acquire()
+    journal = Journal.for_state_dir(config.state_dir)
+    try:
+        agent = Agent(config, client=build_client(config.exchange), journal=journal)
+        _stop_on_signals(agent)
+        logger.info(
+            "pushagent watching {} for endpoint {} at {}",
+            config.folders.drop, config.exchange.endpoint_id, config.exchange.base_url,
+        )
+        code = agent.run(once=args.once)
+        if args.once:
+            _print_summary(agent, journal, env)
+        logger.info("pushagent stopped")
+        return code
+    finally:
+        journal.close()
+        lock.release()
+
+
+def _stop_on_signals(agent: Agent) -> None:
+    def handle(signum: int, _frame: object) -> None:
+        # A signal handler must not take the inbox's lock the main thread may be holding.
+        threading.Thread(target=agent.request_stop, daemon=True).start()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, handle)
+
+
+def _print_summary(agent: Agent, journal: Journal, env: Environment) -> None:
+    out = env.stdout
+    for name in agent.outcomes.done:
+        print(f"done     {name}", file=out)
+    for row in journal.recently_finished(limit=len(agent.outcomes.failed) or 1):
+        if row.state == "failed" and row.rel_path in agent.outcomes.failed:
+            print(f"failed   {row.rel_path}: {row.reason}", file=out)
+    for row in journal.files("waiting", "claimed"):
+        print(f"pending  {row.rel_path}: {row.reason}", file=out)

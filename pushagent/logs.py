@@ -1,0 +1,99 @@
+"""Logging with loguru: human lines on stderr, optional rotating file and JSON lines.
+
+Every secret registered here is masked in every record, whatever the sink or level, before the
+record is formatted; ``diagnose`` stays off so tracebacks never print local variables (a key).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Record
+
+    from pushagent.env import Environment
+
+MASK = "****"
+HUMAN_FORMAT = (
+    "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {message}"
+    "{extra[context]}"
+)
+
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+
+
+def register_secret(value: str | None) -> None:
+    """From now on ``value`` is replaced by ``****`` in every log record."""
+    if value:
+        with _secrets_lock:
+            _secrets.add(value)
+
+
+def mask(text: str) -> str:
+    for secret in sorted(_secrets, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def _context(extra: dict[str, Any]) -> str:
+    fields = [f"{key}={value}" for key, value in extra.items() if key != "context"]
+    return (" | " + " ".join(fields)) if fields else ""
+
+
+def _patch(record: Record) -> None:
+    record["message"] = mask(record["message"])
+    extra = record["extra"]
+    for key, value in list(extra.items()):
+        if isinstance(value, str):
+            extra[key] = mask(value)
+    extra["context"] = mask(_context(extra))
+
+
+def configure_stderr(*, env: Environment, verbosity: int = 0, level: str | None = None) -> None:
+    """Reset loguru to one stderr sink; colour only on a terminal (journald gets plain lines)."""
+    logger.remove()
+    logger.configure(patcher=_patch, extra={"context": ""})
+    chosen = level or ("DEBUG" if verbosity > 0 else "INFO")
+    logger.add(
+        env.stderr,
+        level=chosen,
+        format=HUMAN_FORMAT,
+        colorize=env.stderr_isatty,
+        backtrace=False,
+        diagnose=False,
+    )
+
+
+def add_file_sink(
+    path: Path, *, level: str, rotation: str, retention: str, json_lines: bool
+) -> None:
+    logger.add(
+        str(path),
+        level=level,
+        format=HUMAN_FORMAT,
+        rotation=rotation,
+        retention=retention,
+        serialize=json_lines,
+        backtrace=False,
+        diagnose=False,
+        enqueue=True,
+    )
+
+
+def add_json_stderr(*, env: Environment, level: str) -> None:
+    """Replace the human stderr sink with one JSON object per event."""
+    logger.remove()
+    logger.configure(patcher=_patch, extra={"context": ""})
+    logger.add(env.stderr, level=level, serialize=True, backtrace=False, diagnose=False)
+
+
+def emit_error(env: Environment, message: str) -> None:
+    """The one line an expected failure prints on stderr."""
+    print(f"pushagent: error: {mask(message)}", file=env.stderr or sys.stderr)
