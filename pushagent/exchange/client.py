@@ -1,0 +1,866 @@
+"""HTTP client for the Exchange jobs API: one method per call, streamed bodies, mapped errors.
+
+Every call goes through ``_send``, which adds the headers, turns transport failures into
+ExchangeUnavailable and error statuses into the matching ExchangeHTTPError, and through the
+client's one tenacity.Retrying (see retry.py). The API key lives only in the Authorization header:
+it is registered with pushagent.logs for masking, never formatted into a message, and not shown
+by ``repr``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import ipaddress
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from datetime import timezone
+from decimal import Decimal
+from enum import Enum
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO, TypeVar
+from urllib.parse import quote, urlsplit
+
+import requests
+import tenacity
+from loguru import logger
+
+import pushagent
+from pushagent import logs
+from pushagent.errors import (
+    BadRequest,
+    ConfigError,
+    Conflict,
+    ExchangeError,
+    ExchangeUnavailable,
+    InsecureTransportError,
+    NotAuthenticated,
+    NotAuthorised,
+    NotFound,
+    OperationRefused,
+    PushAgentError,
+    RateLimited,
+    ServerError,
+    UnexpectedResponse,
+)
+from pushagent.exchange.models import Job, JobCategory, JobStatus, ScheduledJob, UploadResult
+from pushagent.exchange.retry import RetryPolicy, build_retrying
+
+T = TypeVar("T")
+Progress = Callable[[int], None]
+
+DEFAULT_RETRY = RetryPolicy()
+JSON_ACCEPT = "application/json"
+ANY_ACCEPT = "*/*"
+DOWNLOAD_CHUNK = 1 << 20
+UPLOAD_CHUNK = 1 << 20
+RESPONSE_TEXT_LIMIT = 64 * 1024
+SERVER_MESSAGE_CHARS = 200
+FAIL_MESSAGE_LIMIT = 1000
+ELLIPSIS = "…"
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SPACES = re.compile(r"\s+")
+_KEY_CHARS = re.compile(r"[\x21-\x7e]+")
+_DIGITS = re.compile(r"[+-]?\d+")
+
+_STATUS_ERRORS: dict[int, tuple[type[ExchangeError], str]] = {
+    400: (BadRequest, "the request was refused as malformed; check the job id and parameters"),
+    401: (
+        NotAuthenticated,
+        "the API key was not accepted; check the key for this base URL "
+        "(pilot and production accounts have different keys)",
+    ),
+    403: (
+        NotAuthorised,
+        "the key may not access this endpoint or job; use the account-level key or this "
+        "endpoint's own key, and check the endpoint is activated in the Exchange UI",
+    ),
+    404: (NotFound, "the job or file is unknown to the Exchange; check the id with list_jobs"),
+    429: (RateLimited, "the Exchange is rate limiting this key; slow down"),
+}
+
+
+# --- small pure helpers ---------------------------------------------------------------------
+
+
+def _clean(text: str, limit: int) -> str:
+    """One line, no control characters, no registered secret, at most ``limit`` characters."""
+    text = logs.mask(_SPACES.sub(" ", _CONTROL.sub(" ", text)).strip())
+    return text if len(text) <= limit else text[: limit - 1] + ELLIPSIS
+
+
+def _segment(value: object, what: str) -> str:
+    """``value`` as exactly one percent-encoded path segment."""
+    if isinstance(value, Enum):
+        value = value.value
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"{what} must be an int or a str, got {type(value).__name__}")
+    text = str(value)
+    if not text.strip():
+        raise ValueError(f"{what} must not be empty")
+    # requests re-decodes %2E to "." and the dot segments would then climb the URL path.
+    if text in (".", ".."):
+        raise ValueError(f"{what} {text!r} is not a valid id or file name")
+    return quote(text, safe="")
+
+
+def _id_text(value: int | str, what: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"{what} must be an int or a str, got {type(value).__name__}")
+    text = str(value).strip()
+    if not text:
+        raise ValueError(f"{what} must not be empty")
+    return str(int(text)) if _DIGITS.fullmatch(text) else text
+
+
+def _category_text(category: JobCategory | str) -> str:
+    if isinstance(category, JobCategory):
+        return category.value
+    # Unknown categories are passed on: the service may know newer ones than this client.
+    return category.strip().upper()
+
+
+def _status_query(status: JobStatus | str) -> str:
+    parsed = status if isinstance(status, JobStatus) else JobStatus.parse(status)
+    if parsed is not JobStatus.UNKNOWN:
+        return parsed.value
+    if isinstance(status, str) and status.strip() and status.strip().upper() != "UNKNOWN":
+        return status.strip()
+    raise ValueError("status UNKNOWN is not a filter the Exchange knows; pass a real status")
+
+
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """Retry-After in seconds (delta-seconds or an HTTP date relative to ``now``), else None."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        return max(0.0, when.timestamp() - now)
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def parse_boolean_answer(text: str) -> bool | None:
+    """``true``/``false`` as a JSON boolean, a JSON string or plain text, in any case."""
+    try:
+        value: Any = json.loads(text)
+    except ValueError:
+        value = text
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    return None
+
+
+def server_message(body: bytes) -> str | None:
+    """The server's own explanation: a JSON message/error/errorMessage field, or the text."""
+    text = body.decode("utf-8", errors="replace").strip()
+    if not text:
+        return None
+    try:
+        data: Any = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        for key in ("message", "error", "errorMessage"):
+            field = data.get(key)
+            if isinstance(field, str) and field.strip():
+                text = field
+                break
+    elif isinstance(data, str) and data.strip():
+        text = data
+    return _clean(text, SERVER_MESSAGE_CHARS) or None
+
+
+def clean_fail_message(message: str) -> str:
+    """The errorMessage for fail_job: one line, no control characters, capped, never empty."""
+    if not isinstance(message, str):
+        raise TypeError(f"error_message must be a str, got {type(message).__name__}")
+    text = _clean(message, FAIL_MESSAGE_LIMIT)
+    if not text:
+        raise ValueError(
+            "fail_job needs a non-empty error message: it is what the Exchange UI shows the user"
+        )
+    return text
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _normalise_base_url(base_url: str, *, allow_insecure_http: bool) -> str:
+    text = base_url.strip() if isinstance(base_url, str) else ""
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    shown = logs.mask(text)
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"base URL {shown!r} must look like https://host[/prefix]: "
+            "use the base URL Acoustic assigned to your Exchange account"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError("the base URL must not contain user:password@; the key goes in api_key")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"base URL {shown!r} must not have a ?query or #fragment")
+    try:
+        parts.port  # noqa: B018 (validates the port)
+    except ValueError as e:
+        raise ConfigError(f"base URL {shown!r} has an invalid port") from e
+    if scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
+        raise InsecureTransportError(
+            f"refusing to send the API key over plain http to {parts.hostname}: use https://, "
+            "or allow_insecure_http for a test server you trust"
+        )
+    return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def _validated_key(api_key: str) -> str:
+    if not isinstance(api_key, str):
+        raise ConfigError("the API key must be text")
+    key = api_key.strip()
+    logs.register_secret(key)
+    if not key:
+        raise ConfigError("the API key is empty: set the key Exchange issued for the account")
+    # requests would otherwise raise InvalidHeader with the whole header value in its message.
+    if not _KEY_CHARS.fullmatch(key):
+        raise ConfigError(
+            "the API key contains spaces, control or non-ASCII characters; copy it again "
+            "from the Exchange UI"
+        )
+    return key
+
+
+def _read_limited(response: requests.Response, limit: int = RESPONSE_TEXT_LIMIT) -> bytes:
+    """At most ``limit`` bytes of the body; a body that breaks off yields what arrived."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.iter_content(chunk_size=8192):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= limit:
+                break
+    except requests.RequestException:
+        pass
+    return b"".join(chunks)[:limit]
+
+
+def _is_seekable(stream: Any) -> bool:
+    try:
+        return bool(stream.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+# --- upload bodies --------------------------------------------------------------------------
+
+
+class _SourceShrank(Exception):
+    """The file ended before the length announced in Content-Length (it shrank mid-upload).
+
+    Deliberately not an OSError: urllib3 would wrap that into a connection error, which is
+    retried as if the Exchange were unreachable.
+    """
+
+    def __init__(self, expected: int, sent: int) -> None:
+        super().__init__(f"expected {expected} bytes, the file ended after {sent}")
+        self.expected = expected
+        self.sent = sent
+
+
+class _SizedBody:
+    """A read-only body of known length: requests sends Content-Length from ``__len__`` and
+    urllib3 pulls it block by block, so the file is never held in memory.
+
+    No ``__iter__`` and no ``tell`` on purpose: either would make requests treat it differently
+    (chunked transfer, or a length measured from the current position).
+    """
+
+    def __init__(self, stream: BinaryIO, length: int, progress: Progress | None) -> None:
+        self._stream = stream
+        self._length = length
+        self._progress = progress
+        self.sent = 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(UPLOAD_CHUNK), b""))
+        remaining = self._length - self.sent
+        if remaining <= 0:
+            # A file that grew since it was measured: the announced length is what gets sent.
+            return b""
+        data = self._stream.read(min(size, remaining))
+        if isinstance(data, str):
+            raise TypeError("upload_data needs a binary stream; open the file with 'rb'")
+        if not data:
+            raise _SourceShrank(self._length, self.sent)
+        self.sent += len(data)
+        if self._progress is not None:
+            self._progress(self.sent)
+        return data
+
+
+class _ChunkedBody:
+    """A body of unknown length (a pipe): requests sends it with chunked transfer encoding."""
+
+    def __init__(self, stream: BinaryIO, progress: Progress | None) -> None:
+        self._stream = stream
+        self._progress = progress
+        self.sent = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            data = self._stream.read(UPLOAD_CHUNK)
+            if isinstance(data, str):
+                raise TypeError("upload_data needs a binary stream; open the file with 'rb'")
+            if not data:
+                return
+            self.sent += len(data)
+            if self._progress is not None:
+                self._progress(self.sent)
+            yield data
+
+
+class _UploadSource:
+    """Opens the body afresh for every attempt, so a retry always sends the whole file."""
+
+    def __init__(self, source: str | os.PathLike[str] | BinaryIO) -> None:
+        self._path: str | None = None
+        self._stream: BinaryIO | None = None
+        if isinstance(source, (str, os.PathLike)):
+            self._path = os.fspath(source)
+            self.name = self._path
+            self.repeatable = True
+        elif callable(getattr(source, "read", None)):
+            self._stream = source
+            self.name = str(getattr(source, "name", "<stream>"))
+            self.repeatable = _is_seekable(source)
+        else:
+            raise TypeError(
+                f"upload source must be a path or a binary file object, got {type(source).__name__}"
+            )
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[tuple[BinaryIO, int | None]]:
+        """The stream at its start and its length (None: unknown, not rewindable)."""
+        if self._path is not None:
+            with open(self._path, "rb") as stream:
+                yield stream, os.fstat(stream.fileno()).st_size
+        elif self._stream is not None and self.repeatable:
+            length = self._stream.seek(0, os.SEEK_END)
+            self._stream.seek(0)
+            yield self._stream, length
+        elif self._stream is not None:
+            yield self._stream, None
+
+
+# --- the client -----------------------------------------------------------------------------
+
+
+class ExchangeClient:
+    """The Exchange jobs API for one account base URL and key.
+
+    One client may be shared by several worker threads: it keeps no per-call state, every call
+    builds its own retry state, and a requests.Session is commonly shared across threads for
+    plain requests like these (its connection pool is thread-safe; this API uses no cookies).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        session: requests.Session | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 300.0,
+        verify: bool | str = True,
+        allow_insecure_http: bool = False,
+        sleep: Callable[[float], None] = time.sleep,
+        user_agent: str = pushagent.USER_AGENT,
+    ) -> None:
+        key = _validated_key(api_key)
+        self._base_url = _normalise_base_url(base_url, allow_insecure_http=allow_insecure_http)
+        if connect_timeout <= 0 or read_timeout <= 0:
+            raise ConfigError("connect_timeout and read_timeout must be positive seconds")
+        if isinstance(verify, str) and not os.path.exists(verify):
+            raise ConfigError(f"CA bundle {verify} does not exist; fix the verify setting")
+        if verify is False:
+            logger.warning(
+                "TLS certificate verification is OFF for {}: anyone on the path can read the key",
+                self._base_url,
+            )
+        self._authorization = f"Bearer {key}"
+        self._owns_session = session is None
+        self._session = session if session is not None else requests.Session()
+        self._retrying = build_retrying(retry, sleep=sleep)
+        self._timeout = (connect_timeout, read_timeout)
+        self._verify = verify
+        self._user_agent = user_agent
+
+    def __repr__(self) -> str:
+        return f"ExchangeClient(base_url={self._base_url!r})"
+
+    @property
+    def base_url(self) -> str:
+        """Scheme, host and path prefix, without a trailing slash."""
+        return self._base_url
+
+    def close(self) -> None:
+        """Close the session if this client created it (an injected one belongs to the caller)."""
+        if self._owns_session:
+            self._session.close()
+
+    def __enter__(self) -> ExchangeClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- API calls --------------------------------------------------------------------------
+
+    def list_jobs(
+        self,
+        category: JobCategory | str,
+        *,
+        endpoint_id: int | str | None = None,
+        status: JobStatus | str | None = None,
+        extra_fields: bool = False,
+        include_producer_segment_id_string: bool = False,
+    ) -> list[Job]:
+        path = f"/v1/jobs/{_segment(_category_text(category), 'category')}"
+        params: dict[str, str] = {}
+        if endpoint_id is not None:
+            params["endpointId"] = _id_text(endpoint_id, "endpoint_id")
+        if status is not None:
+            params["status"] = _status_query(status)
+        if extra_fields:
+            params["extraFields"] = "true"
+        if include_producer_segment_id_string:
+            params["includeProducerSegmentIDString"] = "true"
+        data = self._call(lambda: self._get_json(path, params))
+        return self._parse_items(data, Job.from_json, path, "job")
+
+    def get_job(self, category: JobCategory | str, job_id: int | str) -> Job:
+        """The server answers an array holding the job; a bare object is accepted too."""
+        category_segment = _segment(_category_text(category), "category")
+        path = f"/v1/jobs/{category_segment}/{_segment(job_id, 'job_id')}"
+        data = self._call(lambda: self._get_json(path, {}))
+        wanted = _id_text(job_id, "job_id")
+        jobs = self._parse_items(data, Job.from_json, path, "job")
+        for job in jobs:
+            if str(job.job_id) == wanted:
+                return job
+        if not data:
+            raise NotFound(
+                "the answer held no job: the job is unknown to the Exchange (or not visible to "
+                "this key)",
+                method="GET",
+                url=path,
+            )
+        found = [job.job_id for job in jobs]
+        raise UnexpectedResponse(
+            f"asked for job {wanted}, the answer held {found or 'no usable job'}",
+            method="GET",
+            url=path,
+        )
+
+    def upload_data(
+        self,
+        job_id: int | str,
+        source: str | os.PathLike[str] | BinaryIO,
+        *,
+        content_type: str = "text/csv",
+        retry: bool = True,
+        progress: Progress | None = None,
+    ) -> UploadResult:
+        """POST the file as the job's data, streamed from disk.
+
+        A path is re-opened and a seekable file object rewound to its start for every attempt,
+        so a retry re-sends the whole file; a stream that cannot be rewound gets one attempt.
+        ``progress`` gets the bytes sent so far in the current attempt. ``retry=False`` means
+        exactly one attempt (a POST is not idempotent; the agent checks the job status itself).
+        An exception raised by ``progress`` aborts the upload and propagates.
+        """
+        path = f"/v1/jobs/{_segment(job_id, 'job_id')}/data"
+        if not content_type.strip() or "\r" in content_type or "\n" in content_type:
+            raise ValueError(f"invalid content_type {content_type!r}")
+        body = _UploadSource(source)
+        if retry and not body.repeatable:
+            logger.debug("POST {}: the source cannot be rewound, so one attempt only", path)
+
+        def attempt() -> UploadResult:
+            with body.open() as (stream, length):
+                sender = (
+                    _ChunkedBody(stream, progress)
+                    if length is None
+                    else _SizedBody(stream, length, progress)
+                )
+                try:
+                    response = self._send(
+                        "POST", path, data=sender, content_type=content_type, accept=ANY_ACCEPT
+                    )
+                except _SourceShrank as e:
+                    raise PushAgentError(
+                        f"{body.name}: {e} while POST {path} was sending it; the upload was "
+                        "aborted, retry once the file is no longer being written"
+                    ) from e
+                with response:
+                    text = _read_limited(response).decode("utf-8", errors="replace")
+                return UploadResult(
+                    job_id=job_id,
+                    bytes_sent=sender.sent,
+                    status_code=response.status_code,
+                    response_text=text,
+                )
+
+        return self._call(attempt, retry=retry and body.repeatable)
+
+    def fail_job(self, job_id: int | str, error_message: str) -> None:
+        """Move a waiting job to ERROR with ``error_message`` (one line, <= 1000 characters).
+
+        Raises ValueError for an empty message: the Exchange requires one and shows it.
+        """
+        path = f"/v1/jobs/{_segment(job_id, 'job_id')}/status/fail"
+        body = json.dumps({"errorMessage": clean_fail_message(error_message)}).encode("utf-8")
+        self._call(
+            lambda: self._put_expecting_true(
+                path, body, "the job was not marked failed (is it still waiting for data?)"
+            )
+        )
+
+    def complete_job(self, job_id: int | str) -> None:
+        path = f"/v1/jobs/{_segment(job_id, 'job_id')}/status/complete"
+        self._call(
+            lambda: self._put_expecting_true(
+                path, None, "the job was not marked complete, or not all its files were deleted"
+            )
+        )
+
+    def download_segment_file(
+        self,
+        job_id: int | str,
+        file_name: str,
+        dest: str | os.PathLike[str] | BinaryIO,
+        *,
+        progress: Progress | None = None,
+    ) -> int:
+        """Stream a segment file to ``dest``; returns the bytes written.
+
+        A path is written under a temporary name beside it and renamed when complete, so a
+        failed download never leaves a partial file under the final name. A seekable file
+        object is rewound to where it was (and truncated) before a retry; a non-seekable one
+        gets one attempt. ``progress`` gets the bytes written so far in the current attempt.
+        """
+        path = (
+            f"/v1/jobs/{_segment(job_id, 'job_id')}/segmentDataFiles/"
+            f"{_segment(file_name, 'file_name')}"
+        )
+        if isinstance(dest, (str, os.PathLike)):
+            target = Path(dest)
+            return self._call(lambda: self._download_to_path(path, target, progress))
+        sink = dest
+        start = sink.tell() if _is_seekable(sink) else None
+
+        def attempt() -> int:
+            if start is not None:
+                sink.seek(start)
+                sink.truncate()
+            response = self._send("GET", path, accept=ANY_ACCEPT, stream=True)
+            with response:
+                return self._copy_body(path, response, sink, progress)
+
+        return self._call(attempt, retry=start is not None)
+
+    def delete_segment_file(self, job_id: int | str, file_name: str) -> None:
+        path = (
+            f"/v1/jobs/{_segment(job_id, 'job_id')}/segmentDataFiles/"
+            f"{_segment(file_name, 'file_name')}"
+        )
+        self._call(lambda: self._send_and_close("DELETE", path))
+
+    def list_scheduled_jobs(
+        self,
+        category: JobCategory | str = "SEGMENT_EXPORT",
+        *,
+        endpoint_id: int | str | None = None,
+    ) -> list[ScheduledJob]:
+        path = f"/v1/scheduledjobs/{_segment(_category_text(category), 'category')}"
+        params = {} if endpoint_id is None else {"endpointId": _id_text(endpoint_id, "endpoint_id")}
+        data = self._call(lambda: self._get_json(path, params))
+        return self._parse_items(data, ScheduledJob.from_json, path, "scheduled job")
+
+    def delete_scheduled_job(self, scheduled_job_id: int | str) -> None:
+        path = f"/v1/scheduledjobs/{_segment(scheduled_job_id, 'scheduled_job_id')}"
+        self._call(lambda: self._send_and_close("DELETE", path))
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def _call(self, attempt: Callable[[], T], *, retry: bool = True) -> T:
+        # A copy per call keeps concurrent calls' retry state apart.
+        if retry:
+            return self._retrying.copy()(attempt)
+        return self._retrying.copy(stop=tenacity.stop_after_attempt(1))(attempt)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        data: Any = None,
+        content_type: str | None = None,
+        accept: str = JSON_ACCEPT,
+        stream: bool = False,
+    ) -> requests.Response:
+        """One HTTP exchange; returns a 2xx response, raises the mapped error for anything else."""
+        headers = {
+            "Authorization": self._authorization,
+            "User-Agent": self._user_agent,
+            "Accept": accept,
+        }
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        started = time.monotonic()
+        try:
+            response = self._session.request(
+                method,
+                self._base_url + path,
+                params=params,
+                data=data,
+                headers=headers,
+                timeout=self._timeout,
+                verify=self._verify,
+                stream=stream,
+                # A redirect would re-send the body and may leave the host: report it instead.
+                allow_redirects=False,
+            )
+        except requests.RequestException as e:
+            raise self._transport_error(method, path, e) from e
+        logger.debug(
+            "{} {} -> HTTP {} in {:.2f} s",
+            method,
+            path,
+            response.status_code,
+            time.monotonic() - started,
+        )
+        if 200 <= response.status_code < 300:
+            return response
+        with response:
+            raise self._http_error(method, path, response)
+
+    def _transport_error(self, method: str, path: str, error: Exception) -> ExchangeError:
+        connect_timeout, read_timeout = self._timeout
+        exceptions = requests.exceptions
+        if isinstance(error, exceptions.SSLError):
+            what = (
+                "TLS failed (certificate or handshake); check the server certificate, or pass "
+                "a CA bundle path as verify"
+            )
+        elif isinstance(error, exceptions.ConnectTimeout):
+            what = f"could not connect within {connect_timeout:g} s"
+        elif isinstance(error, exceptions.Timeout):
+            what = f"no answer within {read_timeout:g} s"
+        elif isinstance(
+            error,
+            (
+                exceptions.ConnectionError,
+                exceptions.ChunkedEncodingError,
+                exceptions.ContentDecodingError,
+            ),
+        ):
+            what = (
+                "could not reach the Exchange or the connection broke (DNS, refused, reset); "
+                "check the base URL and the network"
+            )
+        else:
+            return ExchangeError(
+                f"the request could not be made ({type(error).__name__}: "
+                f"{_clean(str(error), 300)})",
+                method=method,
+                url=path,
+            )
+        return ExchangeUnavailable(
+            f"{what} [{type(error).__name__}: {_clean(str(error), 300)}]",
+            method=method,
+            url=path,
+        )
+
+    def _http_error(self, method: str, path: str, response: requests.Response) -> ExchangeError:
+        status = response.status_code
+        retry_after = parse_retry_after(response.headers.get("Retry-After"), now=time.time())
+        error_class: type[ExchangeError]
+        if status in _STATUS_ERRORS:
+            error_class, message = _STATUS_ERRORS[status]
+        elif 500 <= status <= 599:
+            error_class = ServerError
+            message = (
+                "the Exchange failed; 500/502/503/504 are retried, contact Acoustic support "
+                "if it persists"
+            )
+        elif 400 <= status <= 499:
+            error_class = Conflict
+            message = (
+                "the Exchange refused the request in the job's current state; check the job's "
+                "status with get_job"
+            )
+        else:
+            error_class = UnexpectedResponse
+            location = _clean(response.headers.get("Location", ""), 200)
+            message = (
+                f"unexpected HTTP status (redirect to {location!r}); set the base URL to the "
+                "final address"
+                if location
+                else "unexpected HTTP status"
+            )
+        if retry_after is not None:
+            message += f"; retry after {retry_after:g} s"
+        return error_class(
+            message,
+            method=method,
+            url=path,
+            status=status,
+            server_message=server_message(_read_limited(response)),
+            retry_after=retry_after,
+        )
+
+    def _get_json(self, path: str, params: Mapping[str, str]) -> Any:
+        response = self._send("GET", path, params=params or None)
+        with response:
+            content = response.content
+        if not content.strip():
+            return None
+        try:
+            return json.loads(content, parse_float=Decimal)
+        except ValueError as e:
+            raise UnexpectedResponse(
+                "the answer is not JSON",
+                method="GET",
+                url=path,
+                status=response.status_code,
+                server_message=server_message(content),
+            ) from e
+
+    def _parse_items(
+        self, data: Any, parse: Callable[[dict[str, Any]], T], path: str, what: str
+    ) -> list[T]:
+        if data is None:
+            items: list[Any] = []
+        elif isinstance(data, dict):
+            items = [data]
+        elif isinstance(data, list):
+            items = data
+        else:
+            raise UnexpectedResponse(
+                f"expected a JSON array of {what}s, got a JSON {type(data).__name__}",
+                method="GET",
+                url=path,
+            )
+        parsed: list[T] = []
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                logger.warning("GET {}: skipping {} #{}: not a JSON object", path, what, index)
+                continue
+            try:
+                parsed.append(parse(item))
+            except ValueError as e:
+                logger.warning("GET {}: skipping {} #{}: {}", path, what, index, e)
+        return parsed
+
+    def _put_expecting_true(self, path: str, body: bytes | None, refused: str) -> None:
+        response = self._send(
+            "PUT",
+            path,
+            data=body,
+            content_type=None if body is None else "application/json",
+        )
+        with response:
+            raw = _read_limited(response)
+        text = raw.decode("utf-8", errors="replace").strip()
+        if not text:
+            # Some gateways answer 204 No Content for a status change that worked.
+            return
+        answer = parse_boolean_answer(text)
+        if answer is None:
+            raise UnexpectedResponse(
+                "expected true or false",
+                method="PUT",
+                url=path,
+                status=response.status_code,
+                server_message=server_message(raw),
+            )
+        if not answer:
+            raise OperationRefused(
+                f"the Exchange answered false: {refused}",
+                method="PUT",
+                url=path,
+                status=response.status_code,
+            )
+
+    def _send_and_close(self, method: str, path: str) -> None:
+        self._send(method, path, accept=ANY_ACCEPT).close()
+
+    def _download_to_path(self, path: str, target: Path, progress: Progress | None) -> int:
+        response = self._send("GET", path, accept=ANY_ACCEPT, stream=True)
+        with response:
+            fd, temp_name = tempfile.mkstemp(
+                dir=target.parent, prefix=f".{target.name}.", suffix=".part"
+            )
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    written = self._copy_body(path, response, out, progress)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(temp_name, target)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp_name)
+                raise
+        return written
+
+    def _copy_body(
+        self,
+        path: str,
+        response: requests.Response,
+        sink: BinaryIO,
+        progress: Progress | None,
+    ) -> int:
+        written = 0
+        try:
+            for chunk in response.iter_content(chunk_size=DOWNLOAD_CHUNK):
+                sink.write(chunk)
+                written += len(chunk)
+                if progress is not None:
+                    progress(written)
+        except requests.RequestException as e:
+            raise self._transport_error("GET", path, e) from e
+        return written
