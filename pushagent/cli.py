@@ -17,6 +17,7 @@ from pushagent.errors import EXIT_USAGE, PushAgentError
 COMMAND_MODULES = (
     "pushagent.commands.run",
     "pushagent.commands.demo",
+    "pushagent.commands.simulator",
 )
 
 INTERRUPTED = 130

@@ -1,0 +1,1 @@
+pytest_plugins = ["pushagent.simulator.pytest_plugin"]
