@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import re
+from pathlib import PurePath
+
+from pushagent.exchange import Job
+from pushagent.router import PendingFile, SegmentRouter, plan_assignments
+
+BIG_ID = 8000000000000001152
+
+
+def job(job_id: int, segment: int | None, id_string: str | None = None) -> Job:
+    return Job.from_json({
+        "jobId": job_id, "status": "WAITING_TO_RECIEVE_DATA", "producerSegmentID": segment,
+        "producerSegmentIDString": id_string,
+    })
+
+
+def test_default_layout() -> None:
+    router = SegmentRouter(names={"vip_customers": "45311"})
+    assert router.segment_of(PurePath("45311.csv")) == "45311"
+    assert router.segment_of(PurePath("45311.CSV")) == "45311"
+    assert router.segment_of(PurePath("vip_customers.csv")) == "45311"
+    assert router.segment_of(PurePath("vip_customers/monday.csv")) == "45311"
+    assert router.segment_of(PurePath("abc-segment/x.csv")) == "abc-segment"
+    assert router.segment_of(PurePath(f"{BIG_ID}.csv")) == str(BIG_ID)
+    assert router.segment_of(PurePath("45311.txt")) is None
+    assert router.segment_of(PurePath("a/b/c.csv")) is None
+
+
+def test_pattern_layout() -> None:
+    router = SegmentRouter(names={"7": "45311"}, pattern=re.compile(r"crm_(?P<segment>\d+)_\d{8}\.csv"))
+    assert router.segment_of(PurePath("crm_123_20261129.csv")) == "123"
+    assert router.segment_of(PurePath("sub/crm_7_20261129.csv")) == "45311"
+    assert router.segment_of(PurePath("crm_123.csv")) is None
+
+
+def test_a_file_goes_to_every_job_of_its_segment() -> None:
+    waiting = [job(2, 45311), job(1, 45311), job(3, 999)]
+    [assignment] = plan_assignments([PendingFile("f", "45311", 1.0)], waiting, busy_jobs=set())
+    assert [j.job_id for j in assignment.jobs] == [1, 2]
+
+
+def test_oldest_file_first_and_the_rest_wait() -> None:
+    pending = [PendingFile("new", "45311", 2.0), PendingFile("old", "45311", 1.0)]
+    plan = plan_assignments(pending, [job(1, 45311)], busy_jobs=set())
+    assert [(a.file.key, [j.job_id for j in a.jobs]) for a in plan] == [("old", [1])]
+
+
+def test_busy_jobs_are_skipped() -> None:
+    plan = plan_assignments([PendingFile("f", "45311", 1.0)], [job(1, 45311)], busy_jobs={"1"})
+    assert plan == []
+
+
+def test_a_job_named_two_ways_goes_to_the_older_file_only() -> None:
+    pending = [PendingFile("by-string", "abc", 1.0), PendingFile("by-id", "45311", 2.0)]
+    plan = plan_assignments(pending, [job(1, 45311, "abc")], busy_jobs=set())
+    assert [(a.file.key, [j.job_id for j in a.jobs]) for a in plan] == [("by-string", [1])]
+
+
+def test_big_ids_match_exactly() -> None:
+    near = job(1, BIG_ID + 1)
+    exact = job(2, BIG_ID)
+    [assignment] = plan_assignments([PendingFile("f", str(BIG_ID), 1.0)], [near, exact], busy_jobs=set())
+    assert [j.job_id for j in assignment.jobs] == [2]
