@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from pushagent.outcomes import move_without_overwrite, write_error_report
 from pushagent.pool import Finished, WorkerPool
 from pushagent.readiness import Candidate, ReadinessTracker
 from pushagent.router import PendingFile, SegmentRouter, plan_assignments
-from pushagent.uploader import DeliveryResult, Deliverer, UploadSettings, Verdict
+from pushagent.uploader import Deliverer, DeliveryResult, UploadSettings, Verdict
 from pushagent.watcher import DropWatcher, WatchEvent, scan_drop_folder
 
 # After new files become ready, list the waiting jobs at most this often: a burst of a thousand
@@ -74,12 +73,17 @@ class Agent:
         self._drop = config.folders.drop
         self._watcher = DropWatcher(self._drop, self._inbox.put, polling=config.watch.polling)
         self._readiness = ReadinessTracker(
-            settle_seconds=config.watch.settle_seconds, ignore=config.watch.ignore,
-            trigger_suffix=config.watch.trigger_suffix, clock=clock,
+            settle_seconds=config.watch.settle_seconds,
+            ignore=config.watch.ignore,
+            trigger_suffix=config.watch.trigger_suffix,
+            clock=clock,
         )
         self._router = SegmentRouter(names=config.segments, pattern=config.watch.filename_pattern)
         self._deliverer = Deliverer(
-            client=client, journal=journal, metrics=self.metrics, clock=clock,
+            client=client,
+            journal=journal,
+            metrics=self.metrics,
+            clock=clock,
             settings=UploadSettings(
                 content_type=config.upload.content_type,
                 max_bytes=config.validation.max_bytes or None,
@@ -182,11 +186,14 @@ class Agent:
     def _begin_stop(self, stop: _Stop) -> None:
         grace = self.config.upload.shutdown_grace_seconds
         if stop.cold:
-            logger.warning("second stop signal: leaving now; unfinished uploads resume at next start")
+            logger.warning(
+                "second stop signal: leaving now; unfinished uploads resume at next start"
+            )
         else:
             logger.info(
                 "stopping: no new files; waiting up to {:g} s for {} upload(s) in progress",
-                grace, len(self._in_flight),
+                grace,
+                len(self._in_flight),
             )
             self._stop_deadline = self._clock() + grace
         self._stopping = stop
@@ -212,7 +219,7 @@ class Agent:
         self._readiness.observe(path, event=event)
         if path not in self._file_ids and path in self._readiness.tracked():
             relative = str(self._relative(path))
-            self._file_ids[path] = self._journal.note_settling(relative, path, size=0)
+            self._file_ids[path] = self._journal.note_settling(relative, path, size=0, mtime=0.0)
 
     def _sweep_vanished(self) -> None:
         """Forget files a dropper removed again before they were claimed."""
@@ -227,13 +234,16 @@ class Agent:
         for candidate in ready:
             relative = self._relative(candidate.path)
             self._file_ids.pop(candidate.path, None)
-            file_id = self._journal.note_settling(str(relative), candidate.path, size=candidate.size)
+            file_id = self._journal.note_settling(
+                str(relative), candidate.path, size=candidate.size, mtime=candidate.mtime
+            )
             self.metrics.files_seen.inc()
             segment = None if candidate.odd else self._router.segment_of(relative)
             if candidate.odd or segment is None:
                 reason = (
-                    f"{relative}: {candidate.odd}" if candidate.odd else
-                    f"{relative}: cannot tell which segment this file belongs to; name it "
+                    f"{relative}: {candidate.odd}"
+                    if candidate.odd
+                    else f"{relative}: cannot tell which segment this file belongs to; name it "
                     "<segment>.csv or <segment>/<name>.csv (a producerSegmentID, a "
                     "producerSegmentIDString or a name under segments:), or set "
                     "watch.filename_pattern"
@@ -252,11 +262,14 @@ class Agent:
         for row in list(self._waiting.values()):
             if row.ready_at is not None and self._wall() - row.ready_at > limit:
                 del self._waiting[row.id]
-                self._finish_unmatched(row, (
-                    f"{row.rel_path}: no job was waiting for segment {row.segment} within "
-                    f"{limit:g} s (matching.max_wait_seconds); check the segment export in "
-                    "the Exchange, then drop the file again"
-                ))
+                self._finish_unmatched(
+                    row,
+                    (
+                        f"{row.rel_path}: no job was waiting for segment {row.segment} within "
+                        f"{limit:g} s (matching.max_wait_seconds); check the segment export in "
+                        "the Exchange, then drop the file again"
+                    ),
+                )
 
     # --- matching and dispatch --------------------------------------------------------------------
 
@@ -276,14 +289,18 @@ class Agent:
         self._last_poll = now
         try:
             jobs = self._client.list_jobs(
-                JobCategory.SEGMENT_EXPORT, endpoint_id=self.config.exchange.endpoint_id,
-                status=JobStatus.WAITING_TO_RECEIVE_DATA, include_producer_segment_id_string=True,
+                JobCategory.SEGMENT_EXPORT,
+                endpoint_id=self.config.exchange.endpoint_id,
+                status=JobStatus.WAITING_TO_RECEIVE_DATA,
+                include_producer_segment_id_string=True,
             )
         except ExchangeError as error:
             self.metrics.api_error(error.status)
             self._poll_failures += 1
-            delay = min(self.config.upload.max_backoff,
-                        self.config.upload.initial_backoff * 2 ** (self._poll_failures - 1))
+            delay = min(
+                self.config.upload.max_backoff,
+                self.config.upload.initial_backoff * 2 ** (self._poll_failures - 1),
+            )
             self._next_poll = now + max(delay, error.retry_after or 0)
             logger.error("cannot list the waiting jobs (retrying in {:.1f} s): {}", delay, error)
             for row in self._waiting.values():
@@ -298,9 +315,12 @@ class Agent:
         return True
 
     def _assign(self) -> None:
+        older_settling = self._oldest_settling_by_segment()
         pending = [
-            PendingFile(key=str(row.id), segment=row.segment or "", since=row.ready_at or 0.0)
-            for row in self._waiting.values() if row.id not in self._in_flight
+            PendingFile(key=str(row.id), segment=row.segment or "", since=row.mtime or 0.0)
+            for row in self._waiting.values()
+            if row.id not in self._in_flight
+            and older_settling.get(row.segment or "", float("inf")) >= (row.mtime or 0.0)
         ]
         busy = self._journal.reserved_jobs()
         for assignment in plan_assignments(pending, list(self._jobs.values()), busy_jobs=busy):
@@ -311,6 +331,16 @@ class Agent:
             self._start(row.id, None)
         for row in self._waiting.values():
             self._journal.set_reason(row.id, f"waiting for a job for segment {row.segment}")
+
+    def _oldest_settling_by_segment(self) -> dict[str, float]:
+        """Oldest first holds across readiness: a newer file waits while an older one of its
+        segment is still being written."""
+        oldest: dict[str, float] = {}
+        for path, mtime in self._readiness.mtimes().items():
+            segment = self._router.segment_of(self._relative(path))
+            if segment is not None:
+                oldest[segment] = min(mtime, oldest.get(segment, mtime))
+        return oldest
 
     def _claim(self, row: FileRow, job_ids: list[str]) -> bool:
         """Move the file out of the drop folder, so a new drop under its name cannot mix in."""
@@ -348,15 +378,17 @@ class Agent:
             self._schedule_retry(row, result)
         elif result.verdict is Verdict.REQUEUE:
             self._waiting[row.id] = self._journal.file(row.id)
-            self._journal.set_reason(row.id, f"waiting for a job for segment {row.segment}: "
-                                     f"{result.reason}")
+            self._journal.set_reason(
+                row.id, f"waiting for a job for segment {row.segment}: {result.reason}"
+            )
         else:
             self._finish(row, result)
 
     def _schedule_retry(self, row: FileRow, result: DeliveryResult) -> None:
         attempt = row.attempts + 1
-        delay = min(self.config.upload.max_backoff,
-                    self.config.upload.initial_backoff * 2 ** (attempt - 1))
+        delay = min(
+            self.config.upload.max_backoff, self.config.upload.initial_backoff * 2 ** (attempt - 1)
+        )
         delay = max(delay, result.retry_after or 0.0)
         reason = f"retrying in {delay:.0f} s after: {result.reason}"
         if result.counts_as_attempt:

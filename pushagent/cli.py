@@ -18,6 +18,10 @@ COMMAND_MODULES = (
     "pushagent.commands.run",
     "pushagent.commands.demo",
     "pushagent.commands.simulator",
+    "pushagent.commands.check",
+    "pushagent.commands.validate",
+    "pushagent.commands.status",
+    "pushagent.commands.api",
 )
 
 INTERRUPTED = 130
@@ -33,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pushagent {__version__}")
     parser.add_argument(
-        "-v", "--verbose", action="count", default=0,
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
         help="more log detail on stderr (-v: DEBUG)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

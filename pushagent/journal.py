@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS files (
     state TEXT NOT NULL,             -- settling | waiting | claimed | done | failed | vanished
     path TEXT NOT NULL,              -- where it is now
     size INTEGER,
+    mtime REAL,                      -- when the dropper last wrote it: oldest first
     seen_at REAL NOT NULL,
     ready_at REAL,
     claimed_at REAL,
@@ -66,6 +67,7 @@ class FileRow:
     state: str
     path: str
     size: int | None
+    mtime: float | None
     seen_at: float
     ready_at: float | None
     claimed_at: float | None
@@ -88,7 +90,7 @@ class DeliveryRow:
 
 
 class StateLock:
-    """An exclusive ``flock`` on ``state_dir/agent.lock``: the kernel drops it when the holder dies."""
+    """Exclusive ``flock`` on ``state_dir/agent.lock``; the kernel drops it if the holder dies."""
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "agent.lock"
@@ -151,7 +153,9 @@ class Journal:
 
     # --- files in the drop folder -------------------------------------------------------------
 
-    def note_settling(self, rel_path: str, path: Path, *, size: int) -> int:
+    def note_settling(
+        self, rel_path: str, path: Path, *, size: int, mtime: float | None = None
+    ) -> int:
         """Record a file seen in the drop folder; keeps its first-seen time across restarts."""
         with self._tx() as db:
             row = db.execute(
@@ -159,12 +163,14 @@ class Journal:
                 (rel_path,),
             ).fetchone()
             if row:
-                db.execute("UPDATE files SET size = ? WHERE id = ?", (size, row["id"]))
+                db.execute(
+                    "UPDATE files SET size = ?, mtime = ? WHERE id = ?", (size, mtime, row["id"])
+                )
                 return int(row["id"])
             cursor = db.execute(
-                "INSERT INTO files (rel_path, state, path, size, seen_at, reason) "
-                "VALUES (?, 'settling', ?, ?, ?, 'settling: still being written')",
-                (rel_path, str(path), size, self._clock()),
+                "INSERT INTO files (rel_path, state, path, size, mtime, seen_at, reason) "
+                "VALUES (?, 'settling', ?, ?, ?, ?, 'settling: still being written')",
+                (rel_path, str(path), size, mtime, self._clock()),
             )
             return int(cursor.lastrowid or 0)
 
@@ -177,7 +183,9 @@ class Journal:
             )
         return self.file(file_id)
 
-    def set_reason(self, file_id: int, reason: str, *, next_attempt_at: float | None = None) -> None:
+    def set_reason(
+        self, file_id: int, reason: str, *, next_attempt_at: float | None = None
+    ) -> None:
         with self._tx() as db:
             db.execute(
                 "UPDATE files SET reason = ?, next_attempt_at = ? WHERE id = ?",
@@ -225,7 +233,12 @@ class Journal:
             )
 
     def delivery_ended(
-        self, file_id: int, job_id: str, state: str, *, nbytes: int | None = None,
+        self,
+        file_id: int,
+        job_id: str,
+        state: str,
+        *,
+        nbytes: int | None = None,
         error: str | None = None,
     ) -> None:
         with self._tx() as db:
@@ -264,7 +277,9 @@ class Journal:
     def unclaim(self, file_id: int, dropped: Path) -> None:
         """The claim was journalled but the file never left the drop folder: wait again."""
         with self._tx() as db:
-            db.execute("DELETE FROM deliveries WHERE file_id = ? AND state = 'assigned'", (file_id,))
+            db.execute(
+                "DELETE FROM deliveries WHERE file_id = ? AND state = 'assigned'", (file_id,)
+            )
             db.execute(
                 "UPDATE files SET state = 'waiting', path = ?, claimed_at = NULL WHERE id = ?",
                 (str(dropped), file_id),
@@ -273,7 +288,9 @@ class Journal:
     def drop_claim(self, file_id: int) -> None:
         """The file is gone (removed by someone else): nothing is left to deliver."""
         with self._tx() as db:
-            db.execute("DELETE FROM deliveries WHERE file_id = ? AND state = 'assigned'", (file_id,))
+            db.execute(
+                "DELETE FROM deliveries WHERE file_id = ? AND state = 'assigned'", (file_id,)
+            )
             db.execute(
                 "UPDATE files SET state = 'vanished', finished_at = ?, "
                 "reason = 'removed by someone else before it was delivered' WHERE id = ?",
@@ -299,7 +316,8 @@ class Journal:
         """Files in ``states``, oldest first."""
         marks = ", ".join("?" for _ in states)
         return self._select(
-            f"SELECT * FROM files WHERE state IN ({marks}) ORDER BY COALESCE(ready_at, seen_at), id",
+            f"SELECT * FROM files WHERE state IN ({marks}) "
+            "ORDER BY COALESCE(mtime, ready_at, seen_at), id",
             states,
         )
 

@@ -19,10 +19,7 @@ if TYPE_CHECKING:
     from pushagent.env import Environment
 
 MASK = "****"
-HUMAN_FORMAT = (
-    "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {message}"
-    "{extra[context]}"
-)
+HUMAN_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {message}{extra[context]}"
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()

@@ -18,19 +18,24 @@ class AgentMetrics:
             "pushagent_bytes_uploaded", "Bytes accepted by the Exchange", registry=r
         )
         self.upload_seconds = Histogram(
-            "pushagent_upload_duration_seconds", "Duration of one upload to one job",
-            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600), registry=r,
+            "pushagent_upload_duration_seconds",
+            "Duration of one upload to one job",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+            registry=r,
         )
         self.pending_files = Gauge(
             "pushagent_pending_files", "Files seen but not yet done or failed", registry=r
         )
         self.last_successful_poll = Gauge(
             "pushagent_last_successful_poll_timestamp_seconds",
-            "Unix time of the last successful list of waiting jobs", registry=r,
+            "Unix time of the last successful list of waiting jobs",
+            registry=r,
         )
         self.api_errors = Counter(
-            "pushagent_api_errors", "Failed calls to the Exchange, by HTTP status ('none' when "
-            "unreachable)", ["status"], registry=r,
+            "pushagent_api_errors",
+            "Failed calls to the Exchange, by HTTP status ('none' when unreachable)",
+            ["status"],
+            registry=r,
         )
 
     def api_error(self, status: int | None) -> None:

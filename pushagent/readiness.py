@@ -36,6 +36,7 @@ class Candidate:
 
     path: Path
     size: int
+    mtime: float
     odd: str | None = None
 
 
@@ -71,7 +72,9 @@ class ReadinessTracker:
         if self._trigger and relative.name.endswith(self._trigger):
             return True
         return any(
-            fnmatch.fnmatchcase(part, pattern) for part in relative.parts for pattern in self._ignore
+            fnmatch.fnmatchcase(part, pattern)
+            for part in relative.parts
+            for pattern in self._ignore
         )
 
     def observe(self, path: Path, *, event: str = "scan") -> None:
@@ -84,7 +87,8 @@ class ReadinessTracker:
             return
         previous = self._tracked.get(path)
         unchanged = previous is not None and (previous.size, previous.mtime_ns) == (
-            st.st_size, st.st_mtime_ns
+            st.st_size,
+            st.st_mtime_ns,
         )
         renamed_at: float | None
         if event == "moved":
@@ -107,10 +111,15 @@ class ReadinessTracker:
     def tracked(self) -> list[Path]:
         return list(self._tracked)
 
+    def mtimes(self) -> dict[Path, float]:
+        """Last-write times of the files still settling."""
+        return {path: t.mtime_ns / 1e9 for path, t in self._tracked.items()}
+
     def next_deadline(self) -> float | None:
         """The earliest time a tracked file could become ready, for the loop's wait."""
         times = [
-            t.renamed_at + RENAME_GRACE_SECONDS if t.renamed_at is not None
+            t.renamed_at + RENAME_GRACE_SECONDS
+            if t.renamed_at is not None
             else t.stable_since + self._settle
             for t in self._tracked.values()
         ]
@@ -137,7 +146,7 @@ class ReadinessTracker:
             if odd is None and self._trigger and not self._trigger_exists(path):
                 continue
             del self._tracked[path]
-            ready.append(Candidate(path=path, size=st.st_size, odd=odd))
+            ready.append(Candidate(path=path, size=st.st_size, mtime=st.st_mtime, odd=odd))
         return ready
 
     def _trigger_exists(self, path: Path) -> bool:

@@ -77,9 +77,11 @@ def plan_assignments(
         if file.segment in served_segments:
             continue
         jobs = tuple(
-            job for job in sorted(waiting, key=lambda j: j.job_id)
+            job
+            for job in sorted(waiting, key=lambda j: j.job_id)
             if file.segment in job.segment_keys()
-            and str(job.job_id) not in busy_jobs and str(job.job_id) not in taken
+            and str(job.job_id) not in busy_jobs
+            and str(job.job_id) not in taken
         )
         if not jobs:
             continue

@@ -40,6 +40,9 @@ def configure_logging(config: AgentConfig, *, env: Environment, verbosity: int) 
         logs.configure_stderr(env=env, level=level)
     if settings.file is not None:
         logs.add_file_sink(
-            settings.file, level=level, rotation=settings.rotation,
-            retention=settings.retention, json_lines=settings.json,
+            settings.file,
+            level=level,
+            rotation=settings.rotation,
+            retention=settings.retention,
+            json_lines=settings.json,
         )

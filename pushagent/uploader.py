@@ -116,7 +116,8 @@ class Deliverer:
                 return
         missing = (
             missing_columns(report.header, job.required_columns())
-            if self._settings.check_mapped_columns else []
+            if self._settings.check_mapped_columns
+            else []
         )
         if missing:
             reason = f"{file.rel_path}: " + "; ".join(missing)
@@ -144,7 +145,8 @@ class Deliverer:
             self._metrics.api_error(error.status)
             self._journal.upload_interrupted(file.id, job_id, str(error))
             raise _Retry(
-                str(error), retry_after=error.retry_after,
+                str(error),
+                retry_after=error.retry_after,
                 counts=not isinstance(error, ExchangeUnavailable),
             ) from error
         except ExchangeError as error:
@@ -208,7 +210,8 @@ class Deliverer:
         except (ExchangeUnavailable, ServerError, RateLimited) as error:
             self._metrics.api_error(error.status)
             raise _Retry(
-                str(error), retry_after=error.retry_after,
+                str(error),
+                retry_after=error.retry_after,
                 counts=not isinstance(error, ExchangeUnavailable),
             ) from error
         except (NotAuthenticated, NotAuthorised) as error:
@@ -230,7 +233,9 @@ class Deliverer:
         deliveries = self._journal.deliveries(file.id)
         states = {d.state for d in deliveries}
         if states & {"assigned", "uploading"}:
-            return DeliveryResult(Verdict.RETRY, "some jobs still to be tried", counts_as_attempt=False)
+            return DeliveryResult(
+                Verdict.RETRY, "some jobs still to be tried", counts_as_attempt=False
+            )
         if "rejected" in states:
             reasons = [d.error for d in deliveries if d.state == "rejected" and d.error]
             return DeliveryResult(Verdict.REJECTED, reason or (reasons[0] if reasons else None))

@@ -79,8 +79,9 @@ class DropWatcher:
             )
             return
         observer: BaseObserver = PollingObserver(timeout=1.0) if self._polling else Observer()
-        observer.schedule(_Enqueue(self._put, polling=self._polling), str(self.root),
-                          recursive=True)
+        observer.schedule(
+            _Enqueue(self._put, polling=self._polling), str(self.root), recursive=True
+        )
         observer.daemon = True
         observer.start()
         self._observer, self._watched_inode = observer, inode

@@ -42,9 +42,7 @@ upload:
 {extra}"""
 
 
-def wait_for(
-    probe: Callable[[], T], *, timeout: float = 15.0, what: str = "condition"
-) -> T:
+def wait_for(probe: Callable[[], T], *, timeout: float = 15.0, what: str = "condition") -> T:
     """Poll ``probe`` until it returns something truthy; fail with ``what`` at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
@@ -69,17 +67,33 @@ class AgentHome:
     """A folder with drop/, done/, failed/, state/ and agent.yaml pointing at ``url``."""
 
     def __init__(
-        self, root: Path, url: str, *, settle: float = 0.5, max_wait: float = 3600,
-        max_attempts: int = 8, grace: float = 10, read_timeout: float = 30, extra: str = "",
+        self,
+        root: Path,
+        url: str,
+        *,
+        settle: float = 0.5,
+        max_wait: float = 3600,
+        max_attempts: int = 8,
+        grace: float = 10,
+        read_timeout: float = 30,
+        extra: str = "",
     ) -> None:
         self.root = root
         for name in ("drop", "done", "failed"):
             (root / name).mkdir(parents=True, exist_ok=True)
         self.config = root / "agent.yaml"
-        self.config.write_text(CONFIG.format(
-            url=url, endpoint=ENDPOINT, settle=settle, max_wait=max_wait,
-            max_attempts=max_attempts, grace=grace, read_timeout=read_timeout, extra=extra,
-        ))
+        self.config.write_text(
+            CONFIG.format(
+                url=url,
+                endpoint=ENDPOINT,
+                settle=settle,
+                max_wait=max_wait,
+                max_attempts=max_attempts,
+                grace=grace,
+                read_timeout=read_timeout,
+                extra=extra,
+            )
+        )
         self.drop, self.done, self.failed = root / "drop", root / "done", root / "failed"
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = root / "agent.log"
@@ -88,18 +102,33 @@ class AgentHome:
         return {**os.environ, "E2E_EXCHANGE_KEY": KEY}
 
     def start(self, *extra_args: str) -> subprocess.Popen[bytes]:
-        log = open(self.log_path, "ab")  # appended across restarts
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "pushagent", "-v", "run", "-c", str(self.config), *extra_args],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=self.root,
-        )
-        log.close()
+        with open(self.log_path, "ab") as log:  # appended across restarts
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "pushagent",
+                    "-v",
+                    "run",
+                    "-c",
+                    str(self.config),
+                    *extra_args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env(),
+                cwd=self.root,
+            )
         return self.process
 
     def run_once(self, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "pushagent", "run", "-c", str(self.config), "--once"],
-            capture_output=True, text=True, env=self.env(), cwd=self.root, timeout=timeout,
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            cwd=self.root,
+            timeout=timeout,
         )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
@@ -121,6 +150,7 @@ class AgentHome:
 
     def names(self, folder: Path) -> list[str]:
         return sorted(
-            str(p.relative_to(folder)) for p in folder.rglob("*")
+            str(p.relative_to(folder))
+            for p in folder.rglob("*")
             if not p.is_dir() or p.is_symlink() or p.name.lower().endswith(".csv")
         )

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -17,19 +16,23 @@ from tests.e2e import ENDPOINT, KEY, AgentHome, drop_atomically, wait_for
 
 pytestmark = pytest.mark.e2e
 
-VALID = b"Email,firstName\r\nana@example.com,Ana\r\n\"bo@example.com\",\"Bo, Jr.\"\r\n"
+VALID = b'Email,firstName\r\nana@example.com,Ana\r\n"bo@example.com","Bo, Jr."\r\n'
 
 
 @pytest.fixture
 def sim(tmp_path: Path) -> Simulator:
-    with Simulator(account_key=KEY, data_dir=tmp_path / "sim-data", complete_after=0.2) as simulator:
+    with Simulator(
+        account_key=KEY, data_dir=tmp_path / "sim-data", complete_after=0.2
+    ) as simulator:
         yield simulator  # type: ignore[misc]
 
 
 def waiting_job(sim: Simulator, segment: int = 45311, **fields: object) -> int:
     job = sim.add_job(
-        producerEndpointID=ENDPOINT, producerSegmentID=segment,
-        identityMappings={"Email": "EMAIL_SHA256"}, **fields,
+        producerEndpointID=ENDPOINT,
+        producerSegmentID=segment,
+        identityMappings={"Email": "EMAIL_SHA256"},
+        **fields,
     )
     return int(job["jobId"])
 
@@ -38,9 +41,16 @@ def received(sim: Simulator, job_id: int) -> list[bytes]:
     return [sim.upload_data(job_id, n) for n in range(len(sim.uploads(job_id)))]
 
 
+def fault_fired(sim: Simulator) -> bool:
+    return any(fault["fired"] for fault in sim.faults())
+
+
 def list_calls(sim: Simulator) -> list[dict[str, object]]:
-    return [r for r in sim.request_log()
-            if r["method"] == "GET" and r["path"] == "/v1/jobs/SEGMENT_EXPORT"]
+    return [
+        r
+        for r in sim.request_log()
+        if r["method"] == "GET" and r["path"] == "/v1/jobs/SEGMENT_EXPORT"
+    ]
 
 
 @pytest.fixture
@@ -65,9 +75,7 @@ def test_a_renamed_in_file_reaches_its_job_once_and_moves_to_done(
     assert KEY not in home.log()
 
 
-def test_a_file_written_slowly_is_sent_only_when_complete(
-    home: AgentHome, sim: Simulator
-) -> None:
+def test_a_file_written_slowly_is_sent_only_when_complete(home: AgentHome, sim: Simulator) -> None:
     job = waiting_job(sim)
     home.start()
     rows = [b"Email,firstName\n"] + [f"user{n}@example.com,U{n}\n".encode() for n in range(8)]
@@ -146,8 +154,8 @@ def test_an_unknown_segment_goes_to_failed_without_touching_jobs(
 ) -> None:
     job = waiting_job(sim)
     home.start()
-    drop_atomically(home.drop, "no such segment.csv", VALID)
-    report_path = home.failed / "no such segment.csv.error.json"
+    drop_atomically(home.drop, "notes.txt", VALID)
+    report_path = home.failed / "notes.txt.error.json"
     wait_for(report_path.exists, what="error report")
     assert "cannot tell which segment" in json.loads(report_path.read_text())["reason"]
     assert sim.job(job)["status"] == "WAITING_TO_RECIEVE_DATA"
@@ -171,13 +179,14 @@ def test_kill_9_during_an_upload_then_restart_delivers_exactly_once(
     home: AgentHome, sim: Simulator
 ) -> None:
     job = waiting_job(sim)
-    sim.add_fault(method="POST", path=rf"/v1/jobs/{job}/data", delay=30, count=1)
+    # count=2 keeps the fault listed (with fired=1) after it fires, so the test can see it.
+    sim.add_fault(method="POST", path=rf"/v1/jobs/{job}/data", delay=30, count=2)
     home.start()
     drop_atomically(home.drop, "45311.csv", VALID)
-    wait_for(lambda: any(r["method"] == "POST" for r in sim.request_log()),
-             what="the upload to start")
+    wait_for(lambda: fault_fired(sim), what="the upload to start")
     home.kill9()
     assert sim.uploads(job) == []
+    sim.clear_faults()
     home.start()
     wait_for(lambda: (home.done / "45311.csv").exists(), timeout=20, what="done after restart")
     assert received(sim, job) == [VALID]
@@ -264,10 +273,10 @@ def test_a_job_cancelled_before_upload_leaves_the_file_waiting(
     home: AgentHome, sim: Simulator
 ) -> None:
     job = waiting_job(sim)
-    sim.add_fault(method="POST", path=rf"/v1/jobs/{job}/data", delay=1.5, count=1)
+    sim.add_fault(method="POST", path=rf"/v1/jobs/{job}/data", delay=1.5, count=2)
     home.start()
     drop_atomically(home.drop, "45311.csv", VALID)
-    wait_for(lambda: any(r["method"] == "POST" for r in sim.request_log()), what="upload start")
+    wait_for(lambda: fault_fired(sim), what="the upload to start")
     sim.set_status(job, "CANCELLED")
     wait_for(lambda: "stopped waiting" in home.log(), what="the agent to see the cancel")
     assert sim.uploads(job) == []
@@ -275,4 +284,3 @@ def test_a_job_cancelled_before_upload_leaves_the_file_waiting(
     replacement = waiting_job(sim)
     wait_for(lambda: (home.done / "45311.csv").exists(), what="delivered to the new job")
     assert received(sim, replacement) == [VALID]
-

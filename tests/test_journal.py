@@ -15,8 +15,8 @@ from tests.fakes import FakeClock
 def test_a_file_goes_from_settling_to_done(tmp_path: Path) -> None:
     clock = FakeClock()
     journal = Journal.for_state_dir(tmp_path, clock=clock)
-    file_id = journal.note_settling("45311.csv", tmp_path / "45311.csv", size=10)
-    assert journal.note_settling("45311.csv", tmp_path / "45311.csv", size=12) == file_id
+    file_id = journal.note_settling("45311.csv", tmp_path / "45311.csv", size=10, mtime=1.0)
+    assert journal.note_settling("45311.csv", tmp_path / "45311.csv", size=12, mtime=2.0) == file_id
     row = journal.mark_waiting(file_id, segment="45311", reason="waiting")
     assert (row.state, row.segment, row.size, row.ready_at) == ("waiting", "45311", 12, 1000.0)
     journal.claim(file_id, path=tmp_path / "claimed", job_ids=["1", "2"])
@@ -27,13 +27,16 @@ def test_a_file_goes_from_settling_to_done(tmp_path: Path) -> None:
     assert journal.reserved_jobs() == {"1"}
     journal.finish(file_id, state="done", final_path=tmp_path / "done.csv", reason=None)
     assert [r.id for r in journal.recently_finished(limit=5)] == [file_id]
-    assert {d.job_id: d.state for d in journal.deliveries(file_id)} == {"1": "uploaded", "2": "gone"}
+    assert {d.job_id: d.state for d in journal.deliveries(file_id)} == {
+        "1": "uploaded",
+        "2": "gone",
+    }
 
 
 def test_a_job_can_never_take_two_uploads(tmp_path: Path) -> None:
     journal = Journal.for_state_dir(tmp_path)
-    first = journal.note_settling("a.csv", tmp_path / "a.csv", size=1)
-    second = journal.note_settling("b.csv", tmp_path / "b.csv", size=1)
+    first = journal.note_settling("a.csv", tmp_path / "a.csv", size=1, mtime=1.0)
+    second = journal.note_settling("b.csv", tmp_path / "b.csv", size=1, mtime=1.0)
     journal.claim(first, path=tmp_path / "a", job_ids=["7"])
     journal.claim(second, path=tmp_path / "b", job_ids=["7"])
     journal.upload_started(first, "7")
@@ -43,7 +46,7 @@ def test_a_job_can_never_take_two_uploads(tmp_path: Path) -> None:
 
 def test_the_journal_survives_reopening(tmp_path: Path) -> None:
     journal = Journal.for_state_dir(tmp_path)
-    file_id = journal.note_settling("a.csv", tmp_path / "a.csv", size=1)
+    file_id = journal.note_settling("a.csv", tmp_path / "a.csv", size=1, mtime=1.0)
     journal.set_meta("last_contact", "123.5")
     journal.close()
     again = Journal.for_state_dir(tmp_path)
@@ -53,11 +56,17 @@ def test_the_journal_survives_reopening(tmp_path: Path) -> None:
 
 def test_a_second_agent_on_the_same_state_dir_is_refused(tmp_path: Path) -> None:
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, pathlib; from pushagent.journal import StateLock; "
-         "StateLock(pathlib.Path(sys.argv[1])).acquire(); print('locked', flush=True); "
-         "sys.stdin.read()", str(tmp_path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, pathlib; from pushagent.journal import StateLock; "
+            "StateLock(pathlib.Path(sys.argv[1])).acquire(); print('locked', flush=True); "
+            "sys.stdin.read()",
+            str(tmp_path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"

@@ -10,10 +10,14 @@ BIG_ID = 8000000000000001152
 
 
 def job(job_id: int, segment: int | None, id_string: str | None = None) -> Job:
-    return Job.from_json({
-        "jobId": job_id, "status": "WAITING_TO_RECIEVE_DATA", "producerSegmentID": segment,
-        "producerSegmentIDString": id_string,
-    })
+    return Job.from_json(
+        {
+            "jobId": job_id,
+            "status": "WAITING_TO_RECIEVE_DATA",
+            "producerSegmentID": segment,
+            "producerSegmentIDString": id_string,
+        }
+    )
 
 
 def test_default_layout() -> None:
@@ -29,7 +33,9 @@ def test_default_layout() -> None:
 
 
 def test_pattern_layout() -> None:
-    router = SegmentRouter(names={"7": "45311"}, pattern=re.compile(r"crm_(?P<segment>\d+)_\d{8}\.csv"))
+    router = SegmentRouter(
+        names={"7": "45311"}, pattern=re.compile(r"crm_(?P<segment>\d+)_\d{8}\.csv")
+    )
     assert router.segment_of(PurePath("crm_123_20261129.csv")) == "123"
     assert router.segment_of(PurePath("sub/crm_7_20261129.csv")) == "45311"
     assert router.segment_of(PurePath("crm_123.csv")) is None
@@ -61,5 +67,7 @@ def test_a_job_named_two_ways_goes_to_the_older_file_only() -> None:
 def test_big_ids_match_exactly() -> None:
     near = job(1, BIG_ID + 1)
     exact = job(2, BIG_ID)
-    [assignment] = plan_assignments([PendingFile("f", str(BIG_ID), 1.0)], [near, exact], busy_jobs=set())
+    [assignment] = plan_assignments(
+        [PendingFile("f", str(BIG_ID), 1.0)], [near, exact], busy_jobs=set()
+    )
     assert [j.job_id for j in assignment.jobs] == [2]

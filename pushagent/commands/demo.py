@@ -66,15 +66,19 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     try:
         with Simulator(account_key=DEMO_KEY, complete_after=0.5) as simulator:
             job = simulator.add_job(
-                producerEndpointID=DEMO_ENDPOINT, producerSegmentID=DEMO_SEGMENT,
-                destinationEndpointID=7, destinationSegmentName="VIP customers",
+                producerEndpointID=DEMO_ENDPOINT,
+                producerSegmentID=DEMO_SEGMENT,
+                destinationEndpointID=7,
+                destinationSegmentName="VIP customers",
                 identityMappings={"Email": "EMAIL_SHA256"},
             )
             job_id = job["jobId"]
             print(f"1. simulator listening on {simulator.url}", file=out)
             print(f"   job {job_id} for segment {DEMO_SEGMENT}: {job['status']}", file=out)
             config_path = _write_config(workdir, simulator.url)
-            config = load_config(config_path, environ={**env.environ, "DEMO_EXCHANGE_KEY": DEMO_KEY})
+            config = load_config(
+                config_path, environ={**env.environ, "DEMO_EXCHANGE_KEY": DEMO_KEY}
+            )
             journal = Journal.for_state_dir(config.state_dir)
             agent = Agent(config, client=build_client(config.exchange), journal=journal)
             worker = threading.Thread(target=agent.run, name="demo-agent", daemon=True)
@@ -91,8 +95,11 @@ def run(args: argparse.Namespace, env: Environment) -> int:
                     f"demo: job {job_id} received no data within {DEADLINE_SECONDS:g} s "
                     f"(job status {status}); run with -v to see the agent's log"
                 )
-            print(f"3. job {job_id}: {job['status']} -> {status}; received {uploads[0].bytes} "
-                  f"bytes, {uploads[0].records} rows", file=out)
+            print(
+                f"3. job {job_id}: {job['status']} -> {status}; received {uploads[0].bytes} "
+                f"bytes, {uploads[0].records} rows",
+                file=out,
+            )
             done = sorted(p.name for p in config.folders.done.iterdir())
             print(f"4. {dropped.name} moved to done/: {', '.join(done)}", file=out)
     finally:

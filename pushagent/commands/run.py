@@ -13,6 +13,7 @@ from loguru import logger
 from pushagent.agent import Agent
 from pushagent.config import load_config
 from pushagent.env import Environment
+from pushagent.health import HealthServer
 from pushagent.journal import Journal, StateLock
 from pushagent.runtime import build_client, configure_logging
 
@@ -30,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     parser.add_argument("-c", "--config", type=Path, required=True, help="the agent's YAML file")
     parser.add_argument(
-        "--once", action="store_true",
+        "--once",
+        action="store_true",
         help="handle the files in the folder now, then exit (files with no waiting job stay)",
     )
     parser.set_defaults(handler=run)
@@ -42,12 +44,18 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     lock = StateLock(config.state_dir)
     lock.acquire()
     journal = Journal.for_state_dir(config.state_dir)
+    health: HealthServer | None = None
     try:
         agent = Agent(config, client=build_client(config.exchange), journal=journal)
+        if config.metrics.enabled:
+            health = HealthServer(agent, host=config.metrics.host, port=config.metrics.port)
+            health.start()
         _stop_on_signals(agent)
         logger.info(
             "pushagent watching {} for endpoint {} at {}",
-            config.folders.drop, config.exchange.endpoint_id, config.exchange.base_url,
+            config.folders.drop,
+            config.exchange.endpoint_id,
+            config.exchange.base_url,
         )
         code = agent.run(once=args.once)
         if args.once:
@@ -55,6 +63,8 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         logger.info("pushagent stopped")
         return code
     finally:
+        if health is not None:
+            health.stop()
         journal.close()
         lock.release()
 
