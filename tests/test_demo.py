@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.e2e
+def test_demo_delivers_the_sample_and_exits_zero(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pushagent", "demo"],
+        capture_output=True, text=True, timeout=90, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    sample = resources.files("pushagent").joinpath("data/sample-segment.csv").read_bytes()
+    rows = sample.count(b"\n") - 1
+    assert "WAITING_TO_RECIEVE_DATA -> COMPLETE" in result.stdout
+    assert f"received {len(sample)} bytes, {rows} rows" in result.stdout
+    assert "moved to done/: vip_customers.csv" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_the_packaged_sample_is_the_one_in_examples() -> None:
+    packaged = resources.files("pushagent").joinpath("data/sample-segment.csv").read_bytes()
+    assert packaged == (REPO / "examples" / "sample-segment.csv").read_bytes()
