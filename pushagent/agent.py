@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,8 +62,14 @@ class Agent:
         metrics: AgentMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        stop_event: threading.Event | None = None,
     ) -> None:
         self.config = config
+        # Set on the first stop request; the client sleeps on it between retries, so a stop
+        # never waits out a backoff.
+        self.stop_event = stop_event or threading.Event()
+        self._stop_requests = 0
+        self._reasons: dict[int, str] = {}
         self.metrics = metrics or AgentMetrics()
         self.outcomes = Outcomes()
         self._client = client
@@ -123,6 +130,7 @@ class Agent:
                     self._admit(self._readiness.take_ready())
                     self._expire_waiting()
                     self._dispatch(now)
+                self._refresh_gauges()
         finally:
             self._watcher.stop()
             self._pool.shutdown()
@@ -131,8 +139,10 @@ class Agent:
         return 1 if self.outcomes.failed or left_retrying else 0
 
     def request_stop(self) -> None:
-        """Warm stop first, cold stop when called again (safe from a signal handler)."""
-        self._inbox.put(_Stop(cold=self._stopping is not None))
+        """Warm stop first, cold stop when called again."""
+        self._stop_requests += 1
+        self.stop_event.set()
+        self._inbox.put(_Stop(cold=self._stop_requests > 1))
 
     def health(self) -> tuple[bool, str]:
         healthy_within = self.config.metrics.healthy_within_seconds
@@ -304,7 +314,7 @@ class Agent:
             self._next_poll = now + max(delay, error.retry_after or 0)
             logger.error("cannot list the waiting jobs (retrying in {:.1f} s): {}", delay, error)
             for row in self._waiting.values():
-                self._journal.set_reason(row.id, f"Exchange unreachable: {error}")
+                self._note_reason(row.id, f"Exchange unreachable: {error}")
             return False
         self._poll_failures = 0
         self._next_poll = now + self.config.matching.poll_seconds
@@ -330,7 +340,7 @@ class Agent:
                 continue
             self._start(row.id, None)
         for row in self._waiting.values():
-            self._journal.set_reason(row.id, f"waiting for a job for segment {row.segment}")
+            self._note_reason(row.id, f"waiting for a job for segment {row.segment}")
 
     def _oldest_settling_by_segment(self) -> dict[str, float]:
         """Oldest first holds across readiness: a newer file waits while an older one of its
@@ -341,6 +351,12 @@ class Agent:
             if segment is not None:
                 oldest[segment] = min(mtime, oldest.get(segment, mtime))
         return oldest
+
+    def _note_reason(self, file_id: int, reason: str) -> None:
+        """Why a file waits, for ``pushagent status``; written only when it changes."""
+        if self._reasons.get(file_id) != reason:
+            self._reasons[file_id] = reason
+            self._journal.set_reason(file_id, reason)
 
     def _claim(self, row: FileRow, job_ids: list[str]) -> bool:
         """Move the file out of the drop folder, so a new drop under its name cannot mix in."""

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from pushagent import logs
 from pushagent.config import AgentConfig, ExchangeSettings, LoggingSettings
 from pushagent.env import Environment
 from pushagent.exchange import ExchangeClient, RetryPolicy
 
 
-def build_client(settings: ExchangeSettings) -> ExchangeClient:
+def build_client(
+    settings: ExchangeSettings, *, sleep: Callable[[float], None] = time.sleep
+) -> ExchangeClient:
     verify: bool | str = settings.verify_tls
     if settings.verify_tls and settings.ca_bundle is not None:
         verify = str(settings.ca_bundle)
@@ -26,6 +31,7 @@ def build_client(settings: ExchangeSettings) -> ExchangeClient:
         read_timeout=settings.read_timeout,
         verify=verify,
         allow_insecure_http=settings.allow_insecure_http,
+        sleep=sleep,
     )
 
 

@@ -79,8 +79,7 @@ def category_arg(text: str) -> str:
 def connection_parent() -> argparse.ArgumentParser:
     """The connection options, as a parent every API subcommand takes."""
     parent = argparse.ArgumentParser(add_help=False)
-    group = parent.add_argument_group("connection")
-    source = group.add_mutually_exclusive_group()
+    source = parent.add_mutually_exclusive_group()
     source.add_argument(
         "-c", "--config", type=Path, metavar="FILE",
         help="the agent's YAML file (base URL, key, TLS, retries)",
@@ -90,7 +89,7 @@ def connection_parent() -> argparse.ArgumentParser:
         help=f"the account's Exchange base URL (default ${BASE_URL_VARIABLE}); the key is read "
              f"from ${KEY_VARIABLE}",
     )
-    group.add_argument(
+    parent.add_argument(
         "--insecure-http", action="store_true",
         help="allow a plain http:// base URL that is not loopback (the key travels unencrypted)",
     )
@@ -98,7 +97,7 @@ def connection_parent() -> argparse.ArgumentParser:
 
 
 def load_config_arg(args: argparse.Namespace, env: Environment) -> AgentConfig | None:
-    path: Path | None = getattr(args, "config", None)
+    path: Path | None = args.config
     if path is None:
         return None
     config = load_config(path, environ=env.environ)

@@ -46,7 +46,13 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     journal = Journal.for_state_dir(config.state_dir)
     health: HealthServer | None = None
     try:
-        agent = Agent(config, client=build_client(config.exchange), journal=journal)
+        stop = threading.Event()
+
+        def sleep_until_stopped(seconds: float) -> None:
+            stop.wait(seconds)
+
+        client = build_client(config.exchange, sleep=sleep_until_stopped)
+        agent = Agent(config, client=client, journal=journal, stop_event=stop)
         if config.metrics.enabled:
             health = HealthServer(agent, host=config.metrics.host, port=config.metrics.port)
             health.start()
