@@ -7,6 +7,7 @@ Stopping: the first SIGTERM/SIGINT is a warm stop (take no new file, let uploads
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -372,7 +373,15 @@ class Agent:
             self._journal.drop_claim(row.id)
             return False
         assert moved == target, "claim folders are private to one file"
+        self._carry_trigger(Path(row.path), target)
         return True
+
+    def _carry_trigger(self, old: Path, new: Path) -> None:
+        """The ``<name><trigger_suffix>`` marker travels with its file, so it never lingers."""
+        suffix = self.config.watch.trigger_suffix
+        if suffix:
+            with contextlib.suppress(OSError):  # a marker: losing it loses no data
+                os.replace(old.with_name(old.name + suffix), new.with_name(new.name + suffix))
 
     def _start(self, file_id: int, finish: DeliveryResult | None) -> None:
         row = self._journal.file(file_id)
@@ -419,6 +428,10 @@ class Agent:
         folder = self.config.folders.done if delivered else self.config.folders.failed
         try:
             target = move_without_overwrite(Path(row.path), folder, PurePath(row.rel_path))
+            self._carry_trigger(Path(row.path), target)
+            if row.state == "claimed":
+                with contextlib.suppress(OSError):
+                    Path(row.path).parent.rmdir()
             if not delivered:
                 write_error_report(target, self._error_report(row, result.reason or "failed"))
         except OSError as error:

@@ -30,6 +30,7 @@ segments:
 watch:
   settle_seconds: {settle}
   rescan_seconds: 2
+  trigger_suffix: {trigger}
 matching:
   poll_seconds: 0.5
   max_wait_seconds: {max_wait}
@@ -51,6 +52,14 @@ def wait_for(probe: Callable[[], T], *, timeout: float = 15.0, what: str = "cond
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def assert_never(probe: Callable[[], object], *, seconds: float, what: str) -> None:
+    """``probe`` stays falsy for ``seconds``: the agent had time to do the wrong thing."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert not probe(), f"{what} happened"
         time.sleep(0.05)
 
 
@@ -77,6 +86,7 @@ class AgentHome:
         grace: float = 10,
         read_timeout: float = 30,
         extra: str = "",
+        trigger: str | None = None,
     ) -> None:
         self.root = root
         for name in ("drop", "done", "failed"):
@@ -92,6 +102,7 @@ class AgentHome:
                 grace=grace,
                 read_timeout=read_timeout,
                 extra=extra,
+                trigger=trigger or "null",
             )
         )
         self.drop, self.done, self.failed = root / "drop", root / "done", root / "failed"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pushagent.simulator import Simulator
-from tests.e2e import ENDPOINT, KEY, AgentHome, drop_atomically, wait_for
+from tests.e2e import ENDPOINT, KEY, AgentHome, assert_never, drop_atomically, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -284,3 +284,22 @@ def test_a_job_cancelled_before_upload_leaves_the_file_waiting(
     replacement = waiting_job(sim)
     wait_for(lambda: (home.done / "45311.csv").exists(), what="delivered to the new job")
     assert received(sim, replacement) == [VALID]
+
+
+def test_with_a_trigger_suffix_only_the_marker_releases_the_file(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    home = AgentHome(tmp_path / "agent", sim.url, trigger=".done")
+    job = waiting_job(sim)
+    home.start()
+    try:
+        (home.drop / "45311.csv").write_bytes(VALID)
+        # Settled after 0.5 s, but with no marker it must stay put.
+        assert_never(lambda: sim.uploads(job), seconds=2.0, what="an upload without the marker")
+        (home.drop / "45311.csv.done").write_bytes(b"")
+        wait_for(lambda: (home.done / "45311.csv").exists(), what="file in done/")
+        assert received(sim, job) == [VALID]
+        assert (home.done / "45311.csv.done").exists()
+        assert list(home.drop.iterdir()) == []
+    finally:
+        home.kill9()
