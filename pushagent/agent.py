@@ -34,6 +34,7 @@ from pushagent.watcher import DropWatcher, WatchEvent, scan_drop_folder
 # files costs a handful of list calls, not a thousand.
 MIN_POLL_GAP_SECONDS = 0.2
 IDLE_WAIT_SECONDS = 1.0
+PRUNE_INTERVAL_SECONDS = 86400.0
 
 
 @dataclass
@@ -112,6 +113,7 @@ class Agent:
         self._next_poll = 0.0
         self._poll_failures = 0
         self._next_rescan = 0.0
+        self._next_prune = 0.0
         self._stopping: _Stop | None = None
         self._stop_deadline = float("inf")
         self.last_contact: float | None = None
@@ -215,6 +217,11 @@ class Agent:
         return PurePath(os.path.relpath(path, self._drop))
 
     def _rescan_if_due(self, now: float) -> None:
+        if now >= self._next_prune:
+            pruned = self._journal.prune()
+            if pruned:
+                logger.info("journal: forgot {} files finished over 30 days ago", pruned)
+            self._next_prune = now + PRUNE_INTERVAL_SECONDS
         if self._watcher.ensure_running() or now >= self._next_rescan:
             self._sweep_vanished()
             self._observe_all()

@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS files (
     final_path TEXT
 );
 CREATE INDEX IF NOT EXISTS files_state ON files(state);
+CREATE INDEX IF NOT EXISTS files_finished ON files(finished_at);
 CREATE UNIQUE INDEX IF NOT EXISTS files_open_drop ON files(rel_path)
     WHERE state IN ('settling', 'waiting');
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -56,7 +57,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS one_upload_per_job ON deliveries(job_id)
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-OPEN_STATES = ("settling", "waiting", "claimed")
+RESERVE_SECONDS = 7 * 86400
+# Finished files stay in the journal (for ``pushagent status``) this long.
+KEEP_FINISHED_SECONDS = 30 * 86400
 
 
 @dataclass(frozen=True)
@@ -298,12 +301,27 @@ class Journal:
             )
 
     def reserved_jobs(self) -> set[str]:
-        """Jobs no other file may be given: assigned, being uploaded, uploaded, or failed by us."""
+        """Jobs no other file may be given: assigned, being uploaded, uploaded, or failed by us.
+
+        Finished files count for ``RESERVE_SECONDS``: long enough for any lag in the server's
+        list of waiting jobs, short enough that the query stays small after months of work.
+        """
         with self._lock:
             rows = self._db.execute(
-                "SELECT DISTINCT job_id FROM deliveries WHERE state != 'gone'"
+                "SELECT DISTINCT d.job_id FROM deliveries d JOIN files f ON f.id = d.file_id "
+                "WHERE d.state != 'gone' AND (f.state = 'claimed' OR f.finished_at > ?)",
+                (self._clock() - RESERVE_SECONDS,),
             ).fetchall()
         return {row["job_id"] for row in rows}
+
+    def prune(self, *, keep_seconds: float = KEEP_FINISHED_SECONDS) -> int:
+        """Forget files finished longer ago than ``keep_seconds``; returns how many."""
+        cutoff = self._clock() - keep_seconds
+        with self._tx() as db:
+            old = "SELECT id FROM files WHERE state IN ('done', 'failed', 'vanished') " \
+                  "AND finished_at < ?"
+            db.execute(f"DELETE FROM deliveries WHERE file_id IN ({old})", (cutoff,))
+            return db.execute(f"DELETE FROM files WHERE id IN ({old})", (cutoff,)).rowcount
 
     # --- reading ---------------------------------------------------------------------------------
 

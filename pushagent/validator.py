@@ -32,6 +32,8 @@ from operator import ne
 from pathlib import Path
 from typing import BinaryIO
 
+from pushagent.output import format_bytes
+
 CHUNK_SIZE = 4 * 1024 * 1024
 HEADER_LIMIT = 16 * 1024 * 1024
 
@@ -176,14 +178,7 @@ def missing_columns(
 
 
 def _size(count: int) -> str:
-    if count < 1024:
-        return f"{count} bytes"
-    value = float(count)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        value /= 1024
-        if value < 1024 or unit == "TiB":
-            break
-    return f"{count} bytes ({value:.1f} {unit})"
+    return f"{count} bytes" if count < 1024 else f"{count} bytes ({format_bytes(count)})"
 
 
 def _plural(count: int) -> str:

@@ -77,3 +77,21 @@ def test_a_second_agent_on_the_same_state_dir_is_refused(tmp_path: Path) -> None
     lock = StateLock(tmp_path)
     lock.acquire()  # the holder exited: the lock is free again
     lock.release()
+
+
+def test_old_finished_files_are_pruned_and_stop_reserving_jobs(tmp_path: Path) -> None:
+    clock = FakeClock()
+    journal = Journal.for_state_dir(tmp_path, clock=clock)
+    old = journal.note_settling("old.csv", tmp_path / "old.csv", size=1, mtime=1.0)
+    journal.claim(old, path=tmp_path / "o", job_ids=["1"])
+    journal.delivery_ended(old, "1", "uploaded", nbytes=1)
+    journal.finish(old, state="done", final_path=tmp_path / "done-old.csv", reason=None)
+    clock.advance(8 * 86400)
+    assert journal.reserved_jobs() == set()
+    fresh = journal.note_settling("new.csv", tmp_path / "new.csv", size=1, mtime=2.0)
+    journal.claim(fresh, path=tmp_path / "n", job_ids=["2"])
+    clock.advance(30 * 86400)
+    assert journal.prune() == 1
+    assert [r.id for r in journal.files("claimed")] == [fresh]
+    assert journal.reserved_jobs() == {"2"}
+    assert journal.deliveries(old) == []
