@@ -23,7 +23,13 @@ from pushagent.errors import ExchangeError
 from pushagent.exchange import ExchangeClient, Job, JobCategory, JobStatus
 from pushagent.journal import FileRow, Journal
 from pushagent.metrics import AgentMetrics
-from pushagent.outcomes import move_without_overwrite, write_error_report
+from pushagent.outcomes import (
+    error_report_path,
+    move_without_overwrite,
+    same_entry,
+    unique_target,
+    write_error_report,
+)
 from pushagent.pool import Finished, WorkerPool
 from pushagent.readiness import Candidate, ReadinessTracker
 from pushagent.router import PendingFile, SegmentRouter, plan_assignments
@@ -72,6 +78,7 @@ class Agent:
         self.stop_event = stop_event or threading.Event()
         self._stop_requests = 0
         self._reasons: dict[int, str] = {}
+        self._retry_streak: dict[int, int] = {}
         self.metrics = metrics or AgentMetrics()
         self.outcomes = Outcomes()
         self._client = client
@@ -234,10 +241,27 @@ class Agent:
                 self._track(path, "scan")
 
     def _track(self, path: Path, event: str) -> None:
+        if not _storable(path):
+            self._move_aside_unjournaled(path)
+            return
         self._readiness.observe(path, event=event)
         if path not in self._file_ids and path in self._readiness.tracked():
             relative = str(self._relative(path))
             self._file_ids[path] = self._journal.note_settling(relative, path, size=0, mtime=0.0)
+
+    def _move_aside_unjournaled(self, path: Path) -> None:
+        """A name that is not UTF-8 cannot enter the journal: it goes straight to failed/."""
+        shown = os.fsencode(path.name).decode("utf-8", "backslashreplace")
+        reason = f"{shown}: the file name is not valid UTF-8; rename it and drop it again"
+        try:
+            target = move_without_overwrite(path, self.config.folders.failed, PurePath(path.name))
+            write_error_report(target, {"file": shown, "reason": reason, "time": self._now_iso()})
+        except OSError as error:
+            logger.error("{}: cannot move it to failed/: {}", shown, error)
+            return
+        self.outcomes.failed.append(shown)
+        self.metrics.files_failed.inc()
+        logger.warning("failed: {}", reason)
 
     def _sweep_vanished(self) -> None:
         """Forget files a dropper removed again before they were claimed."""
@@ -414,12 +438,15 @@ class Agent:
                 row.id, f"waiting for a job for segment {row.segment}: {result.reason}"
             )
         else:
+            self._retry_streak.pop(row.id, None)
             self._finish(row, result)
 
     def _schedule_retry(self, row: FileRow, result: DeliveryResult) -> None:
-        attempt = row.attempts + 1
+        # Every retry in a row doubles the wait, counted or not: a refused key or a dead network
+        # is asked less and less often, up to upload.max_backoff.
+        streak = self._retry_streak[row.id] = self._retry_streak.get(row.id, 0) + 1
         delay = min(
-            self.config.upload.max_backoff, self.config.upload.initial_backoff * 2 ** (attempt - 1)
+            self.config.upload.max_backoff, self.config.upload.initial_backoff * 2 ** (streak - 1)
         )
         delay = max(delay, result.retry_after or 0.0)
         reason = f"retrying in {delay:.0f} s after: {result.reason}"
@@ -434,7 +461,7 @@ class Agent:
         delivered = result.verdict is Verdict.DELIVERED
         folder = self.config.folders.done if delivered else self.config.folders.failed
         try:
-            target = move_without_overwrite(Path(row.path), folder, PurePath(row.rel_path))
+            target = self._move_final(row, folder)
             self._carry_trigger(Path(row.path), target)
             if row.state == "claimed":
                 with contextlib.suppress(OSError):
@@ -458,6 +485,15 @@ class Agent:
             log.warning("failed: moved to {}: {}", target, result.reason)
         self._refresh_gauges()
 
+    def _move_final(self, row: FileRow, folder: Path) -> Path:
+        source, relative = Path(row.path), PurePath(row.rel_path)
+        intended = Path(row.final_path) if row.final_path else None
+        if intended is not None and same_entry(source, intended):
+            os.unlink(source)  # the last run stopped between the link and the unlink
+            return intended
+        self._journal.intend_final(row.id, unique_target(folder, relative))
+        return move_without_overwrite(source, folder, relative)
+
     def _finish_unmatched(self, row: FileRow, reason: str) -> None:
         self._finish(row, DeliveryResult(Verdict.REJECTED, reason))
 
@@ -469,8 +505,11 @@ class Agent:
             "job_ids": [d.job_id for d in deliveries],
             "uploaded_to": [d.job_id for d in deliveries if d.state == "uploaded"],
             "reason": reason,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._wall())),
+            "time": self._now_iso(),
         }
+
+    def _now_iso(self) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._wall()))
 
     def _refresh_gauges(self) -> None:
         pending = len(self._waiting) + len(self._scheduled) + len(self._in_flight)
@@ -488,15 +527,35 @@ class Agent:
         for row in self._journal.files("claimed"):
             dropped = self._drop / row.rel_path
             if not os.path.lexists(row.path):
-                if os.path.lexists(dropped):  # stopped between the journal entry and the move
+                final = Path(row.final_path) if row.final_path else None
+                if final is not None and os.path.lexists(final):  # stopped after the final move
+                    self._record_finished(row, final)
+                elif os.path.lexists(dropped):  # stopped between the journal entry and the move
                     self._journal.unclaim(row.id, dropped)
                 else:
                     logger.bind(file=row.rel_path).error("claimed file vanished from {}", row.path)
                     self._journal.drop_claim(row.id)
                 continue
-            if os.path.lexists(dropped) and os.path.samefile(dropped, row.path):
+            if same_entry(dropped, Path(row.path)):
                 os.unlink(dropped)  # stopped between the link and the unlink of the claim
             logger.bind(file=row.rel_path, segment=row.segment).info(
                 "resuming a file claimed before the last stop"
             )
             self._scheduled[row.id] = _Scheduled(due=self._clock())
+
+    def _record_finished(self, row: FileRow, final: Path) -> None:
+        delivered = final.is_relative_to(self.config.folders.done)
+        if not delivered and not error_report_path(final).exists():
+            write_error_report(final, self._error_report(row, row.reason or "failed"))
+        state = "done" if delivered else "failed"
+        self._journal.finish(row.id, state=state, final_path=final, reason=row.reason)
+        logger.bind(file=row.rel_path).info("found in {} after the last stop", final)
+
+
+def _storable(path: Path) -> bool:
+    """SQLite text must be UTF-8; a name with undecodable bytes (surrogates) is not."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -269,6 +269,11 @@ class Journal:
             row = db.execute("SELECT attempts FROM files WHERE id = ?", (file_id,)).fetchone()
             return int(row["attempts"])
 
+    def intend_final(self, file_id: int, target: Path) -> None:
+        """Written before the final move, so a crash inside the move can be finished, not redone."""
+        with self._tx() as db:
+            db.execute("UPDATE files SET final_path = ? WHERE id = ?", (str(target), file_id))
+
     def finish(self, file_id: int, *, state: str, final_path: Path, reason: str | None) -> None:
         with self._tx() as db:
             db.execute(

@@ -24,6 +24,15 @@ def unique_target(folder: Path, relative: PurePath) -> Path:
     return target
 
 
+def same_entry(a: Path, b: Path) -> bool:
+    """Two names of one file (hard links), without following symlinks."""
+    try:
+        sa, sb = os.lstat(a), os.lstat(b)
+    except FileNotFoundError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
 def error_report_path(target: Path) -> Path:
     return target.with_name(target.name + ".error.json")
 
