@@ -40,6 +40,7 @@ from pushagent.watcher import DropWatcher, WatchEvent, scan_drop_folder
 # files costs a handful of list calls, not a thousand.
 MIN_POLL_GAP_SECONDS = 0.2
 IDLE_WAIT_SECONDS = 1.0
+MOVE_RETRY_MAX_SECONDS = 30.0
 PRUNE_INTERVAL_SECONDS = 86400.0
 
 
@@ -145,7 +146,9 @@ class Agent:
             self._watcher.stop()
             self._pool.shutdown()
             self._refresh_gauges()
-        left_retrying = once and bool(self._scheduled or self._in_flight)
+        if not once:
+            return 0  # a stop signal ends a long run normally, whatever files failed meanwhile
+        left_retrying = bool(self._scheduled or self._in_flight)
         return 1 if self.outcomes.failed or left_retrying else 0
 
     def request_stop(self) -> None:
@@ -175,6 +178,9 @@ class Agent:
         deadlines = [self._next_rescan, *(s.due for s in self._scheduled.values())]
         if self._waiting:
             deadlines.append(self._next_poll)
+            if self._fresh_files:
+                # A file ready just after a list call waits for the gap, not for the next poll.
+                deadlines.append(self._last_poll + MIN_POLL_GAP_SECONDS)
         settle = self._readiness.next_deadline()
         if settle is not None:
             deadlines.append(settle)
@@ -469,11 +475,18 @@ class Agent:
             if not delivered:
                 write_error_report(target, self._error_report(row, result.reason or "failed"))
         except OSError as error:
-            logger.bind(file=row.rel_path).error(
-                "cannot move the file to {} ({}); retrying in 30 s", folder, error
+            # Doubling from upload.initial_backoff: a folder back within seconds is used within
+            # seconds, a long outage is checked every MOVE_RETRY_MAX_SECONDS at most.
+            streak = self._retry_streak[row.id] = self._retry_streak.get(row.id, 0) + 1
+            delay = min(
+                MOVE_RETRY_MAX_SECONDS, self.config.upload.initial_backoff * 2 ** (streak - 1)
             )
-            self._scheduled[row.id] = _Scheduled(due=self._clock() + 30, finish=result)
+            logger.bind(file=row.rel_path).error(
+                "cannot move the file to {} ({}); retrying in {:.0f} s", folder, error, delay
+            )
+            self._scheduled[row.id] = _Scheduled(due=self._clock() + delay, finish=result)
             return
+        self._retry_streak.pop(row.id, None)
         state = "done" if delivered else "failed"
         self._journal.finish(row.id, state=state, final_path=target, reason=result.reason)
         (self.outcomes.done if delivered else self.outcomes.failed).append(row.rel_path)

@@ -110,7 +110,7 @@ class Deliverer:
         job = known.get(job_id)
         if delivery.state == "uploading" or job is None:
             # An earlier attempt may have reached the server: its status is the only witness.
-            job = self._call(lambda: self._client.get_job(JobCategory.SEGMENT_EXPORT, job_id))
+            job = self._current_job(job_id)
             if not job.is_waiting:
                 self._settle_stopped_job(file, job_id, job.status, log_reason="before upload")
                 return
@@ -133,8 +133,8 @@ class Deliverer:
             )
         except (Conflict, NotFound) as error:
             self._metrics.api_error(error.status)
-            current = self._call(lambda: self._client.get_job(JobCategory.SEGMENT_EXPORT, job_id))
-            self._settle_stopped_job(file, job_id, current.status, log_reason=str(error))
+            status = self._current_job(job_id).status
+            self._settle_stopped_job(file, job_id, status, log_reason=str(error))
             return
         except (NotAuthenticated, NotAuthorised) as error:
             self._metrics.api_error(error.status)
@@ -163,6 +163,13 @@ class Deliverer:
             "uploaded to job {}", job_id
         )
 
+    def _current_job(self, job_id: str) -> Job:
+        """The job as the Exchange sees it now; one it answers 404 for was deleted."""
+        try:
+            return self._call(lambda: self._client.get_job(JobCategory.SEGMENT_EXPORT, job_id))
+        except NotFound:
+            return Job(job_id=int(job_id), status=JobStatus.NOTFOUND, raw={})
+
     def _settle_stopped_job(
         self, file: FileRow, job_id: str, status: JobStatus, *, log_reason: str
     ) -> None:
@@ -189,7 +196,7 @@ class Deliverer:
     def _fail_job(self, file: FileRow, job_id: str, reason: str) -> None:
         try:
             self._call(lambda: self._client.fail_job(job_id, reason))
-        except OperationRefused:
+        except (OperationRefused, NotFound):
             logger.bind(file=file.rel_path, job=job_id).warning(
                 "job {} was no longer waiting; it could not be failed", job_id
             )
