@@ -1,0 +1,543 @@
+"""pushagent under load, measured in one run and printed as one table with targets.
+
+    python benchmarks/bench.py                              # 1 GB file, 50 drops, 1000-file burst
+    python benchmarks/bench.py --size-gb 0.2 --drops 20 --burst 200 --keep
+
+Starts the simulator (``pushagent simulator`` in a subprocess) and one agent (``pushagent run``)
+with the default settings, in a work folder on one disk (``--workdir``, default a temporary
+folder), then measures:
+
+- large file: rename of a generated CSV into the drop folder -> validated -> uploaded -> in done/,
+  next to ``curl --data-binary @file`` (and a streamed ``curl -T``) to the same simulator, each
+  best of ``--repeat``; and the agent's peak RSS (VmHWM);
+- validation: ``validate_csv`` next to a bare ``csv.reader`` loop over the same file, each in a
+  fresh process (benchmarks/validation_speed.py);
+- latency: rename of a tiny file -> start of its upload request at the simulator (the request
+  log's ``time``, taken when the request line and headers have been read), a job already waiting;
+- burst: many small files for as many waiting jobs: time, files per second, list-jobs calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import validation_speed
+
+from pushagent.agent import MIN_POLL_GAP_SECONDS
+from pushagent.config import UploadSettings
+from pushagent.simulator import SimulatorControl
+
+KEY = "bench-account-key-41c9"
+ENDPOINT = 85
+CURL = "/usr/bin/curl"
+LIST_PATH = "/v1/jobs/SEGMENT_EXPORT"
+UPLOAD_WORKERS = UploadSettings().workers  # the agent runs with the default
+PHASES = ("large", "validation", "latency", "burst")
+POLL = 0.005  # how often the benchmark looks for an outcome: well below what it measures
+
+AGENT_CONFIG = """\
+exchange:
+  base_url: {url}
+  api_key: ${{BENCH_EXCHANGE_KEY}}
+  endpoint_id: {endpoint}
+folders: {{drop: ./drop, done: ./done, failed: ./failed}}
+state_dir: ./state
+"""
+
+
+@dataclass(frozen=True)
+class Row:
+    measure: str
+    value: str
+    target: str
+    passed: bool | None  # None: context, no target
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+
+def wait_until(probe: Callable[[], Any], *, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: timed out after {timeout:g} s waiting for {what}")
+        time.sleep(POLL)
+
+
+@contextmanager
+def simulator_process(work: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    out = work / "simulator.out"
+    with open(out, "wb") as stdout, open(work / "simulator.log", "wb") as stderr:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pushagent",
+                "simulator",
+                "--port",
+                "0",
+                "--data-dir",
+                str(work / "sim-data"),
+                "--account-key",
+                KEY,
+                "--complete-after",
+                "0.2",
+            ],
+            stdout=stdout,
+            stderr=stderr,
+        )
+    try:
+        first = wait_until(
+            lambda: out.read_text().splitlines()[:1] if out.read_text().endswith("\n") else None,
+            timeout=30,
+            what="the simulator's first line",
+        )[0]
+        yield first.rsplit(" ", 1)[1], process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+@contextmanager
+def agent_process(home: Path, url: str) -> Iterator[subprocess.Popen[bytes]]:
+    for name in ("drop", "done", "failed"):
+        (home / name).mkdir(parents=True)
+    config = home / "agent.yaml"
+    config.write_text(AGENT_CONFIG.format(url=url, endpoint=ENDPOINT))
+    log = home / "agent.log"
+    with open(log, "wb") as stream:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pushagent", "run", "-c", str(config)],
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            cwd=home,
+            env={**os.environ, "BENCH_EXCHANGE_KEY": KEY},
+        )
+    try:
+        wait_until(
+            lambda: "pushagent watching" in log.read_text(errors="replace"),
+            timeout=30,
+            what="the agent to start",
+        )
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise SystemExit(f"bench: no VmHWM in /proc/{pid}/status")
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    memory = "?"
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            memory = f"{int(line.split()[1]) / 1024 / 1024:.0f} GiB"
+    return (
+        f"{model}, {os.cpu_count()} cores, {memory} RAM, Linux {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+# --- the work -----------------------------------------------------------------------------------
+
+
+def generate_csv(path: Path, *, size: int) -> str:
+    """A CSV of realistic rows (quoted fields, rare line breaks), a block repeated; its sha256."""
+    mix = validation_speed.Mix(quoted_share=0.1, multiline_share=0.001, quote_all=False, eol="\n")
+    rng = random.Random(11)
+    block = "".join(validation_speed._row(rng, n, mix) for n in range(20_000)).encode()
+    header = validation_speed.HEADER.encode()
+    digest = hashlib.sha256(header)
+    with open(path, "wb") as out:
+        out.write(header)
+        written = len(header)
+        while written < size:
+            out.write(block)
+            digest.update(block)
+            written += len(block)
+    return digest.hexdigest()
+
+
+class Bench:
+    def __init__(self, work: Path, url: str, agent: subprocess.Popen[bytes]) -> None:
+        self.work = work
+        self.url = url
+        self.sim = SimulatorControl(url)
+        self.agent = agent
+        self.home = work / "agent"
+        self.stage = work / "stage"  # same disk as the drop folder: a rename, not a copy
+        self.stage.mkdir()
+        self._segment = 700_000
+        self.large_digest = ""
+
+    def job(self) -> tuple[int, int]:
+        self._segment += 1
+        job = self.sim.add_job(
+            producerEndpointID=ENDPOINT,
+            producerSegmentID=self._segment,
+            identityMappings={"Email": "EMAIL_SHA256"},
+        )
+        return int(job["jobId"]), self._segment
+
+    def forget_uploads(self, job: int) -> None:
+        """The simulator keeps uploads on disk: remove them between phases."""
+        for upload in self.sim.uploads(job):
+            Path(upload.path).unlink(missing_ok=True)
+
+    def delivered(self, job: int, done: Path) -> bool:
+        """The simulator holds the job's upload and the file is in done/."""
+        return done.exists() and bool(self.sim.uploads(job))
+
+    def posts(self, job: int) -> list[dict[str, Any]]:
+        path = f"/v1/jobs/{job}/data"
+        return [r for r in self.sim.request_log() if r["method"] == "POST" and r["path"] == path]
+
+    def drop(self, source: Path, segment: int) -> tuple[float, Path]:
+        target = self.home / "drop" / f"{segment}.csv"
+        renamed = time.time()
+        os.rename(source, target)
+        return renamed, self.home / "done" / f"{segment}.csv"
+
+    # -- large file ---------------------------------------------------------------------------
+
+    def curl(self, path: Path, digest: str, *how: str) -> float | str:
+        """Seconds for curl to upload ``path`` to a fresh job (``how``: curl's body options), or
+        why curl could not (``--data-binary @file`` loads the whole file, and gives up past
+        about 2 GB)."""
+        job, _ = self.job()
+        started = time.perf_counter()
+        curl = subprocess.run(
+            [CURL, "-sS", "-o", "/dev/null", "-w", "%{http_code}", *how,
+             "-H", f"Authorization: Bearer {KEY}", "-H", "Content-Type: text/csv",
+             f"{self.url}/v1/jobs/{job}/data"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        seconds = time.perf_counter() - started
+        if curl.returncode != 0:
+            return curl.stderr.splitlines()[0] if curl.stderr else f"exit {curl.returncode}"
+        if curl.stdout != "200" or self.sim.uploads(job)[0].sha256 != digest:
+            raise SystemExit(f"bench: curl upload failed: HTTP {curl.stdout} {curl.stderr}")
+        self.forget_uploads(job)
+        return seconds
+
+    def upload_seconds(self, job: int) -> float:
+        """The agent's own timing of the POST alone, from its log line "uploaded to job N"."""
+        log = (self.home / "agent.log").read_text(errors="replace")
+        found = re.search(rf"uploaded to job {job} .*duration=([0-9.]+)s", log)
+        if found is None:
+            raise SystemExit(f"bench: no 'uploaded to job {job}' line in the agent log")
+        return float(found.group(1))
+
+    def agent_upload(self, path: Path, digest: str) -> tuple[float, float, Path]:
+        """Seconds from the rename of ``path`` into the drop folder to its upload stored and the
+        file in done/, the POST's own share of that, and where the file is now."""
+        job, segment = self.job()
+        started = time.perf_counter()
+        _, done = self.drop(path, segment)
+        wait_until(partial(self.delivered, job, done), timeout=3600, what="the large file")
+        seconds = time.perf_counter() - started
+        if self.sim.uploads(job)[0].sha256 != digest:
+            raise SystemExit("bench: the agent's upload differs from the file")
+        self.forget_uploads(job)
+        return seconds, self.upload_seconds(job), done
+
+    def large_file(self, size: int, *, repeat: int) -> tuple[list[Row], Path]:
+        """Each contender ``repeat`` times, its best kept: the simulator writes every upload to
+        disk, and on a VM the disk's write-back makes single runs vary by 2x."""
+        path = self.stage / "large.csv"
+        print(f"generating {size / 1e9:.2f} GB of CSV ...", file=sys.stderr)
+        digest = self.large_digest = generate_csv(path, size=size)
+        size = path.stat().st_size
+        slurps: list[float | str] = []
+        streams: list[float | str] = []
+        agents: list[tuple[float, float]] = []
+        for round_ in range(repeat):
+            print(f"round {round_ + 1}/{repeat}: curl --data-binary, curl -T, agent ...",
+                  file=sys.stderr)  # fmt: skip
+            slurps.append(self.curl(path, digest, "--data-binary", f"@{path}"))
+            streams.append(self.curl(path, digest, "-T", str(path), "-X", "POST"))
+            seconds, posting, done = self.agent_upload(path, digest)
+            agents.append((seconds, posting))
+            os.rename(done, path)
+        failed = [s for s in streams if isinstance(s, str)]
+        if failed:
+            raise SystemExit(f"bench: curl -T failed: {failed[0]}")
+        streamed = min(s for s in streams if isinstance(s, float))
+        timed = [s for s in slurps if isinstance(s, float)]
+        slurped: float | str = min(timed) if timed else str(slurps[0])
+        agent_seconds, posting = min(agents)
+        rss = peak_rss_mib(self.agent.pid)
+        mb = size / 1e6
+
+        def speed(seconds: float | str) -> str:
+            return (
+                seconds
+                if isinstance(seconds, str)
+                else f"{seconds:.2f} s ({mb / seconds:.0f} MB/s)"
+            )
+
+        # The target is against the --data-binary command; when curl cannot load the file,
+        # against the streamed upload instead, which is the harder reference.
+        reference, label = (
+            (slurped, "--data-binary")
+            if isinstance(slurped, float)
+            else (streamed, "-T (--data-binary failed)")
+        )
+        ratio = agent_seconds / reference
+        rows = [
+            Row(f"large file: {size / 1e9:.2f} GB, best of {repeat}: curl --data-binary @file",
+                speed(slurped), "", None),
+            Row("large file: agent, rename -> validated -> uploaded -> done/",
+                speed(agent_seconds), "", None),
+            Row(f"large file: agent time / curl {label} time", f"{ratio:.2f}x", "<= 1.5x",
+                ratio <= 1.5),
+            Row("large file: of which the agent's POST alone", speed(posting), "", None),
+            Row("large file: curl -T file -X POST (streamed, for reference)", speed(streamed),
+                "", None),
+            Row(f"agent peak RSS (VmHWM) after {repeat} large files", f"{rss:.1f} MiB",
+                "<= 100 MiB", rss <= 100),
+        ]  # fmt: skip
+        return rows, path
+
+    def large_files_at_once(self, path: Path, digest: str, count: int) -> list[Row]:
+        """``count`` copies of the large file dropped together: one per upload worker, each
+        validated and sent at the same time, the worst case for memory."""
+        print(f"{count} large files at once ...", file=sys.stderr)
+        jobs = [self.job() for _ in range(count)]
+        copies = []
+        for n in range(count):
+            copy = self.stage / f"large-{n}.csv"
+            os.link(path, copy)  # same bytes, no disk space: the agent moves, never writes
+            copies.append(copy)
+        started = time.perf_counter()
+        done = [
+            self.drop(copy, segment)[1] for copy, (_, segment) in zip(copies, jobs, strict=True)
+        ]
+        for (job, _), target in zip(jobs, done, strict=True):
+            wait_until(
+                partial(self.delivered, job, target), timeout=3600, what=f"the file for job {job}"
+            )
+            if self.sim.uploads(job)[0].sha256 != digest:
+                raise SystemExit(f"bench: the agent's upload to job {job} differs from the file")
+            self.forget_uploads(job)
+            target.unlink()
+        seconds = time.perf_counter() - started
+        rss = peak_rss_mib(self.agent.pid)
+        return [
+            Row(f"{count} large files at once (one per upload worker)", f"{seconds:.2f} s", "",
+                None),
+            Row(f"agent peak RSS (VmHWM) after {count} large files at once", f"{rss:.1f} MiB",
+                "<= 100 MiB", rss <= 100),
+        ]  # fmt: skip
+
+    # -- validation ---------------------------------------------------------------------------
+
+    def validation(self, path: Path) -> list[Row]:
+        print("validation: csv.reader, then validate_csv ...", file=sys.stderr)
+        # validation_speed's peak RSS is left out: ru_maxrss survives fork and exec on Linux, so
+        # a child started from this (larger) process reports this process's size.
+        bare, _, _ = validation_speed._run("csv", path)
+        checked, _, detail = validation_speed._run("validate", path)
+        if "problems=[]" not in detail:
+            raise SystemExit(f"bench: the generated file is not valid: {detail}")
+        mb = path.stat().st_size / 1e6
+        speed = bare / checked
+        return [
+            Row(
+                "validation: bare csv.reader loop", f"{bare:.2f} s ({mb / bare:.0f} MB/s)", "", None
+            ),
+            Row(
+                "validation: validate_csv",
+                f"{checked:.2f} s ({mb / checked:.0f} MB/s)",
+                "",
+                None,
+            ),
+            Row(
+                "validation: validate_csv speed / csv.reader speed",
+                f"{speed:.2f}x",
+                ">= 1.0x",
+                speed >= 1.0,
+            ),
+        ]
+
+    # -- latency ------------------------------------------------------------------------------
+
+    def latency(self, drops: int) -> list[Row]:
+        print(f"latency: {drops} drops ...", file=sys.stderr)
+        latencies: list[float] = []
+        for n in range(drops):
+            job, segment = self.job()
+            source = self.stage / f".tiny-{n}.csv"
+            source.write_bytes(f"Email\nlatency{n}@example.com\n".encode())
+            renamed, done = self.drop(source, segment)
+            post = wait_until(partial(self.posts, job), timeout=30, what=f"upload {n}")[0]
+            latencies.append(post["time"] - renamed)
+            wait_until(done.exists, timeout=30, what=f"drop {n} in done/")
+            done.unlink()
+        latencies.sort()
+        median = statistics.median(latencies)
+        p95 = latencies[min(len(latencies) - 1, round(0.95 * len(latencies)) - 1)]
+        return [
+            Row(
+                f"latency, rename -> upload starts ({drops} drops): median",
+                f"{median:.3f} s",
+                "<= 0.5 s",
+                median <= 0.5,
+            ),
+            Row("latency: p95", f"{p95:.3f} s", "<= 1 s", p95 <= 1.0),
+            Row("latency: max", f"{latencies[-1]:.3f} s", "", None),
+        ]
+
+    # -- burst --------------------------------------------------------------------------------
+
+    def burst(self, count: int) -> tuple[float, int]:
+        """Seconds from the first rename to the last file in done/, and list calls meanwhile."""
+        jobs = [self.job() for _ in range(count)]
+        sources = []
+        for n, (_, segment) in enumerate(jobs):
+            source = self.stage / f".burst-{n}.csv"
+            source.write_bytes(f"Email\nburst{segment}@example.com\n".encode())
+            sources.append((source, segment))
+        self.sim.clear_request_log()
+        done = self.home / "done"
+        started = time.perf_counter()
+        for source, segment in sources:
+            self.drop(source, segment)
+        wait_until(
+            lambda: sum(1 for _ in os.scandir(done)) >= count,
+            timeout=600,
+            what=f"{count} files in done/",
+        )
+        seconds = time.perf_counter() - started
+        log = self.sim.request_log()
+        lists = sum(1 for r in log if r["method"] == "GET" and r["path"] == LIST_PATH)
+        posts = [r for r in log if r["method"] == "POST"]
+        if len(posts) != count or any(r["status"] != 200 for r in posts):
+            raise SystemExit(f"bench: {len(posts)} uploads for {count} files, or some failed")
+        for _, segment in sources:
+            (done / f"{segment}.csv").unlink()
+        for job, _ in jobs:
+            self.forget_uploads(job)
+        return seconds, lists
+
+    def bursts(self, count: int) -> list[Row]:
+        small = max(10, count // 10)
+        print(f"burst: {small} files, then {count} ...", file=sys.stderr)
+        small_seconds, small_lists = self.burst(small)
+        seconds, lists = self.burst(count)
+        rate = count / seconds
+        # One list call serves every pending file: the calls follow the time, not the files.
+        bound = 3 + seconds / MIN_POLL_GAP_SECONDS
+        return [
+            Row(f"burst: {count} files for {count} waiting jobs", f"{seconds:.2f} s", "", None),
+            Row("burst: files per second", f"{rate:.0f}/s", ">= 100/s", rate >= 100),
+            Row(
+                f"burst: list-jobs calls ({small} files: {small_lists} in {small_seconds:.2f} s)",
+                f"{lists}",
+                f"<= {bound:.0f} (time-bound)",
+                lists <= bound,
+            ),
+        ]
+
+
+def print_table(rows: list[Row]) -> None:
+    widths = [max(len(getattr(r, f)) for r in rows) for f in ("measure", "value", "target")]
+    head = ("measure", "value", "target")
+    widths = [max(w, len(h)) for w, h in zip(widths, head, strict=True)]
+    line = "+".join("-" * (w + 2) for w in [*widths, 6])
+    print(line)
+    print(" | ".join(h.ljust(w) for h, w in zip([*head, "result"], [*widths, 6], strict=True)))
+    print(line)
+    for r in rows:
+        result = "" if r.passed is None else ("PASS" if r.passed else "MISS")
+        print(
+            " | ".join(
+                v.ljust(w)
+                for v, w in zip((r.measure, r.value, r.target, result), [*widths, 6], strict=True)
+            )
+        )
+    print(line)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-gb", type=float, default=1.0, help="large file size (1.0)")
+    parser.add_argument("--drops", type=int, default=50, help="drops timed for latency (50)")
+    parser.add_argument("--burst", type=int, default=1000, help="files in the burst (1000)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="large-file uploads per contender, best kept (3)")  # fmt: skip
+    parser.add_argument("--workdir", type=Path, help="where to work (default: a temp folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated subset of {','.join(PHASES)} (validation needs large)",
+    )
+    args = parser.parse_args()
+    phases = set(args.phases.split(","))
+    if phases - set(PHASES):
+        parser.error(f"unknown phases {sorted(phases - set(PHASES))}; use {', '.join(PHASES)}")
+    if not Path(CURL).exists():
+        raise SystemExit(f"bench: {CURL} is needed for the reference upload")
+    work = Path(tempfile.mkdtemp(prefix="pushagent-bench-", dir=args.workdir))
+    print(f"work folder: {work}", file=sys.stderr)
+    try:
+        with simulator_process(work) as (url, _), agent_process(work / "agent", url) as agent:
+            bench = Bench(work, url, agent)
+            rows: list[Row] = []
+            if "large" in phases:
+                found, large = bench.large_file(int(args.size_gb * 1e9), repeat=args.repeat)
+                rows += found
+                rows += bench.large_files_at_once(large, bench.large_digest, UPLOAD_WORKERS)
+                if "validation" in phases:
+                    rows += bench.validation(large)
+                large.unlink()
+            if "latency" in phases:
+                rows += bench.latency(args.drops)
+            if "burst" in phases:
+                rows += bench.bursts(args.burst)
+            rss = peak_rss_mib(agent.pid)
+            rows.append(
+                Row("agent peak RSS (VmHWM) at the end", f"{rss:.1f} MiB", "<= 100 MiB", rss <= 100)
+            )
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"machine: {machine()}")
+    print_table(rows)
+    return 0 if all(r.passed is not False for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
