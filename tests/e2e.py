@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from pushagent.simulator import Simulator
+
 T = TypeVar("T")
 
 KEY = "e2e-account-key-7d1f0a"
@@ -41,6 +43,20 @@ upload:
   max_attempts: {max_attempts}
   shutdown_grace_seconds: {grace}
 {extra}"""
+
+
+def waiting_job(sim: Simulator, segment: int = 45311, **fields: object) -> int:
+    job = sim.add_job(
+        producerEndpointID=ENDPOINT,
+        producerSegmentID=segment,
+        identityMappings={"Email": "EMAIL_SHA256"},
+        **fields,
+    )
+    return int(job["jobId"])
+
+
+def received(sim: Simulator, job_id: int) -> list[bytes]:
+    return [sim.upload_data(job_id, n) for n in range(len(sim.uploads(job_id)))]
 
 
 def wait_for(probe: Callable[[], T], *, timeout: float = 15.0, what: str = "condition") -> T:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pushagent.simulator import Simulator
-from tests.e2e import ENDPOINT, KEY, AgentHome, drop_atomically, wait_for
+from tests.e2e import ENDPOINT, KEY, AgentHome, drop_atomically, received, wait_for, waiting_job
 
 WAITING = "WAITING_TO_RECIEVE_DATA"
 LIST_PATH = "/v1/jobs/SEGMENT_EXPORT"
@@ -127,20 +127,6 @@ def running(home: FaultHome) -> Iterator[FaultHome]:
     finally:
         if home.process is not None:
             home.kill9()
-
-
-def waiting_job(sim: Simulator, segment: int = 45311, **fields: object) -> int:
-    job = sim.add_job(
-        producerEndpointID=ENDPOINT,
-        producerSegmentID=segment,
-        identityMappings={"Email": "EMAIL_SHA256"},
-        **fields,
-    )
-    return int(job["jobId"])
-
-
-def received(sim: Simulator, job_id: int) -> list[bytes]:
-    return [sim.upload_data(job_id, n) for n in range(len(sim.uploads(job_id)))]
 
 
 def csv_rows(tag: str, rows: int = 3) -> bytes:

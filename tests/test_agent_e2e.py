@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from pushagent.simulator import Simulator
-from tests.e2e import ENDPOINT, KEY, AgentHome, assert_never, drop_atomically, wait_for
+from tests.e2e import (
+    KEY,
+    AgentHome,
+    assert_never,
+    drop_atomically,
+    received,
+    wait_for,
+    waiting_job,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -25,20 +33,6 @@ def sim(tmp_path: Path) -> Simulator:
         account_key=KEY, data_dir=tmp_path / "sim-data", complete_after=0.2
     ) as simulator:
         yield simulator  # type: ignore[misc]
-
-
-def waiting_job(sim: Simulator, segment: int = 45311, **fields: object) -> int:
-    job = sim.add_job(
-        producerEndpointID=ENDPOINT,
-        producerSegmentID=segment,
-        identityMappings={"Email": "EMAIL_SHA256"},
-        **fields,
-    )
-    return int(job["jobId"])
-
-
-def received(sim: Simulator, job_id: int) -> list[bytes]:
-    return [sim.upload_data(job_id, n) for n in range(len(sim.uploads(job_id)))]
 
 
 def fault_fired(sim: Simulator) -> bool:
