@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
+import sys
 from collections.abc import Sequence
 
 from loguru import logger
@@ -25,6 +28,7 @@ COMMAND_MODULES = (
 )
 
 INTERRUPTED = 130
+BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command cut off by a pipe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,3 +72,9 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     except KeyboardInterrupt:
         logger.warning("interrupted")
         return INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`pushagent jobs show ... | head`): not an error of ours. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        with contextlib.suppress(OSError, ValueError):  # stdout may have no descriptor
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
 
 import pytest
+
+from pushagent.cli import BROKEN_PIPE, main
+from pushagent.env import Environment
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,3 +32,17 @@ def test_demo_delivers_the_sample_and_exits_zero(tmp_path: Path) -> None:
 def test_the_packaged_sample_is_the_one_in_examples() -> None:
     packaged = resources.files("pushagent").joinpath("data/sample-segment.csv").read_bytes()
     assert packaged == (REPO / "examples" / "sample-segment.csv").read_bytes()
+
+
+
+class ClosedPipe(io.StringIO):
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_reader_that_goes_away_is_not_a_traceback() -> None:
+    stderr = io.StringIO()
+    env = Environment(stdout=ClosedPipe(), stderr=stderr, environ={})
+    code = main(["validate", str(REPO / "examples" / "valid-segment.csv")], env=env)
+    assert code == BROKEN_PIPE
+    assert stderr.getvalue() == ""
