@@ -172,9 +172,9 @@ def machine() -> str:
 # --- the work -----------------------------------------------------------------------------------
 
 
-def generate_csv(path: Path, *, size: int) -> str:
-    """A CSV of realistic rows (quoted fields, rare line breaks), a block repeated; its sha256."""
-    mix = validation_speed.Mix(quoted_share=0.1, multiline_share=0.001, quote_all=False, eol="\n")
+def generate_csv(path: Path, *, size: int, mix: validation_speed.Mix) -> str:
+    """A CSV of realistic rows (by default some quoted fields, rare line breaks), a block
+    repeated; its sha256."""
     rng = random.Random(11)
     block = "".join(validation_speed._row(rng, n, mix) for n in range(20_000)).encode()
     header = validation_speed.HEADER.encode()
@@ -190,7 +190,10 @@ def generate_csv(path: Path, *, size: int) -> str:
 
 
 class Bench:
-    def __init__(self, work: Path, url: str, agent: subprocess.Popen[bytes]) -> None:
+    def __init__(
+        self, work: Path, url: str, agent: subprocess.Popen[bytes], *, mix: validation_speed.Mix
+    ) -> None:
+        self.mix = mix
         self.work = work
         self.url = url
         self.sim = SimulatorControl(url)
@@ -238,11 +241,23 @@ class Bench:
         job, _ = self.job()
         started = time.perf_counter()
         curl = subprocess.run(
-            [CURL, "-sS", "-o", "/dev/null", "-w", "%{http_code}", *how,
-             "-H", f"Authorization: Bearer {KEY}", "-H", "Content-Type: text/csv",
-             f"{self.url}/v1/jobs/{job}/data"],
-            capture_output=True, text=True,
-        )  # fmt: skip
+            [
+                CURL,
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                *how,
+                "-H",
+                f"Authorization: Bearer {KEY}",
+                "-H",
+                "Content-Type: text/csv",
+                f"{self.url}/v1/jobs/{job}/data",
+            ],
+            capture_output=True,
+            text=True,
+        )
         seconds = time.perf_counter() - started
         if curl.returncode != 0:
             return curl.stderr.splitlines()[0] if curl.stderr else f"exit {curl.returncode}"
@@ -273,23 +288,32 @@ class Bench:
         return seconds, self.upload_seconds(job), done
 
     def large_file(self, size: int, *, repeat: int) -> tuple[list[Row], Path]:
-        """Each contender ``repeat`` times, its best kept: the simulator writes every upload to
-        disk, and on a VM the disk's write-back makes single runs vary by 2x."""
+        """Each contender ``repeat`` times in turn, its best kept: the simulator writes every
+        upload to disk, and on a shared VM single runs vary by 2x."""
         path = self.stage / "large.csv"
         print(f"generating {size / 1e9:.2f} GB of CSV ...", file=sys.stderr)
-        digest = self.large_digest = generate_csv(path, size=size)
+        digest = self.large_digest = generate_csv(path, size=size, mix=self.mix)
         size = path.stat().st_size
         slurps: list[float | str] = []
         streams: list[float | str] = []
         agents: list[tuple[float, float]] = []
-        for round_ in range(repeat):
-            print(f"round {round_ + 1}/{repeat}: curl --data-binary, curl -T, agent ...",
-                  file=sys.stderr)  # fmt: skip
-            slurps.append(self.curl(path, digest, "--data-binary", f"@{path}"))
-            streams.append(self.curl(path, digest, "-T", str(path), "-X", "POST"))
+
+        def agent() -> None:
             seconds, posting, done = self.agent_upload(path, digest)
             agents.append((seconds, posting))
             os.rename(done, path)
+
+        contenders: list[Callable[[], None]] = [
+            lambda: slurps.append(self.curl(path, digest, "--data-binary", f"@{path}")),
+            lambda: streams.append(self.curl(path, digest, "-T", str(path), "-X", "POST")),
+            agent,
+        ]
+        for round_ in range(repeat):
+            print(f"large file: round {round_ + 1} of {repeat} ...", file=sys.stderr)
+            # Each round starts with another contender: none always runs right after the
+            # simulator wrote a gigabyte.
+            for n in range(len(contenders)):
+                contenders[(round_ + n) % len(contenders)]()
         failed = [s for s in streams if isinstance(s, str)]
         if failed:
             raise SystemExit(f"bench: curl -T failed: {failed[0]}")
@@ -316,18 +340,38 @@ class Bench:
         )
         ratio = agent_seconds / reference
         rows = [
-            Row(f"large file: {size / 1e9:.2f} GB, best of {repeat}: curl --data-binary @file",
-                speed(slurped), "", None),
-            Row("large file: agent, rename -> validated -> uploaded -> done/",
-                speed(agent_seconds), "", None),
-            Row(f"large file: agent time / curl {label} time", f"{ratio:.2f}x", "<= 1.5x",
-                ratio <= 1.5),
+            Row(
+                f"large file: {size / 1e9:.2f} GB, best of {repeat}: curl --data-binary @file",
+                speed(slurped),
+                "",
+                None,
+            ),
+            Row(
+                "large file: agent, rename -> validated -> uploaded -> done/",
+                speed(agent_seconds),
+                "",
+                None,
+            ),
+            Row(
+                f"large file: agent time / curl {label} time",
+                f"{ratio:.2f}x",
+                "<= 1.5x",
+                ratio <= 1.5,
+            ),
             Row("large file: of which the agent's POST alone", speed(posting), "", None),
-            Row("large file: curl -T file -X POST (streamed, for reference)", speed(streamed),
-                "", None),
-            Row(f"agent peak RSS (VmHWM) after {repeat} large files", f"{rss:.1f} MiB",
-                "<= 100 MiB", rss <= 100),
-        ]  # fmt: skip
+            Row(
+                "large file: curl -T file -X POST (streamed, for reference)",
+                speed(streamed),
+                "",
+                None,
+            ),
+            Row(
+                f"agent peak RSS (VmHWM) after {repeat} large files",
+                f"{rss:.1f} MiB",
+                "<= 100 MiB",
+                rss <= 100,
+            ),
+        ]
         return rows, path
 
     def large_files_at_once(self, path: Path, digest: str, count: int) -> list[Row]:
@@ -355,11 +399,16 @@ class Bench:
         seconds = time.perf_counter() - started
         rss = peak_rss_mib(self.agent.pid)
         return [
-            Row(f"{count} large files at once (one per upload worker)", f"{seconds:.2f} s", "",
-                None),
-            Row(f"agent peak RSS (VmHWM) after {count} large files at once", f"{rss:.1f} MiB",
-                "<= 100 MiB", rss <= 100),
-        ]  # fmt: skip
+            Row(
+                f"{count} large files at once (one per upload worker)", f"{seconds:.2f} s", "", None
+            ),
+            Row(
+                f"agent peak RSS (VmHWM) after {count} large files at once",
+                f"{rss:.1f} MiB",
+                "<= 100 MiB",
+                rss <= 100,
+            ),
+        ]
 
     # -- validation ---------------------------------------------------------------------------
 
@@ -495,8 +544,21 @@ def main() -> int:
     parser.add_argument("--size-gb", type=float, default=1.0, help="large file size (1.0)")
     parser.add_argument("--drops", type=int, default=50, help="drops timed for latency (50)")
     parser.add_argument("--burst", type=int, default=1000, help="files in the burst (1000)")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="large-file uploads per contender, best kept (3)")  # fmt: skip
+    parser.add_argument(
+        "--quoted-share",
+        type=float,
+        default=0.1,
+        help="large file: share of rows with quoted fields (0.1)",
+    )
+    parser.add_argument(
+        "--multiline-share",
+        type=float,
+        default=0.001,
+        help="large file: share of rows with a line break in a field (0.001)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="large-file uploads per contender, best kept (3)"
+    )
     parser.add_argument("--workdir", type=Path, help="where to work (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument(
@@ -514,7 +576,13 @@ def main() -> int:
     print(f"work folder: {work}", file=sys.stderr)
     try:
         with simulator_process(work) as (url, _), agent_process(work / "agent", url) as agent:
-            bench = Bench(work, url, agent)
+            mix = validation_speed.Mix(
+                quoted_share=args.quoted_share,
+                multiline_share=args.multiline_share,
+                quote_all=False,
+                eol="\n",
+            )
+            bench = Bench(work, url, agent, mix=mix)
             rows: list[Row] = []
             if "large" in phases:
                 found, large = bench.large_file(int(args.size_gb * 1e9), repeat=args.repeat)
