@@ -78,6 +78,7 @@ class Agent:
         # never waits out a backoff.
         self.stop_event = stop_event or threading.Event()
         self._stop_requests = 0
+        self._stop_lock = threading.Lock()
         self._reasons: dict[int, str] = {}
         self._retry_streak: dict[int, int] = {}
         self.metrics = metrics or AgentMetrics()
@@ -153,9 +154,11 @@ class Agent:
 
     def request_stop(self) -> None:
         """Warm stop first, cold stop when called again."""
-        self._stop_requests += 1
+        with self._stop_lock:  # two signals in quick succession must still be warm, then cold
+            self._stop_requests += 1
+            cold = self._stop_requests > 1
         self.stop_event.set()
-        self._inbox.put(_Stop(cold=self._stop_requests > 1))
+        self._inbox.put(_Stop(cold=cold))
 
     def health(self) -> tuple[bool, str]:
         healthy_within = self.config.metrics.healthy_within_seconds
