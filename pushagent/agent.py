@@ -348,10 +348,7 @@ class Agent:
         except ExchangeError as error:
             self.metrics.api_error(error.status)
             self._poll_failures += 1
-            delay = min(
-                self.config.upload.max_backoff,
-                self.config.upload.initial_backoff * 2 ** (self._poll_failures - 1),
-            )
+            delay = self._backoff(self._poll_failures)
             self._next_poll = now + max(delay, error.retry_after or 0)
             logger.error("cannot list the waiting jobs (retrying in {:.1f} s): {}", delay, error)
             for row in self._waiting.values():
@@ -453,11 +450,7 @@ class Agent:
     def _schedule_retry(self, row: FileRow, result: DeliveryResult) -> None:
         # Every retry in a row doubles the wait, counted or not: a refused key or a dead network
         # is asked less and less often, up to upload.max_backoff.
-        streak = self._retry_streak[row.id] = self._retry_streak.get(row.id, 0) + 1
-        delay = min(
-            self.config.upload.max_backoff, self.config.upload.initial_backoff * 2 ** (streak - 1)
-        )
-        delay = max(delay, result.retry_after or 0.0)
+        delay = max(self._backoff(self._next_streak(row.id)), result.retry_after or 0.0)
         reason = f"retrying in {delay:.0f} s after: {result.reason}"
         if result.counts_as_attempt:
             self._journal.count_attempt(row.id, reason, next_attempt_at=self._wall() + delay)
@@ -465,6 +458,15 @@ class Agent:
             self._journal.set_reason(row.id, reason, next_attempt_at=self._wall() + delay)
         logger.bind(file=row.rel_path, segment=row.segment).warning("will retry: {}", result.reason)
         self._scheduled[row.id] = _Scheduled(due=self._clock() + delay)
+
+    def _next_streak(self, file_id: int) -> int:
+        streak = self._retry_streak[file_id] = self._retry_streak.get(file_id, 0) + 1
+        return streak
+
+    def _backoff(self, streak: int, *, cap: float | None = None) -> float:
+        """``upload.initial_backoff`` doubled per failure in a row, up to ``upload.max_backoff``."""
+        limit = self.config.upload.max_backoff if cap is None else cap
+        return float(min(limit, self.config.upload.initial_backoff * 2 ** (streak - 1)))
 
     def _finish(self, row: FileRow, result: DeliveryResult) -> None:
         delivered = result.verdict is Verdict.DELIVERED
@@ -480,10 +482,7 @@ class Agent:
         except OSError as error:
             # Doubling from upload.initial_backoff: a folder back within seconds is used within
             # seconds, a long outage is checked every MOVE_RETRY_MAX_SECONDS at most.
-            streak = self._retry_streak[row.id] = self._retry_streak.get(row.id, 0) + 1
-            delay = min(
-                MOVE_RETRY_MAX_SECONDS, self.config.upload.initial_backoff * 2 ** (streak - 1)
-            )
+            delay = self._backoff(self._next_streak(row.id), cap=MOVE_RETRY_MAX_SECONDS)
             logger.bind(file=row.rel_path).error(
                 "cannot move the file to {} ({}); retrying in {:.0f} s", folder, error, delay
             )

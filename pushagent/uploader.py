@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import TypeVar
 
 from loguru import logger
 
@@ -56,6 +57,9 @@ class UploadSettings:
     max_bytes: int | None
     check_mapped_columns: bool
     max_attempts: int
+
+
+T = TypeVar("T")
 
 
 class _Retry(Exception):
@@ -140,15 +144,11 @@ class Deliverer:
             self._metrics.api_error(error.status)
             # Refused before anything was stored: this job is free to try again.
             self._journal.delivery_ended(file.id, job_id, "assigned", error=str(error))
-            raise _Retry(f"the Exchange refused the key: {error}", counts=False) from error
+            raise _retry_for(error) from error
         except (ExchangeUnavailable, ServerError, RateLimited) as error:
             self._metrics.api_error(error.status)
             self._journal.upload_interrupted(file.id, job_id, str(error))
-            raise _Retry(
-                str(error),
-                retry_after=error.retry_after,
-                counts=not isinstance(error, ExchangeUnavailable),
-            ) from error
+            raise _retry_for(error) from error
         except ExchangeError as error:
             self._metrics.api_error(error.status)
             reason = f"{file.rel_path}: the Exchange refused the upload: {error}"
@@ -210,20 +210,19 @@ class Deliverer:
 
     # --- outcome ----------------------------------------------------------------------------------
 
-    def _call(self, call: Callable[[], Job | None]) -> Job:
+    def _call(self, call: Callable[[], T]) -> T:
         """A status or fail call: transient failures become a retry of the whole file."""
         try:
-            return call()  # type: ignore[return-value]
-        except (ExchangeUnavailable, ServerError, RateLimited) as error:
-            self._metrics.api_error(error.status)
-            raise _Retry(
-                str(error),
-                retry_after=error.retry_after,
-                counts=not isinstance(error, ExchangeUnavailable),
-            ) from error
-        except (NotAuthenticated, NotAuthorised) as error:
-            self._metrics.api_error(error.status)
-            raise _Retry(f"the Exchange refused the key: {error}", counts=False) from error
+            return call()
+        except (
+            ExchangeUnavailable,
+            ServerError,
+            RateLimited,
+            NotAuthenticated,
+            NotAuthorised,
+        ) as e:
+            self._metrics.api_error(e.status)
+            raise _retry_for(e) from e
 
     def _retry_or_give_up(self, file: FileRow, retry: _Retry) -> DeliveryResult:
         attempts = file.attempts + (1 if retry.counts else 0)
@@ -251,3 +250,13 @@ class Deliverer:
         return DeliveryResult(
             Verdict.REQUEUE, "every job assigned to it stopped waiting before the upload"
         )
+
+
+def _retry_for(error: ExchangeError) -> _Retry:
+    """Transient failures retry the file; only server errors count toward upload.max_attempts
+    (an unreachable Exchange or a refused key is never the file's fault)."""
+    if isinstance(error, (NotAuthenticated, NotAuthorised)):
+        return _Retry(f"the Exchange refused the key: {error}", counts=False)
+    return _Retry(
+        str(error), retry_after=error.retry_after, counts=not isinstance(error, ExchangeUnavailable)
+    )
