@@ -27,14 +27,17 @@ import random
 import re
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -50,7 +53,9 @@ ENDPOINT = 85
 CURL = "/usr/bin/curl"
 LIST_PATH = "/v1/jobs/SEGMENT_EXPORT"
 UPLOAD_WORKERS = UploadSettings().workers  # the agent runs with the default
-PHASES = ("large", "validation", "latency", "burst")
+SHARED_PHASES = ("large", "validation", "latency", "burst")  # one simulator, one agent
+SCALE_PHASES = ("startup", "storm", "stop")  # each its own simulator and agent(s)
+PHASES = SHARED_PHASES + SCALE_PHASES
 POLL = 0.005  # how often the benchmark looks for an outcome: well below what it measures
 
 AGENT_CONFIG = """\
@@ -87,6 +92,7 @@ def wait_until(probe: Callable[[], Any], *, timeout: float, what: str) -> Any:
 
 @contextmanager
 def simulator_process(work: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    work.mkdir(parents=True, exist_ok=True)
     out = work / "simulator.out"
     with open(out, "wb") as stdout, open(work / "simulator.log", "wb") as stderr:
         process = subprocess.Popen(
@@ -119,12 +125,22 @@ def simulator_process(work: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]
         process.wait(timeout=30)
 
 
-@contextmanager
-def agent_process(home: Path, url: str) -> Iterator[subprocess.Popen[bytes]]:
+def agent_home(home: Path, url: str) -> None:
+    """drop/, done/, failed/ and agent.yaml (the default settings) in ``home``."""
     for name in ("drop", "done", "failed"):
-        (home / name).mkdir(parents=True)
+        (home / name).mkdir(parents=True, exist_ok=True)
+    (home / "agent.yaml").write_text(AGENT_CONFIG.format(url=url, endpoint=ENDPOINT))
+
+
+@contextmanager
+def agent_process(
+    home: Path, url: str, *, wait_started: bool = True
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``pushagent run`` in ``home`` (set up by ``agent_home`` unless it already is); stopped
+    with one SIGTERM (a warm stop) at the end, unless it has exited already."""
     config = home / "agent.yaml"
-    config.write_text(AGENT_CONFIG.format(url=url, endpoint=ENDPOINT))
+    if not config.exists():
+        agent_home(home, url)
     log = home / "agent.log"
     with open(log, "wb") as stream:
         process = subprocess.Popen(
@@ -135,11 +151,12 @@ def agent_process(home: Path, url: str) -> Iterator[subprocess.Popen[bytes]]:
             env={**os.environ, "BENCH_EXCHANGE_KEY": KEY},
         )
     try:
-        wait_until(
-            lambda: "pushagent watching" in log.read_text(errors="replace"),
-            timeout=30,
-            what="the agent to start",
-        )
+        if wait_started:
+            wait_until(
+                lambda: "pushagent watching" in log.read_text(errors="replace"),
+                timeout=30,
+                what="the agent to start",
+            )
         yield process
     finally:
         process.send_signal(signal.SIGTERM)
@@ -520,6 +537,250 @@ class Bench:
         ]
 
 
+# --- scale: many files at start, a storm, cold stops -----------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def add_jobs(url: str, segments: range, *, threads: int = 4) -> None:
+    """A waiting job for each segment, created through the control API from a few
+    connections at once (the simulator is a threaded server)."""
+    print(f"creating {len(segments)} waiting jobs ...", file=sys.stderr)
+    shares = [segments[n::threads] for n in range(threads)]
+
+    def create(share: range) -> None:
+        control = SimulatorControl(url)
+        for segment in share:
+            control.add_job(
+                producerEndpointID=ENDPOINT,
+                producerSegmentID=segment,
+                identityMappings={"Email": "EMAIL_SHA256"},
+            )
+        control.close()
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(create, shares))
+
+
+def write_drops(folder: Path, segments: range) -> None:
+    """One small valid CSV per segment, named ``<segment>.csv``."""
+    for segment in segments:
+        (folder / f"{segment}.csv").write_bytes(f"Email\nuser{segment}@example.com\n".encode())
+
+
+def count_entries(folder: Path) -> int:
+    with os.scandir(folder) as entries:
+        return sum(1 for _ in entries)
+
+
+def journal_count(home: Path, state: str) -> int:
+    """Files in ``state`` in the agent's journal, read-only (0 before the journal exists)."""
+    path = home / "state" / "journal.sqlite3"
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        return int(db.execute("SELECT count(*) FROM files WHERE state = ?", (state,)).fetchone()[0])
+    except sqlite3.OperationalError:  # the schema is not written yet
+        return 0
+    finally:
+        db.close()
+
+
+def list_calls(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in log if r["method"] == "GET" and r["path"] == LIST_PATH]
+
+
+def startup(work: Path, files: int) -> list[Row]:
+    """``files`` files already in the drop folder, each for its own segment with a waiting job,
+    when the agent starts: start -> first upload, files per second start -> last in done/, peak
+    RSS, and the CPU each process spent (the simulator's share of the machine)."""
+    with simulator_process(work) as (url, simulator):
+        segments = range(800_001, 800_001 + files)
+        add_jobs(url, segments)
+        home = work / "agent"
+        agent_home(home, url)
+        write_drops(home / "drop", segments)
+        sim = SimulatorControl(url)
+        sim.clear_request_log()
+        sim_cpu = cpu_seconds(simulator.pid)
+        print(f"startup: {files} files waiting in the drop folder ...", file=sys.stderr)
+        started = time.time()
+        with agent_process(home, url, wait_started=False) as agent:
+            posts = wait_until(
+                lambda: [r for r in sim.request_log() if r["method"] == "POST"],
+                timeout=600,
+                what="the first upload",
+            )
+            first = min(r["time"] for r in posts) - started
+            done = home / "done"
+            wait_until(
+                lambda: count_entries(done) >= files, timeout=3600, what=f"{files} files in done/"
+            )
+            seconds = time.time() - started
+            rss = peak_rss_mib(agent.pid)
+            agent_cpu = cpu_seconds(agent.pid)
+            sim_cpu = cpu_seconds(simulator.pid) - sim_cpu
+            log = sim.request_log()  # the last MAX_ENTRIES requests: enough for the list calls
+        lists = len(list_calls(log))
+    rate = files / seconds
+    return [
+        Row(
+            f"startup: {files} files present, own segment + waiting job each: start -> first "
+            "upload",
+            f"{first:.2f} s",
+            "<= 5 s",
+            first <= 5.0,
+        ),
+        Row(
+            "startup: files delivered per second, start -> last in done/",
+            f"{rate:.0f}/s ({seconds:.1f} s)",
+            ">= 200/s",
+            rate >= 200,
+        ),
+        Row(f"startup: agent peak RSS (VmHWM), {files} files", f"{rss:.1f} MiB", "<= 100 MiB",
+            rss <= 100),
+        Row(
+            "startup: CPU seconds agent / simulator (2 cores)",
+            f"{agent_cpu:.1f} / {sim_cpu:.1f}",
+            "",
+            None,
+        ),
+        Row("startup: list-jobs calls during the run (last 10,000 requests)", f"{lists}", "",
+            None),
+    ]
+
+
+def storm(work: Path, small: int, count: int) -> list[Row]:
+    """``small`` then ``count`` files renamed into the drop folder in one loop, each for a
+    waiting job, while the agent runs: files per second and list calls for each."""
+    with simulator_process(work) as (url, simulator), agent_process(work / "agent", url) as agent:
+        bench = Bench(work, url, agent, mix=validation_speed.Mix(
+                quoted_share=0.0, multiline_share=0.0, quote_all=False, eol="\n"
+            ))
+        print(f"storm: {small} files ...", file=sys.stderr)
+        small_seconds, small_lists = bench.burst(small)
+        print(f"storm: {count} files ...", file=sys.stderr)
+        sim_cpu, agent_cpu = cpu_seconds(simulator.pid), cpu_seconds(agent.pid)
+        seconds, lists = bench.burst(count)
+        sim_cpu = cpu_seconds(simulator.pid) - sim_cpu
+        agent_cpu = cpu_seconds(agent.pid) - agent_cpu
+    rate, small_rate = count / seconds, small / small_seconds
+    # The calls must follow the time, not the files: five times the files may take five times
+    # as long, so the bound is the small storm's calls per second over the big storm's time,
+    # doubled for the waves readiness makes; one call per file would be far above it.
+    bound = max(3.0, 2 * small_lists * seconds / small_seconds)
+    return [
+        Row(f"storm: {small} files renamed in at once", f"{small_rate:.0f}/s "
+            f"({small_seconds:.2f} s)", "", None),
+        Row(f"storm: {count} files renamed in at once: files per second",
+            f"{rate:.0f}/s ({seconds:.2f} s)", ">= 300/s", rate >= 300),
+        Row(
+            f"storm: list-jobs calls, {small} files -> {count} files",
+            f"{small_lists} -> {lists}",
+            f"<= {bound:.0f} (not per file)",
+            lists <= bound,
+        ),
+        Row(f"storm: CPU seconds agent / simulator, {count} files",
+            f"{agent_cpu:.1f} / {sim_cpu:.1f}", "", None),
+    ]
+
+
+class StopCase(Enum):
+    LIST = "held list call"
+    PLANNING = "planning pass"
+    UPLOAD = "held upload"
+
+
+def cold_stop(agent: subprocess.Popen[bytes]) -> float:
+    """Two SIGTERMs (warm, then cold) 50 ms apart; seconds from the second to the exit."""
+    agent.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    agent.send_signal(signal.SIGTERM)
+    sent = time.perf_counter()
+    try:
+        agent.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        agent.kill()
+        agent.wait()
+        return float("inf")
+    return time.perf_counter() - sent
+
+
+def stop_held(work: Path, sim: SimulatorControl, url: str, case: StopCase) -> float:
+    """Cold stop while the agent's list call (or its one upload) is held by a delay fault."""
+    home = work / case.name.lower()
+    agent_home(home, url)
+    segment = 900_001 if case is StopCase.LIST else 900_002
+    job = sim.add_job(
+        producerEndpointID=ENDPOINT,
+        producerSegmentID=segment,
+        identityMappings={"Email": "EMAIL_SHA256"},
+    )["jobId"]
+    path = LIST_PATH if case is StopCase.LIST else f"/v1/jobs/{job}/data"
+    sim.add_fault(method="*", path=f"^{path}$", count=None, delay=60)
+    write_drops(home / "drop", range(segment, segment + 1))
+    with agent_process(home, url) as agent:
+        wait_until(
+            lambda: any(f["fired"] for f in sim.faults()),
+            timeout=60,
+            what=f"the agent's {case.value}",
+        )
+        time.sleep(0.2)  # well inside the call: the worker is blocked on the socket
+        seconds = cold_stop(agent)
+    sim.clear_faults()
+    return seconds
+
+
+def stop_planning(work: Path, sim: SimulatorControl, url: str, files: int) -> float:
+    """Cold stop right after a list call returns ``files`` waiting jobs to an agent with
+    ``files`` waiting files: list calls are held until every file waits, then let go."""
+    home = work / "planning"
+    agent_home(home, url)
+    segments = range(1_000_001, 1_000_001 + files)
+    add_jobs(url, segments)
+    write_drops(home / "drop", segments)
+    hold = 2.0
+    sim.add_fault(method="GET", path=f"^{LIST_PATH}$", count=None, delay=hold)
+    with agent_process(home, url) as agent:
+        wait_until(
+            lambda: journal_count(home, "waiting") >= files,
+            timeout=600,
+            what=f"{files} files waiting",
+        )
+        sim.clear_request_log()
+        sim.clear_faults()  # the call held now is answered within ``hold`` seconds
+        wait_until(
+            lambda: [r for r in list_calls(sim.request_log()) if r["status"] == 200],
+            timeout=hold + 60,
+            what="a list call answered",
+        )
+        return cold_stop(agent)
+
+
+def cold_stops(work: Path, files: int) -> list[Row]:
+    rows = []
+    with simulator_process(work) as (url, _):
+        sim = SimulatorControl(url)
+        for case in StopCase:
+            print(f"cold stop: {case.value} ...", file=sys.stderr)
+            if case is StopCase.PLANNING:
+                seconds = stop_planning(work, sim, url, files)
+                what = f"{case.value} ({files} jobs, {files} waiting files)"
+            else:
+                seconds = stop_held(work, sim, url, case)
+                what = case.value
+            rows.append(
+                Row(f"cold stop (2 SIGTERMs) during a {what}", f"{seconds:.2f} s", "<= 1 s",
+                    seconds <= 1.0)
+            )
+    return rows
+
+
 def print_table(rows: list[Row]) -> None:
     widths = [max(len(getattr(r, f)) for r in rows) for f in ("measure", "value", "target")]
     head = ("measure", "value", "target")
@@ -537,6 +798,35 @@ def print_table(rows: list[Row]) -> None:
             )
         )
     print(line)
+
+
+def shared_phases(work: Path, phases: set[str], args: argparse.Namespace) -> list[Row]:
+    """large, validation, latency and burst: one simulator and one agent, in that order."""
+    rows: list[Row] = []
+    with simulator_process(work) as (url, _), agent_process(work / "agent", url) as agent:
+        mix = validation_speed.Mix(
+            quoted_share=args.quoted_share,
+            multiline_share=args.multiline_share,
+            quote_all=False,
+            eol="\n",
+        )
+        bench = Bench(work, url, agent, mix=mix)
+        if "large" in phases:
+            found, large = bench.large_file(int(args.size_gb * 1e9), repeat=args.repeat)
+            rows += found
+            rows += bench.large_files_at_once(large, bench.large_digest, UPLOAD_WORKERS)
+            if "validation" in phases:
+                rows += bench.validation(large)
+            large.unlink()
+        if "latency" in phases:
+            rows += bench.latency(args.drops)
+        if "burst" in phases:
+            rows += bench.bursts(args.burst)
+        rss = peak_rss_mib(agent.pid)
+        rows.append(
+            Row("agent peak RSS (VmHWM) at the end", f"{rss:.1f} MiB", "<= 100 MiB", rss <= 100)
+        )
+    return rows
 
 
 def main() -> int:
@@ -559,6 +849,20 @@ def main() -> int:
     parser.add_argument(
         "--repeat", type=int, default=3, help="large-file uploads per contender, best kept (3)"
     )
+    parser.add_argument(
+        "--files", type=int, default=20_000, help="startup: files present at start (20000)"
+    )
+    parser.add_argument(
+        "--storm", type=int, default=5000, help="storm: files renamed in at once (5000)"
+    )
+    parser.add_argument(
+        "--storm-small", type=int, default=1000, help="storm: the smaller storm first (1000)"
+    )
+    parser.add_argument(
+        "--stop-files",
+        type=int,
+        help="stop: jobs and waiting files for the planning-pass case (default: --files)",
+    )
     parser.add_argument("--workdir", type=Path, help="where to work (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument(
@@ -570,35 +874,20 @@ def main() -> int:
     phases = set(args.phases.split(","))
     if phases - set(PHASES):
         parser.error(f"unknown phases {sorted(phases - set(PHASES))}; use {', '.join(PHASES)}")
-    if not Path(CURL).exists():
+    if "large" in phases and not Path(CURL).exists():
         raise SystemExit(f"bench: {CURL} is needed for the reference upload")
     work = Path(tempfile.mkdtemp(prefix="pushagent-bench-", dir=args.workdir))
     print(f"work folder: {work}", file=sys.stderr)
+    rows: list[Row] = []
     try:
-        with simulator_process(work) as (url, _), agent_process(work / "agent", url) as agent:
-            mix = validation_speed.Mix(
-                quoted_share=args.quoted_share,
-                multiline_share=args.multiline_share,
-                quote_all=False,
-                eol="\n",
-            )
-            bench = Bench(work, url, agent, mix=mix)
-            rows: list[Row] = []
-            if "large" in phases:
-                found, large = bench.large_file(int(args.size_gb * 1e9), repeat=args.repeat)
-                rows += found
-                rows += bench.large_files_at_once(large, bench.large_digest, UPLOAD_WORKERS)
-                if "validation" in phases:
-                    rows += bench.validation(large)
-                large.unlink()
-            if "latency" in phases:
-                rows += bench.latency(args.drops)
-            if "burst" in phases:
-                rows += bench.bursts(args.burst)
-            rss = peak_rss_mib(agent.pid)
-            rows.append(
-                Row("agent peak RSS (VmHWM) at the end", f"{rss:.1f} MiB", "<= 100 MiB", rss <= 100)
-            )
+        if phases & set(SHARED_PHASES):
+            rows += shared_phases(work / "shared", phases, args)
+        if "startup" in phases:
+            rows += startup(work / "startup", args.files)
+        if "storm" in phases:
+            rows += storm(work / "storm", args.storm_small, args.storm)
+        if "stop" in phases:
+            rows += cold_stops(work / "stop", args.stop_files or args.files)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -1,13 +1,20 @@
 """The agent loop: drop folder -> ready -> matched to waiting jobs -> delivered, or failed.
 
-Everything decides here, in one thread: watchdog handlers and workers only post to ``inbox``.
+Everything decides here, in one thread, and nothing here waits: watchdog handlers, upload workers
+and the list-call worker only post to ``inbox``; every pass over files and jobs is linear; the
+wait between passes ends at the next deadline (settle, retry, poll) or at the next message.
 Stopping: the first SIGTERM/SIGINT is a warm stop (take no new file, let uploads run for
 ``shutdown_grace_seconds``), the second a cold stop (return now; the journal resumes the rest).
+Disk and journal faults are conditions (``pushagent.conditions``), not crashes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
+import heapq
+import json
 import os
 import queue
 import threading
@@ -18,22 +25,28 @@ from pathlib import Path, PurePath
 
 from loguru import logger
 
+from pushagent.conditions import Cause, Conditions
 from pushagent.config import AgentConfig
-from pushagent.errors import ExchangeError
+from pushagent.droplock import LOCK_NAME
+from pushagent.errors import ExchangeError, ExchangeUnavailable, JournalUnavailable
 from pushagent.exchange import ExchangeClient, Job, JobCategory, JobStatus
+from pushagent.exchange.outcome import Outcome, classify
+from pushagent.exchange.retry import backoff
 from pushagent.journal import FileRow, Journal
+from pushagent.lifecycle import FileState
 from pushagent.metrics import AgentMetrics
+from pushagent.names import printable
 from pushagent.outcomes import (
-    error_report_path,
-    move_without_overwrite,
+    move_to,
+    report_path_for,
     same_entry,
     unique_target,
     write_error_report,
 )
 from pushagent.pool import Finished, WorkerPool
 from pushagent.readiness import Candidate, ReadinessTracker
-from pushagent.router import PendingFile, SegmentRouter, plan_assignments
-from pushagent.uploader import Deliverer, DeliveryResult, UploadSettings, Verdict
+from pushagent.router import JobIndex, PendingFile, SegmentRouter, plan_assignments
+from pushagent.uploader import Deliverer, DeliveryResult, DeliverySettings, Verdict
 from pushagent.watcher import DropWatcher, WatchEvent, scan_drop_folder
 
 # After new files become ready, list the waiting jobs at most this often: a burst of a thousand
@@ -42,6 +55,9 @@ MIN_POLL_GAP_SECONDS = 0.2
 IDLE_WAIT_SECONDS = 1.0
 MOVE_RETRY_MAX_SECONDS = 30.0
 PRUNE_INTERVAL_SECONDS = 86400.0
+EXPIRY_CHECK_SECONDS = 60.0
+JOBS_WITHOUT_FILE_SHOWN = 500
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO})
 
 
 @dataclass
@@ -49,16 +65,46 @@ class _Stop:
     cold: bool
 
 
-@dataclass
-class _Scheduled:
-    due: float
-    finish: DeliveryResult | None = None  # set when only the final move is left to retry
+@dataclass(frozen=True)
+class _Polled:
+    finished: Finished[list[Job]]
 
 
 @dataclass
 class Outcomes:
+    """What finished during this run, for ``run --once``'s summary."""
+
     done: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+class _Schedule:
+    """Files to start again at a time: a heap with lazy removal, so a pass costs O(due)."""
+
+    def __init__(self) -> None:
+        self._due: dict[int, float] = {}
+        self._heap: list[tuple[float, int]] = []
+
+    def add(self, file_id: int, due: float) -> None:
+        self._due[file_id] = due
+        heapq.heappush(self._heap, (due, file_id))
+
+    def pop_due(self, now: float) -> list[int]:
+        due: list[int] = []
+        while self._heap and self._heap[0][0] <= now:
+            when, file_id = heapq.heappop(self._heap)
+            if self._due.get(file_id) == when:
+                del self._due[file_id]
+                due.append(file_id)
+        return due
+
+    def next(self) -> float | None:
+        while self._heap and self._due.get(self._heap[0][1]) != self._heap[0][0]:
+            heapq.heappop(self._heap)
+        return self._heap[0][0] if self._heap else None
+
+    def __len__(self) -> int:
+        return len(self._due)
 
 
 class Agent:
@@ -79,15 +125,16 @@ class Agent:
         self.stop_event = stop_event or threading.Event()
         self._stop_requests = 0
         self._stop_lock = threading.Lock()
-        self._reasons: dict[int, str] = {}
-        self._retry_streak: dict[int, int] = {}
         self.metrics = metrics or AgentMetrics()
         self.outcomes = Outcomes()
+        self.conditions = Conditions(clock=clock)
         self._client = client
         self._journal = journal
         self._clock = clock
         self._wall = wall
-        self._inbox: queue.Queue[WatchEvent | Finished[DeliveryResult] | _Stop] = queue.Queue()
+        self._inbox: queue.Queue[WatchEvent | Finished[DeliveryResult] | _Polled | _Stop] = (
+            queue.Queue()
+        )
         self._drop = config.folders.drop
         self._watcher = DropWatcher(self._drop, self._inbox.put, polling=config.watch.polling)
         self._readiness = ReadinessTracker(
@@ -102,54 +149,99 @@ class Agent:
             journal=journal,
             metrics=self.metrics,
             clock=clock,
-            settings=UploadSettings(
+            settings=DeliverySettings(
                 content_type=config.upload.content_type,
                 max_bytes=config.validation.max_bytes or None,
                 check_mapped_columns=config.validation.check_mapped_columns,
                 max_attempts=config.upload.max_attempts,
             ),
         )
-        self._pool: WorkerPool[DeliveryResult] = WorkerPool(
+        self._uploads: WorkerPool[DeliveryResult] = WorkerPool(
             size=config.upload.workers, report=self._inbox.put, name="upload"
         )
-        self._file_ids: dict[Path, int] = {}  # settling files -> journal id
+        self._lister: WorkerPool[list[Job]] = WorkerPool(
+            size=1, report=lambda done: self._inbox.put(_Polled(done)), name="list"
+        )
+        self._segments: dict[Path, str | None] = {}  # settling drop paths -> segment
         self._waiting: dict[int, FileRow] = {}
-        self._scheduled: dict[int, _Scheduled] = {}
+        self._waiting_paths: dict[Path, int] = {}
+        self._resettling: dict[Path, int] = {}  # claimed files settling again
+        self._schedule = _Schedule()
+        self._finishing: dict[int, DeliveryResult] = {}  # the final move is left to retry
         self._in_flight: set[int] = set()
+        self._reasons: dict[int, str] = {}
+        self._streaks: dict[int, int] = {}
         self._jobs: dict[str, Job] = {}
+        self._job_index = JobIndex([])
+        self._idle_since: dict[str, float] = {}
+        self._idle_written: set[str] = set()
         self._fresh_files = False
+        self._poll_in_flight = False
+        self._polled_once = False
+        self._poll_answered = False  # a list call ended, well or not
+        self._last_poll_ok = False
+        self._key_refused_first = False
         self._last_poll = float("-inf")
         self._next_poll = 0.0
         self._poll_failures = 0
         self._next_rescan = 0.0
         self._next_prune = 0.0
+        self._next_expiry = 0.0
+        self._journal_retry_at = 0.0
         self._stopping: _Stop | None = None
         self._stop_deadline = float("inf")
+        self._started_wall = wall()
         self.last_contact: float | None = None
 
     # --- the loop ---------------------------------------------------------------------------------
 
     def run(self, *, once: bool = False) -> int:
         """Work until stopped (or, with ``once``, until the folder's current files are handled)."""
-        self._recover()
+        self._guarded(self._recover)
         self._watcher.start()
         try:
             while not self._should_exit(once):
                 self._receive(timeout=self._wait_time())
-                now = self._clock()
                 if self._stopping is None:
-                    self._rescan_if_due(now)
-                    self._admit(self._readiness.take_ready())
-                    self._expire_waiting()
-                    self._dispatch(now)
+                    self._guarded(self._step)
                 self._refresh_gauges()
         finally:
             self._watcher.stop()
-            self._pool.shutdown()
+            self._uploads.shutdown()
+            self._lister.shutdown()
             self._refresh_gauges()
-        if not once:
-            return 0  # a stop signal ends a long run normally, whatever files failed meanwhile
-        left_retrying = bool(self._scheduled or self._in_flight)
+        return self._exit_code() if once else 0
+
+    def _step(self) -> None:
+        now = self._clock()
+        if now < self._journal_retry_at:
+            return
+        self._rescan_if_due(now)
+        self._admit(self._readiness.take_ready())
+        if now >= self._next_expiry:
+            self._expire_waiting()
+            self._next_expiry = now + EXPIRY_CHECK_SECONDS
+        for file_id in self._schedule.pop_due(now):
+            self._start(file_id)
+        self._poll_if_due(now)
+
+    def _guarded(self, work: Callable[[], None]) -> None:
+        """A journal that cannot be written is a condition: wait, claim nothing, try again."""
+        try:
+            work()
+        except JournalUnavailable as error:
+            self.conditions.raise_(Cause.STATE_DIR, f"{error}; no new file is taken meanwhile")
+            self._journal_retry_at = self._clock() + IDLE_WAIT_SECONDS
+            self._next_rescan = min(self._next_rescan, self._clock() + IDLE_WAIT_SECONDS)
+        else:
+            if Cause.STATE_DIR in self.conditions:
+                self.conditions.clear(Cause.STATE_DIR)
+
+    def _exit_code(self) -> int:
+        if self._key_refused_first:
+            return 3
+        cut_off = bool(self._waiting) and not self._last_poll_ok  # unreachable, or key refused
+        left_retrying = bool(self._schedule or self._in_flight or self._finishing or cut_off)
         return 1 if self.outcomes.failed or left_retrying else 0
 
     def request_stop(self) -> None:
@@ -164,6 +256,9 @@ class Agent:
         healthy_within = self.config.metrics.healthy_within_seconds
         if not self._watcher.running():
             return False, "the drop-folder watcher is not running"
+        reasons = self.conditions.reasons()
+        if reasons:
+            return False, "; ".join(reasons)
         if self.last_contact is None or self._wall() - self.last_contact > healthy_within:
             return False, f"the Exchange was not reached in the last {healthy_within:g} s"
         return True, "ok"
@@ -171,22 +266,20 @@ class Agent:
     def _should_exit(self, once: bool) -> bool:
         if self._stopping is not None:
             return self._stopping.cold or not self._in_flight or self._clock() > self._stop_deadline
-        if once:
-            nothing_moving = not (self._in_flight or self._readiness.tracked() or self._fresh_files)
-            nothing_due = all(s.due > self._clock() + 1 for s in self._scheduled.values())
-            return nothing_moving and nothing_due and self._next_rescan > 0
-        return False
+        if not once:
+            return False
+        settling = len(self._readiness) - self._readiness.waiting_for_trigger()
+        moving = self._in_flight or settling > 0 or self._fresh_files or self._poll_in_flight
+        next_retry = self._schedule.next()
+        retry_soon = next_retry is not None and next_retry <= self._clock() + 1
+        first_poll_done = self._poll_answered or not self._waiting
+        return not moving and not retry_soon and self._next_rescan > 0 and first_poll_done
 
     def _wait_time(self) -> float:
-        deadlines = [self._next_rescan, *(s.due for s in self._scheduled.values())]
-        if self._waiting:
-            deadlines.append(self._next_poll)
-            if self._fresh_files:
-                # A file ready just after a list call waits for the gap, not for the next poll.
-                deadlines.append(self._last_poll + MIN_POLL_GAP_SECONDS)
-        settle = self._readiness.next_deadline()
-        if settle is not None:
-            deadlines.append(settle)
+        deadlines = [self._next_rescan, self._next_poll_time()]
+        for deadline in (self._schedule.next(), self._readiness.next_deadline()):
+            if deadline is not None:
+                deadlines.append(deadline)
         return min(max(0.0, min(deadlines) - self._clock()), IDLE_WAIT_SECONDS)
 
     def _receive(self, *, timeout: float) -> None:
@@ -195,22 +288,33 @@ class Agent:
         except queue.Empty:
             return
         while True:
-            self._handle(item)
+            self._guarded(functools.partial(self._handle, item))
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
                 return
 
-    def _handle(self, item: WatchEvent | Finished[DeliveryResult] | _Stop) -> None:
+    def _handle(self, item: WatchEvent | Finished[DeliveryResult] | _Polled | _Stop) -> None:
         if isinstance(item, _Stop):
             self._begin_stop(item)
+        elif isinstance(item, _Polled):
+            self._poll_in_flight = False
+            self._poll_answered = True
+            self._last_poll_ok = item.finished.result is not None
+            self._polled(item.finished)
         elif isinstance(item, Finished):
             self._in_flight.discard(item.key)
-            self._settle(item)
+            try:
+                self._settle(item)
+            except JournalUnavailable:
+                # Its verdict is lost with the write; delivering it again re-derives it from
+                # the journal (done steps are never redone).
+                self._schedule.add(item.key, self._clock() + IDLE_WAIT_SECONDS)
+                raise
         elif item.kind == "scan-dir":
             self._observe_all()
-        elif not self._readiness.ignored(self._relative(item.path)):
-            self._track(item.path, item.kind)
+        else:
+            self._on_event(item)
 
     def _begin_stop(self, stop: _Stop) -> None:
         grace = self.config.upload.shutdown_grace_seconds
@@ -241,154 +345,236 @@ class Agent:
         if self._watcher.ensure_running() or now >= self._next_rescan:
             self._sweep_vanished()
             self._observe_all()
+            # A trigger whose event was missed, and claimed files settling again, are looked at
+            # again here: neither is in the scanned drop folder's new entries.
+            for path in [*self._resettling, *self._readiness.paths_waiting_for_trigger()]:
+                self._readiness.observe(path, event="scan")
             self._next_rescan = now + self.config.watch.rescan_seconds
 
     def _observe_all(self) -> None:
-        known = set(self._readiness.tracked()) | {Path(r.path) for r in self._waiting.values()}
-        for path in scan_drop_folder(self._drop, ignored=self._readiness.ignored):
-            if path not in known:
+        for path in scan_drop_folder(self._drop, ignored=self._ignored):
+            if path not in self._readiness and path not in self._waiting_paths:
                 self._track(path, "scan")
+
+    def _ignored(self, relative: PurePath) -> bool:
+        """The configured ignore patterns, and the drop-folder lock whatever they say."""
+        return relative == PurePath(LOCK_NAME) or self._readiness.ignored(relative)
+
+    def _on_event(self, event: WatchEvent) -> None:
+        relative = self._relative(event.path)
+        trigger = self.config.watch.trigger_suffix
+        if trigger and relative.name.endswith(trigger):
+            data = event.path.with_name(relative.name[: -len(trigger)])
+            if data in self._readiness:
+                self._readiness.observe(data, event="scan")
+            return
+        if not self._ignored(relative):
+            self._track(event.path, event.kind)
 
     def _track(self, path: Path, event: str) -> None:
         if not _storable(path):
             self._move_aside_unjournaled(path)
             return
+        if path in self._waiting_paths:
+            if event != "written":
+                return
+            file_id = self._waiting_paths[path]
+            self._forget_waiting(file_id)
+            self._journal.back_to_settling(file_id)
         self._readiness.observe(path, event=event)
-        if path not in self._file_ids and path in self._readiness.tracked():
-            relative = str(self._relative(path))
-            self._file_ids[path] = self._journal.note_settling(relative, path, size=0, mtime=0.0)
+        if path in self._readiness and path not in self._segments:
+            self._segments[path] = self._router.segment_of(self._relative(path))
+            self._journal.note_settling(str(self._relative(path)), path, size=0, mtime=0.0)
 
     def _move_aside_unjournaled(self, path: Path) -> None:
         """A name that is not UTF-8 cannot enter the journal: it goes straight to failed/."""
-        shown = os.fsencode(path.name).decode("utf-8", "backslashreplace")
+        shown = printable(os.fsencode(path.name).decode("utf-8", "surrogateescape"))
         reason = f"{shown}: the file name is not valid UTF-8; rename it and drop it again"
+        target = unique_target(self.config.folders.failed, PurePath(path.name))
         try:
-            target = move_without_overwrite(path, self.config.folders.failed, PurePath(path.name))
+            target.parent.mkdir(parents=True, exist_ok=True)
             write_error_report(target, {"file": shown, "reason": reason, "time": self._now_iso()})
+            move_to(path, target)
         except OSError as error:
             logger.error("{}: cannot move it to failed/: {}", shown, error)
             return
-        self.outcomes.failed.append(shown)
+        self.outcomes.failed.append((shown, reason))
         self.metrics.files_failed.inc()
         logger.warning("failed: {}", reason)
 
     def _sweep_vanished(self) -> None:
         """Forget files a dropper removed again before they were claimed."""
-        for row in self._journal.files("settling", "waiting"):
+        for row in self._journal.files(FileState.SETTLING, FileState.WAITING):
             if not os.path.lexists(row.path):
-                logger.bind(file=row.rel_path).warning("removed from the drop folder before upload")
-                self._journal.forget(row.id)
-                self._waiting.pop(row.id, None)
-                self._file_ids.pop(Path(row.path), None)
+                if row.in_claim_area:
+                    self._journal.vanish(row.id, "removed from its claim folder by someone else")
+                else:
+                    logger.bind(file=row.rel_path).warning(
+                        "removed from the drop folder before upload"
+                    )
+                    self._journal.forget(row.id)
+                self._forget_waiting(row.id)
+                self._segments.pop(Path(row.path), None)
 
     def _admit(self, ready: list[Candidate]) -> None:
         for candidate in ready:
+            if candidate.path in self._resettling:
+                file_id = self._resettling.pop(candidate.path)
+                self._journal.reclaim(file_id)
+                self._schedule.add(file_id, self._clock())
+                continue
             relative = self._relative(candidate.path)
-            self._file_ids.pop(candidate.path, None)
+            segment = self._segments.pop(candidate.path, None)
             file_id = self._journal.note_settling(
                 str(relative), candidate.path, size=candidate.size, mtime=candidate.mtime
             )
             self.metrics.files_seen.inc()
-            segment = None if candidate.odd else self._router.segment_of(relative)
             if candidate.odd or segment is None:
-                reason = (
-                    f"{relative}: {candidate.odd}"
-                    if candidate.odd
-                    else f"{relative}: cannot tell which segment this file belongs to; name it "
+                reason = candidate.odd or (
+                    "cannot tell which segment this file belongs to; name it "
                     "<segment>.csv or <segment>/<name>.csv (a producerSegmentID, a "
                     "producerSegmentIDString or a name under segments:), or set "
                     "watch.filename_pattern"
                 )
-                self._finish_unmatched(self._journal.file(file_id), reason)
+                self._finish(self._journal.file(file_id), DeliveryResult(Verdict.REJECTED, reason))
                 continue
             row = self._journal.mark_waiting(
                 file_id, segment=segment, reason=f"waiting for a job for segment {segment}"
             )
-            self._waiting[file_id] = row
-            self._fresh_files = True
+            self._add_waiting(row)
             logger.bind(file=str(relative), segment=segment).info("ready")
+
+    def _add_waiting(self, row: FileRow) -> None:
+        self._waiting[row.id] = row
+        self._waiting_paths[Path(row.path)] = row.id
+        self._fresh_files = True
+
+    def _forget_waiting(self, file_id: int) -> None:
+        row = self._waiting.pop(file_id, None)
+        if row is not None:
+            self._waiting_paths.pop(Path(row.path), None)
 
     def _expire_waiting(self) -> None:
         limit = self.config.matching.max_wait_seconds
         for row in list(self._waiting.values()):
             if row.ready_at is not None and self._wall() - row.ready_at > limit:
-                del self._waiting[row.id]
-                self._finish_unmatched(
-                    row,
-                    (
-                        f"{row.rel_path}: no job was waiting for segment {row.segment} within "
-                        f"{limit:g} s (matching.max_wait_seconds); check the segment export in "
-                        "the Exchange, then drop the file again"
-                    ),
+                reason = (
+                    f"no job was waiting for segment {row.segment} within {limit:g} s "
+                    "(matching.max_wait_seconds); check the segment export in the Exchange, "
+                    "then drop the file again"
                 )
+                self._finish(row, DeliveryResult(Verdict.REJECTED, reason))
+                self._forget_waiting(row.id)
 
-    # --- matching and dispatch --------------------------------------------------------------------
+    # --- the jobs ---------------------------------------------------------------------------------
 
-    def _dispatch(self, now: float) -> None:
-        for file_id, scheduled in list(self._scheduled.items()):
-            if scheduled.due <= now and file_id not in self._in_flight:
-                del self._scheduled[file_id]
-                self._start(file_id, scheduled.finish)
-        poll_due = now >= self._next_poll or (
-            self._fresh_files and now - self._last_poll >= MIN_POLL_GAP_SECONDS
-        )
-        if self._waiting and poll_due and self._poll_jobs(now):
-            self._assign()
+    def _next_poll_time(self) -> float:
+        if self._poll_in_flight:
+            return float("inf")
+        if self._waiting and self._fresh_files:
+            # A file ready just after a list call waits for the gap, not for the next poll.
+            return max(self._last_poll + MIN_POLL_GAP_SECONDS, min(self._next_poll,
+                       self._last_poll + MIN_POLL_GAP_SECONDS))
+        return self._next_poll
 
-    def _poll_jobs(self, now: float) -> bool:
+    def _poll_if_due(self, now: float) -> None:
+        if self._poll_in_flight or now < self._next_poll_time():
+            return
+        self._poll_in_flight = True
         self._fresh_files = False
         self._last_poll = now
-        try:
-            jobs = self._client.list_jobs(
-                JobCategory.SEGMENT_EXPORT,
-                endpoint_id=self.config.exchange.endpoint_id,
-                status=JobStatus.WAITING_TO_RECEIVE_DATA,
-                include_producer_segment_id_string=True,
-            )
-        except ExchangeError as error:
-            self.metrics.api_error(error.status)
-            self._poll_failures += 1
-            delay = self._backoff(self._poll_failures)
-            self._next_poll = now + max(delay, error.retry_after or 0)
-            logger.error("cannot list the waiting jobs (retrying in {:.1f} s): {}", delay, error)
-            for row in self._waiting.values():
-                self._note_reason(row.id, f"Exchange unreachable: {error}")
-            return False
+        endpoint = self.config.exchange.endpoint_id
+        self._lister.submit(0, lambda: self._client.list_jobs(
+            JobCategory.SEGMENT_EXPORT,
+            endpoint_id=endpoint,
+            status=JobStatus.WAITING_TO_RECEIVE_DATA,
+            include_producer_segment_id_string=True,
+        ))
+
+    def _polled(self, finished: Finished[list[Job]]) -> None:
+        now = self._clock()
+        if finished.result is None:
+            self._poll_failed(now, finished.error)
+            return
+        self._polled_once = True
         self._poll_failures = 0
-        self._next_poll = now + self.config.matching.poll_seconds
+        interval = self.config.matching
+        self._next_poll = now + (interval.poll_seconds if self._waiting
+                                 else interval.idle_poll_seconds)
         self.last_contact = self._wall()
         self.metrics.last_successful_poll.set(self.last_contact)
+        self.conditions.clear(Cause.KEY_REFUSED)
+        self.conditions.clear(Cause.UNREACHABLE)
         self._journal.set_meta("last_contact", str(self.last_contact))
-        self._jobs = {str(job.job_id): job for job in jobs if job.is_waiting}
-        return True
+        waiting = [job for job in finished.result if job.is_waiting]
+        self._jobs = {str(job.job_id): job for job in waiting}
+        self._job_index = JobIndex(waiting)
+        self._assign()
+        self._note_jobs_without_file()
+
+    def _note_jobs_without_file(self) -> None:
+        """Jobs that wait with no file: the first sign of a dropper that stopped, or of a typo
+        in a segment name. Kept for ``pushagent status``, written only when the set changes."""
+        reserved = self._journal.reserved_jobs()
+        idle = {job_id: job for job_id, job in self._jobs.items() if job_id not in reserved}
+        now = self._wall()
+        self._idle_since = {job_id: self._idle_since.get(job_id, now) for job_id in idle}
+        if set(idle) != self._idle_written:
+            self._idle_written = set(idle)
+            listing = [
+                {"job_id": job_id,
+                 "segment": job.producer_segment_id_string or str(job.producer_segment_id),
+                 "since": self._idle_since[job_id]}
+                for job_id, job in sorted(idle.items())[:JOBS_WITHOUT_FILE_SHOWN]
+            ]
+            self._journal.set_meta("jobs_without_file", json.dumps(listing))
+
+    def _poll_failed(self, now: float, error: BaseException | None) -> None:
+        self._poll_failures += 1
+        upload = self.config.upload
+        delay = backoff(self._poll_failures, initial=upload.initial_backoff,
+                        cap=max(upload.max_backoff, self.config.matching.poll_seconds))
+        if not isinstance(error, ExchangeError):
+            logger.opt(exception=error).error("listing the waiting jobs failed unexpectedly")
+            self._next_poll = now + delay
+            return
+        self.metrics.api_error(error.status)
+        self._next_poll = now + max(delay, error.retry_after or 0.0)
+        retry = f"retrying in {self._next_poll - now:.1f} s"
+        if classify(error) is Outcome.KEY_REFUSED:
+            if not self._polled_once and self._poll_failures == 1:
+                self._key_refused_first = True
+            cause, what = Cause.KEY_REFUSED, f"the Exchange refused the key ({retry}): {error}"
+        else:
+            label = "Exchange unreachable" if isinstance(error, ExchangeUnavailable) else "failed"
+            cause, what = Cause.UNREACHABLE, f"{label} ({retry}): {error}"
+        # Each failed poll is one line: polls back off, so an outage of days stays readable.
+        logger.error("cannot list the waiting jobs: {}", what)
+        self.conditions.raise_(cause, what, log=False)
+        for row in self._waiting.values():
+            self._note_reason(row.id, what)
 
     def _assign(self) -> None:
+        if self.conditions.blocks_claims:
+            return
         older_settling = self._oldest_settling_by_segment()
         pending = [
             PendingFile(key=str(row.id), segment=row.segment or "", since=row.mtime or 0.0)
             for row in self._waiting.values()
-            if row.id not in self._in_flight
-            and older_settling.get(row.segment or "", float("inf")) >= (row.mtime or 0.0)
+            if older_settling.get(row.segment or "", float("inf")) >= (row.mtime or 0.0)
         ]
         busy = self._journal.reserved_jobs()
-        for assignment in plan_assignments(pending, list(self._jobs.values()), busy_jobs=busy):
-            row = self._waiting.pop(int(assignment.file.key))
-            job_ids = [str(job.job_id) for job in assignment.jobs]
-            if not self._claim(row, job_ids):
-                continue
-            self._start(row.id, None)
+        for assignment in plan_assignments(pending, self._job_index, busy_jobs=busy):
+            row = self._waiting[int(assignment.file.key)]
+            if self._claim(row, [str(job.job_id) for job in assignment.jobs]):
+                self._start(row.id)
         for row in self._waiting.values():
             self._note_reason(row.id, f"waiting for a job for segment {row.segment}")
 
     def _oldest_settling_by_segment(self) -> dict[str, float]:
         """Oldest first holds across readiness: a newer file waits while an older one of its
         segment is still being written."""
-        oldest: dict[str, float] = {}
-        for path, mtime in self._readiness.mtimes().items():
-            segment = self._router.segment_of(self._relative(path))
-            if segment is not None:
-                oldest[segment] = min(mtime, oldest.get(segment, mtime))
-        return oldest
+        return self._readiness.oldest_mtime_by(self._segments.get)
 
     def _note_reason(self, file_id: int, reason: str) -> None:
         """Why a file waits, for ``pushagent status``; written only when it changes."""
@@ -398,18 +584,19 @@ class Agent:
 
     def _claim(self, row: FileRow, job_ids: list[str]) -> bool:
         """Move the file out of the drop folder, so a new drop under its name cannot mix in."""
-        if row.state == "claimed":
-            self._journal.assign_more(row.id, job_ids)
+        self._forget_waiting(row.id)
+        if row.in_claim_area:  # requeued: it waited for a new job in its claim folder
+            self._journal.claim(row.id, path=Path(row.path), job_ids=job_ids)
             return True
-        target = self._journal_dir("claimed") / str(row.id) / PurePath(row.rel_path).name
+        target = self.config.state_dir / "claimed" / str(row.id) / PurePath(row.rel_path).name
         self._journal.claim(row.id, path=target, job_ids=job_ids)
         try:
-            moved = move_without_overwrite(Path(row.path), target.parent, PurePath(target.name))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            move_to(Path(row.path), target)
         except FileNotFoundError:
             logger.bind(file=row.rel_path).warning("removed from the drop folder before upload")
-            self._journal.drop_claim(row.id)
+            self._journal.vanish(row.id, "removed from the drop folder before upload")
             return False
-        assert moved == target, "claim folders are private to one file"
         self._carry_trigger(Path(row.path), target)
         return True
 
@@ -420,106 +607,139 @@ class Agent:
             with contextlib.suppress(OSError):  # a marker: losing it loses no data
                 os.replace(old.with_name(old.name + suffix), new.with_name(new.name + suffix))
 
-    def _start(self, file_id: int, finish: DeliveryResult | None) -> None:
-        row = self._journal.file(file_id)
-        if finish is not None:
-            self._finish(row, finish)
+    def _start(self, file_id: int) -> None:
+        if file_id in self._finishing:
+            result = self._finishing.pop(file_id)
+            try:
+                self._finish(self._journal.file(file_id), result)
+            except JournalUnavailable:
+                self._finishing[file_id] = result
+                self._schedule.add(file_id, self._clock() + IDLE_WAIT_SECONDS)
+                raise
             return
+        row = self._journal.file(file_id)
         jobs = dict(self._jobs)
         self._in_flight.add(file_id)
-        self._pool.submit(file_id, lambda: self._deliverer.deliver(row, jobs))
+        self._uploads.submit(file_id, lambda: self._deliverer.deliver(row, jobs))
 
     # --- outcomes ---------------------------------------------------------------------------------
 
     def _settle(self, finished: Finished[DeliveryResult]) -> None:
         row = self._journal.file(finished.key)
-        result = finished.result or DeliveryResult(
-            Verdict.RETRY, f"internal error: {finished.error!r}", counts_as_attempt=True
-        )
+        result = finished.result
+        if result is None:
+            what = "journal unavailable" if isinstance(finished.error, JournalUnavailable) \
+                else f"internal error: {finished.error!r}"
+            result = DeliveryResult(Verdict.RETRY, what, counts_as_attempt=False)
+        if result.key_refused:
+            self.conditions.raise_(Cause.KEY_REFUSED, f"the Exchange refused the key: "
+                                                      f"{result.reason}")
         if result.verdict is Verdict.RETRY:
             self._schedule_retry(row, result)
         elif result.verdict is Verdict.REQUEUE:
-            self._waiting[row.id] = self._journal.file(row.id)
-            self._journal.set_reason(
-                row.id, f"waiting for a job for segment {row.segment}: {result.reason}"
+            row = self._journal.mark_waiting(
+                row.id, segment=row.segment or "",
+                reason=f"waiting for a job for segment {row.segment}: {result.reason}",
             )
+            self._add_waiting(row)
+        elif result.verdict is Verdict.RESETTLE:
+            self._journal.resettle(row.id, f"settling again: {result.reason}")
+            self._resettling[Path(row.path)] = row.id
+            self._readiness.observe(Path(row.path), event="written")
+        elif result.verdict is Verdict.VANISHED:
+            logger.bind(file=row.rel_path).error("{}", result.reason)
+            self._journal.vanish(row.id, result.reason or "removed before delivery")
         else:
-            self._retry_streak.pop(row.id, None)
+            self._streaks.pop(row.id, None)
             self._finish(row, result)
 
     def _schedule_retry(self, row: FileRow, result: DeliveryResult) -> None:
         # Every retry in a row doubles the wait, counted or not: a refused key or a dead network
         # is asked less and less often, up to upload.max_backoff.
-        delay = max(self._backoff(self._next_streak(row.id)), result.retry_after or 0.0)
+        delay = max(self._backoff(row.id), result.retry_after or 0.0)
         reason = f"retrying in {delay:.0f} s after: {result.reason}"
         if result.counts_as_attempt:
             self._journal.count_attempt(row.id, reason, next_attempt_at=self._wall() + delay)
         else:
             self._journal.set_reason(row.id, reason, next_attempt_at=self._wall() + delay)
         logger.bind(file=row.rel_path, segment=row.segment).warning("will retry: {}", result.reason)
-        self._scheduled[row.id] = _Scheduled(due=self._clock() + delay)
+        self._schedule.add(row.id, self._clock() + delay)
 
-    def _next_streak(self, file_id: int) -> int:
-        streak = self._retry_streak[file_id] = self._retry_streak.get(file_id, 0) + 1
-        return streak
-
-    def _backoff(self, streak: int, *, cap: float | None = None) -> float:
-        """``upload.initial_backoff`` doubled per failure in a row, up to ``upload.max_backoff``."""
-        limit = self.config.upload.max_backoff if cap is None else cap
-        return float(min(limit, self.config.upload.initial_backoff * 2 ** (streak - 1)))
+    def _backoff(self, file_id: int, *, cap: float | None = None) -> float:
+        streak = self._streaks[file_id] = self._streaks.get(file_id, 0) + 1
+        upload = self.config.upload
+        return backoff(streak, initial=upload.initial_backoff,
+                       cap=upload.max_backoff if cap is None else cap)
 
     def _finish(self, row: FileRow, result: DeliveryResult) -> None:
+        """To done/ or failed/ (its report written first: never one without the other)."""
         delivered = result.verdict is Verdict.DELIVERED
+        if row.state not in (FileState.DELIVERED, FileState.REJECTED):
+            state = FileState.DELIVERED if delivered else FileState.REJECTED
+            self._journal.conclude(row.id, state, reason=result.reason)
+            row = self._journal.file(row.id)
         folder = self.config.folders.done if delivered else self.config.folders.failed
         try:
-            target = self._move_final(row, folder)
-            self._carry_trigger(Path(row.path), target)
-            if row.state == "claimed":
-                with contextlib.suppress(OSError):
-                    Path(row.path).parent.rmdir()
-            if not delivered:
-                write_error_report(target, self._error_report(row, result.reason or "failed"))
+            target, report = self._place(row, folder, result)
         except OSError as error:
-            # Doubling from upload.initial_backoff: a folder back within seconds is used within
-            # seconds, a long outage is checked every MOVE_RETRY_MAX_SECONDS at most.
-            delay = self._backoff(self._next_streak(row.id), cap=MOVE_RETRY_MAX_SECONDS)
-            logger.bind(file=row.rel_path).error(
-                "cannot move the file to {} ({}); retrying in {:.0f} s", folder, error, delay
-            )
-            self._scheduled[row.id] = _Scheduled(due=self._clock() + delay, finish=result)
+            delay = self._backoff(row.id, cap=MOVE_RETRY_MAX_SECONDS)
+            message = f"cannot move the file to {folder} ({error}); retrying in {delay:.0f} s"
+            if self._streaks[row.id] == 1:  # once per file; the condition repeats once a minute
+                logger.bind(file=row.rel_path).error("{}", message)
+            if error.errno in DISK_ERRNOS:
+                self.conditions.raise_(
+                    Cause.FINAL_FOLDER, f"{folder} cannot be written ({error.strerror}); "
+                    "no new file is taken until it can"
+                )
+            self._finishing[row.id] = result
+            self._schedule.add(row.id, self._clock() + delay)
             return
-        self._retry_streak.pop(row.id, None)
-        state = "done" if delivered else "failed"
-        self._journal.finish(row.id, state=state, final_path=target, reason=result.reason)
-        (self.outcomes.done if delivered else self.outcomes.failed).append(row.rel_path)
-        (self.metrics.files_uploaded if delivered else self.metrics.files_failed).inc()
+        self.conditions.clear(Cause.FINAL_FOLDER)
+        self._streaks.pop(row.id, None)
+        self._reasons.pop(row.id, None)
+        self._journal.finish(row.id, final_path=target, report_path=report)
         log = logger.bind(file=row.rel_path, segment=row.segment)
         if delivered:
+            self.outcomes.done.append(row.rel_path)
+            self.metrics.files_uploaded.inc()
             log.info("done: moved to {}", target)
         else:
+            self.outcomes.failed.append((row.rel_path, result.reason or "failed"))
+            self.metrics.files_failed.inc()
             log.warning("failed: moved to {}: {}", target, result.reason)
-        self._refresh_gauges()
 
-    def _move_final(self, row: FileRow, folder: Path) -> Path:
+    def _place(
+        self, row: FileRow, folder: Path, result: DeliveryResult
+    ) -> tuple[Path, Path | None]:
         source, relative = Path(row.path), PurePath(row.rel_path)
         intended = Path(row.final_path) if row.final_path else None
-        if intended is not None and same_entry(source, intended):
+        delivered = result.verdict is Verdict.DELIVERED
+        if intended is None or (os.path.lexists(intended) and not same_entry(source, intended)):
+            intended = unique_target(folder, relative)
+            self._journal.intend_final(row.id, intended)
+        intended.parent.mkdir(parents=True, exist_ok=True)
+        report = None
+        if not delivered:
+            report = write_error_report(intended, self._error_report(row, result.reason))
+        if same_entry(source, intended):
             os.unlink(source)  # the last run stopped between the link and the unlink
-            return intended
-        self._journal.intend_final(row.id, unique_target(folder, relative))
-        return move_without_overwrite(source, folder, relative)
+        elif os.path.lexists(source):
+            move_to(source, intended)
+        self._carry_trigger(source, intended)
+        if row.in_claim_area:
+            with contextlib.suppress(OSError):
+                source.parent.rmdir()
+        return intended, report
 
-    def _finish_unmatched(self, row: FileRow, reason: str) -> None:
-        self._finish(row, DeliveryResult(Verdict.REJECTED, reason))
-
-    def _error_report(self, row: FileRow, reason: str) -> dict[str, object]:
+    def _error_report(self, row: FileRow, reason: str | None) -> dict[str, object]:
         deliveries = self._journal.deliveries(row.id)
         return {
             "file": row.rel_path,
             "segment": row.segment,
             "job_ids": [d.job_id for d in deliveries],
-            "uploaded_to": [d.job_id for d in deliveries if d.state == "uploaded"],
-            "reason": reason,
+            "uploaded_to": [d.job_id for d in deliveries if d.state.value == "uploaded"],
+            "failed_jobs": [d.job_id for d in deliveries if d.state.value == "rejected"],
+            "reason": reason or "failed",
             "time": self._now_iso(),
         }
 
@@ -527,44 +747,54 @@ class Agent:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._wall()))
 
     def _refresh_gauges(self) -> None:
-        pending = len(self._waiting) + len(self._scheduled) + len(self._in_flight)
-        self.metrics.pending_files.set(pending + len(self._readiness.tracked()))
-
-    def _journal_dir(self, name: str) -> Path:
-        return self.config.state_dir / name
+        pending = len(self._waiting) + len(self._schedule) + len(self._in_flight)
+        self.metrics.pending_files.set(pending + len(self._readiness))
 
     # --- restart ----------------------------------------------------------------------------------
 
     def _recover(self) -> None:
-        """Resume what a previous run left. Settling and waiting rows stay (the first scan finds
-        their files again and keeps their times); claimed files go back to work."""
+        """Resume what a previous run left. Settling and waiting rows in the drop folder stay
+        (the first scan finds their files again and keeps their times); the rest goes on."""
         self._sweep_vanished()
-        for row in self._journal.files("claimed"):
-            dropped = self._drop / row.rel_path
-            if not os.path.lexists(row.path):
-                final = Path(row.final_path) if row.final_path else None
-                if final is not None and os.path.lexists(final):  # stopped after the final move
-                    self._record_finished(row, final)
-                elif os.path.lexists(dropped):  # stopped between the journal entry and the move
-                    self._journal.unclaim(row.id, dropped)
-                else:
-                    logger.bind(file=row.rel_path).error("claimed file vanished from {}", row.path)
-                    self._journal.drop_claim(row.id)
-                continue
-            if same_entry(dropped, Path(row.path)):
-                os.unlink(dropped)  # stopped between the link and the unlink of the claim
-            logger.bind(file=row.rel_path, segment=row.segment).info(
-                "resuming a file claimed before the last stop"
-            )
-            self._scheduled[row.id] = _Scheduled(due=self._clock())
+        for row in self._journal.files(FileState.WAITING):
+            if row.in_claim_area:
+                self._add_waiting(row)
+            else:  # the first scan finds it again, and it must be still before it is taken
+                self._journal.back_to_settling(row.id)
+        for row in self._journal.files(FileState.DELIVERED, FileState.REJECTED):
+            verdict = Verdict.DELIVERED if row.state is FileState.DELIVERED else Verdict.REJECTED
+            self._finishing[row.id] = DeliveryResult(verdict, row.reason)
+            self._schedule.add(row.id, self._clock())
+        for row in self._journal.files(FileState.RESETTLING):
+            self._resettling[Path(row.path)] = row.id
+            self._readiness.observe(Path(row.path), event="scan")
+        for row in self._journal.files(FileState.CLAIMED):
+            self._recover_claimed(row)
 
-    def _record_finished(self, row: FileRow, final: Path) -> None:
-        delivered = final.is_relative_to(self.config.folders.done)
-        if not delivered and not error_report_path(final).exists():
-            write_error_report(final, self._error_report(row, row.reason or "failed"))
-        state = "done" if delivered else "failed"
-        self._journal.finish(row.id, state=state, final_path=final, reason=row.reason)
-        logger.bind(file=row.rel_path).info("found in {} after the last stop", final)
+    def _recover_claimed(self, row: FileRow) -> None:
+        dropped = self._drop / row.rel_path
+        if not os.path.lexists(row.path):
+            final = Path(row.final_path) if row.final_path else None
+            if final is not None and os.path.lexists(final):
+                # A journal of the first release: stopped after the final move.
+                done = final.is_relative_to(self.config.folders.done)
+                if not done and report_path_for(final) is None:
+                    write_error_report(final, self._error_report(row, row.reason))
+                state = FileState.DELIVERED if done else FileState.REJECTED
+                self._journal.conclude(row.id, state, reason=row.reason)
+                self._journal.finish(row.id, final_path=final)
+            elif os.path.lexists(dropped):  # stopped between the journal entry and the move
+                self._journal.unclaim(row.id, dropped)
+            else:
+                logger.bind(file=row.rel_path).error("claimed file vanished from {}", row.path)
+                self._journal.vanish(row.id, "removed from its claim folder by someone else")
+            return
+        if same_entry(dropped, Path(row.path)):
+            os.unlink(dropped)  # stopped between the link and the unlink of the claim
+        logger.bind(file=row.rel_path, segment=row.segment).info(
+            "resuming a file claimed before the last stop"
+        )
+        self._schedule.add(row.id, self._clock())
 
 
 def _storable(path: Path) -> bool:

@@ -73,6 +73,9 @@ class WatchSettings:
 @dataclass(frozen=True, kw_only=True)
 class MatchingSettings:
     poll_seconds: float = 5.0
+    # With no file waiting, the jobs are still listed this often: a heartbeat that keeps
+    # /healthz and ``status`` true to the Exchange and the key, and shows jobs with no file.
+    idle_poll_seconds: float = 60.0
     max_wait_seconds: float = 86400.0
 
 
@@ -280,6 +283,7 @@ class _Reader:
             }),
             "matching": self.section_of(MatchingSettings, {
                 "poll_seconds": self.number(),
+                "idle_poll_seconds": self.number(),
                 "max_wait_seconds": self.number(),
             }),
             "validation": self.section_of(ValidationSettings, {

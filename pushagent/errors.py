@@ -36,6 +36,10 @@ class StateLockedError(PushAgentError):
     exit_code = EXIT_USAGE
 
 
+class JournalUnavailable(PushAgentError):
+    """The journal cannot be read or written (state_dir full, read-only or failing)."""
+
+
 class CSVValidationError(PushAgentError):
     """A file failed validation; ``problems`` holds one line per problem, each naming its line."""
 
@@ -75,17 +79,46 @@ class ExchangeError(PushAgentError):
 
 
 class ExchangeUnavailable(ExchangeError):
-    """Connection refused, DNS, TLS or timeout: the Exchange could not be reached."""
+    """Connection refused, DNS, TLS or timeout: the Exchange could not be reached.
+
+    ``body_sent`` is True when the failure came after some of the request's body had left: the
+    server may have received and accepted all of it, so only the job's status can tell.
+    """
 
     retryable = True
     exit_code = EXIT_UNAVAILABLE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str,
+        url: str,
+        status: int | None = None,
+        server_message: str | None = None,
+        retry_after: float | None = None,
+        body_sent: bool = False,
+    ) -> None:
+        super().__init__(
+            message,
+            method=method,
+            url=url,
+            status=status,
+            server_message=server_message,
+            retry_after=retry_after,
+        )
+        self.body_sent = body_sent
 
 
 class ExchangeHTTPError(ExchangeError):
     """The Exchange answered with an error status."""
 
 
-class BadRequest(ExchangeHTTPError):
+class Refused(ExchangeHTTPError):
+    """A 4xx refusal that asking again will not change (413, 415, 422, 410, ...)."""
+
+
+class BadRequest(Refused):
     """400: the request was refused as malformed."""
 
 
@@ -108,18 +141,23 @@ class NotFound(ExchangeHTTPError):
 
 
 class Conflict(ExchangeHTTPError):
-    """409 and other 4xx refusals of the job's current state (e.g. no longer waiting)."""
+    """409: the job's current state refuses the request (e.g. it is no longer waiting)."""
 
 
-class RateLimited(ExchangeHTTPError):
-    """429: too many requests; ``retry_after`` holds the server's advice in seconds."""
+class RetryLater(ExchangeHTTPError):
+    """408, 425 or 429: the Exchange asks for the request again later; ``retry_after`` holds
+    its advice in seconds when it gave one."""
 
     retryable = True
     exit_code = EXIT_UNAVAILABLE
 
 
+class RateLimited(RetryLater):
+    """429: too many requests; ``retry_after`` holds the server's advice in seconds."""
+
+
 class ServerError(ExchangeHTTPError):
-    """5xx: the Exchange failed; 500, 502, 503 and 504 are retried."""
+    """5xx: the Exchange failed; every 5xx is retried."""
 
     retryable = True
     exit_code = EXIT_UNAVAILABLE
@@ -131,3 +169,14 @@ class OperationRefused(ExchangeError):
 
 class UnexpectedResponse(ExchangeError):
     """A 2xx answer whose body could not be understood."""
+
+
+class SourceChanged(PushAgentError):
+    """The file to upload is not (or no longer) the bytes that were validated, or it changed
+    while it was being sent: the upload was not sent, or was aborted before its last bytes so
+    the Exchange cannot have accepted it. ``path`` names the file."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        self.path = path
+        self.detail = detail
+        super().__init__(f"{path}: {detail}")

@@ -1,31 +1,53 @@
 """The crash-safe journal: every file's life from first sight to done/ or failed/, in SQLite.
 
-A file row goes ``settling -> waiting -> claimed -> done | failed``; each job a claimed file is sent
-to has a delivery row ``assigned -> uploading -> uploaded | gone | rejected``. A delivery left in
-``uploading`` by a crash may have reached the server, so the next attempt asks the job first.
-The partial unique index makes a second upload to one job impossible, whatever the code above does.
+The states and the moves allowed between them are in ``pushagent.lifecycle``; every write here
+that changes a state checks that table (in the UPDATE's WHERE clause, so a row that moved on
+meanwhile is refused too) and raises ``IllegalTransition`` for a move it does not allow. The
+loop, the workers and the ops commands all change states through this class.
+
+A delivery left ``uploading`` by a crash may have reached the server, so the next attempt asks the
+job first. The partial unique index makes a second upload to one job impossible, whatever the
+code above does. The schema is versioned with ``PRAGMA user_version``; a journal written by an
+older agent is migrated in place when it is opened.
+
+SQLite failures that are conditions of the machine (disk full, read-only, I/O errors) come out as
+``JournalUnavailable``, never as a bare ``sqlite3`` error: the agent waits them out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from pushagent.errors import StateLockedError
+from pushagent.errors import JournalUnavailable, StateLockedError
+from pushagent.lifecycle import (
+    FINISHED,
+    IN_DROP_FOLDER,
+    RESERVING,
+    DeliveryState,
+    FileState,
+    IllegalTransition,
+    delivery_sources_of,
+    sources_of,
+)
+
+SCHEMA_VERSION = 1
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     id INTEGER PRIMARY KEY,
     rel_path TEXT NOT NULL,          -- where it was dropped, relative to the drop folder
     segment TEXT,
-    state TEXT NOT NULL,             -- settling | waiting | claimed | done | failed | vanished
+    state TEXT NOT NULL,             -- a lifecycle.FileState value
     path TEXT NOT NULL,              -- where it is now
     size INTEGER,
     mtime REAL,                      -- when the dropper last wrote it: oldest first
@@ -36,26 +58,43 @@ CREATE TABLE IF NOT EXISTS files (
     reason TEXT,                     -- why it waits, or why it failed
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL,
-    final_path TEXT
+    final_path TEXT,
+    sha256 TEXT,                     -- of the bytes last validated
+    report_path TEXT                 -- the failed/ report, when it has one
 );
 CREATE INDEX IF NOT EXISTS files_state ON files(state);
 CREATE INDEX IF NOT EXISTS files_finished ON files(finished_at);
-CREATE UNIQUE INDEX IF NOT EXISTS files_open_drop ON files(rel_path)
-    WHERE state IN ('settling', 'waiting');
 CREATE TABLE IF NOT EXISTS deliveries (
     file_id INTEGER NOT NULL REFERENCES files(id),
     job_id TEXT NOT NULL,
-    state TEXT NOT NULL,             -- assigned | uploading | uploaded | gone | rejected
+    state TEXT NOT NULL,             -- a lifecycle.DeliveryState value
     started_at REAL,
     ended_at REAL,
     bytes INTEGER,
     error TEXT,
+    sha256 TEXT,                     -- of the bytes sent
     PRIMARY KEY (file_id, job_id)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS one_upload_per_job ON deliveries(job_id)
     WHERE state IN ('uploading', 'uploaded');
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+# Version 0 (the first release) kept the drop folder's names unique with an index on rel_path;
+# a requeued file now waits in its claim folder while a new drop of the same name settles.
+INDEXES_V1 = """
+DROP INDEX IF EXISTS files_open_drop;
+CREATE UNIQUE INDEX IF NOT EXISTS files_open_path ON files(path)
+    WHERE state IN ('settling', 'waiting', 'resettling');
+"""
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "ALTER TABLE files ADD COLUMN sha256 TEXT",
+        "ALTER TABLE files ADD COLUMN report_path TEXT",
+        "ALTER TABLE deliveries ADD COLUMN sha256 TEXT",
+    ),
+}
 
 RESERVE_SECONDS = 7 * 86400
 # Finished files stay in the journal (for ``pushagent status``) this long.
@@ -67,7 +106,7 @@ class FileRow:
     id: int
     rel_path: str
     segment: str | None
-    state: str
+    state: FileState
     path: str
     size: int | None
     mtime: float | None
@@ -79,17 +118,36 @@ class FileRow:
     attempts: int
     next_attempt_at: float | None
     final_path: str | None
+    sha256: str | None
+    report_path: str | None
+
+    @classmethod
+    def of(cls, row: sqlite3.Row) -> FileRow:
+        values = dict(row)
+        values["state"] = FileState(values["state"])
+        return cls(**values)
+
+    @property
+    def in_claim_area(self) -> bool:
+        return self.claimed_at is not None
 
 
 @dataclass(frozen=True)
 class DeliveryRow:
     file_id: int
     job_id: str
-    state: str
+    state: DeliveryState
     started_at: float | None
     ended_at: float | None
     bytes: int | None
     error: str | None
+    sha256: str | None
+
+    @classmethod
+    def of(cls, row: sqlite3.Row) -> DeliveryRow:
+        values = dict(row)
+        values["state"] = DeliveryState(values["state"])
+        return cls(**values)
 
 
 class StateLock:
@@ -120,6 +178,11 @@ class StateLock:
             self._fd = None
 
 
+def _marks(values: Iterable[Any]) -> tuple[str, tuple[str, ...]]:
+    texts = tuple(v.value if isinstance(v, (FileState, DeliveryState)) else str(v) for v in values)
+    return ", ".join("?" for _ in texts), texts
+
+
 class Journal:
     """Thread-safe: workers and the agent loop share one connection behind a lock."""
 
@@ -127,32 +190,111 @@ class Journal:
         self.path = path
         self._clock = clock
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        # WAL + NORMAL survives a killed process (what the agent must survive); only an OS
-        # crash may lose the last transactions, and the job-status check covers those.
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        try:
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            # WAL + NORMAL survives a killed process (what the agent must survive); only an OS
+            # crash may lose the last transactions, and the job-status check covers those.
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.Error as error:
+            raise self._unavailable(error) from error
 
     @classmethod
     def for_state_dir(cls, state_dir: Path, *, clock: Callable[[], float] = time.time) -> Journal:
         return cls(state_dir / "journal.sqlite3", clock=clock)
 
+    def _migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        existing = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'files'"
+        ).fetchone()
+        if version > SCHEMA_VERSION:
+            raise JournalUnavailable(
+                f"{self.path}: written by a newer pushagent (schema {version}, this one knows "
+                f"{SCHEMA_VERSION}); upgrade pushagent or use another state_dir"
+            )
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if existing:
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS.get(step, ()):
+                        self._db.execute(statement)
+            for statement in (SCHEMA + INDEXES_V1).split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
+    def _unavailable(self, error: sqlite3.Error) -> JournalUnavailable:
+        return JournalUnavailable(
+            f"journal {self.path}: {error}; free space in the state_dir or make it writable "
+            "(the agent resumes by itself)"
+        )
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as error:
+                raise self._unavailable(error) from error
             try:
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("COMMIT")
+            except sqlite3.IntegrityError:
+                self._rollback()
                 raise
-            self._db.execute("COMMIT")
+            except (sqlite3.OperationalError, sqlite3.DatabaseError) as error:
+                self._rollback()
+                raise self._unavailable(error) from error
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):  # a failed COMMIT may have rolled back already
+            self._db.execute("ROLLBACK")
+
+    def _move(self, db: sqlite3.Connection, file_id: int, to: FileState, sets: str,
+              params: tuple[Any, ...]) -> None:
+        """UPDATE one file to ``to``, only from a state the lifecycle table allows."""
+        marks, sources = _marks(sources_of(to))
+        cursor = db.execute(
+            f"UPDATE files SET state = ?{', ' + sets if sets else ''} "
+            f"WHERE id = ? AND state IN ({marks})",
+            (to.value, *params, file_id, *sources),
+        )
+        if cursor.rowcount != 1:
+            row = db.execute("SELECT state FROM files WHERE id = ?", (file_id,)).fetchone()
+            now = row["state"] if row else "no such file"
+            raise IllegalTransition(f"journal: file {file_id} cannot go from {now} to {to.value}")
+
+    def _move_delivery(self, db: sqlite3.Connection, file_id: int, job_id: str,
+                       to: DeliveryState, sets: str, params: tuple[Any, ...]) -> None:
+        marks, sources = _marks(delivery_sources_of(to))
+        cursor = db.execute(
+            f"UPDATE deliveries SET state = ?{', ' + sets if sets else ''} "
+            f"WHERE file_id = ? AND job_id = ? AND state IN ({marks})",
+            (to.value, *params, file_id, job_id, *sources),
+        )
+        if cursor.rowcount != 1:
+            row = db.execute(
+                "SELECT state FROM deliveries WHERE file_id = ? AND job_id = ?", (file_id, job_id)
+            ).fetchone()
+            now = row["state"] if row else "no such delivery"
+            raise IllegalTransition(
+                f"journal: delivery of file {file_id} to job {job_id} cannot go from {now} "
+                f"to {to.value}"
+            )
 
     # --- files in the drop folder -------------------------------------------------------------
 
@@ -160,10 +302,11 @@ class Journal:
         self, rel_path: str, path: Path, *, size: int, mtime: float | None = None
     ) -> int:
         """Record a file seen in the drop folder; keeps its first-seen time across restarts."""
+        marks, states = _marks(IN_DROP_FOLDER)
         with self._tx() as db:
             row = db.execute(
-                "SELECT id FROM files WHERE rel_path = ? AND state IN ('settling', 'waiting')",
-                (rel_path,),
+                f"SELECT id FROM files WHERE path = ? AND state IN ({marks})",
+                (str(path), *states),
             ).fetchone()
             if row:
                 db.execute(
@@ -172,19 +315,28 @@ class Journal:
                 return int(row["id"])
             cursor = db.execute(
                 "INSERT INTO files (rel_path, state, path, size, mtime, seen_at, reason) "
-                "VALUES (?, 'settling', ?, ?, ?, ?, 'settling: still being written')",
-                (rel_path, str(path), size, mtime, self._clock()),
+                "VALUES (?, ?, ?, ?, ?, ?, 'settling: still being written')",
+                (rel_path, FileState.SETTLING.value, str(path), size, mtime, self._clock()),
             )
             return int(cursor.lastrowid or 0)
 
-    def mark_waiting(self, file_id: int, *, segment: str, reason: str) -> FileRow:
+    def mark_waiting(self, file_id: int, *, segment: str, reason: str,
+                     size: int | None = None, mtime: float | None = None) -> FileRow:
+        """Ready (from the drop folder), or back to waiting in its claim folder (jobs gone)."""
         with self._tx() as db:
-            db.execute(
-                "UPDATE files SET state = 'waiting', segment = ?, reason = ?, "
-                "ready_at = COALESCE(ready_at, ?) WHERE id = ?",
-                (segment, reason, self._clock(), file_id),
+            self._move(
+                db, file_id, FileState.WAITING,
+                "segment = ?, reason = ?, ready_at = COALESCE(ready_at, ?), "
+                "size = COALESCE(?, size), mtime = COALESCE(?, mtime)",
+                (segment, reason, self._clock(), size, mtime),
             )
         return self.file(file_id)
+
+    def back_to_settling(self, file_id: int) -> None:
+        """A waiting file in the drop folder was written to again."""
+        with self._tx() as db:
+            self._move(db, file_id, FileState.SETTLING, "reason = 'settling: still being written'",
+                       ())
 
     def set_reason(
         self, file_id: int, reason: str, *, next_attempt_at: float | None = None
@@ -197,67 +349,58 @@ class Journal:
 
     def forget(self, file_id: int) -> None:
         """A settling or waiting file vanished from the drop folder before it was claimed."""
+        marks, states = _marks(IN_DROP_FOLDER)
         with self._tx() as db:
             db.execute(
-                "DELETE FROM files WHERE id = ? AND state IN ('settling', 'waiting')", (file_id,)
+                f"DELETE FROM files WHERE id = ? AND claimed_at IS NULL AND state IN ({marks})",
+                (file_id, *states),
             )
 
     # --- claimed files and their deliveries -----------------------------------------------------
 
-    def claim(self, file_id: int, *, path: Path, job_ids: list[str]) -> None:
+    def claim(self, file_id: int, *, path: Path, job_ids: Iterable[str]) -> None:
         with self._tx() as db:
-            db.execute(
-                "UPDATE files SET state = 'claimed', path = ?, claimed_at = ?, "
-                "reason = 'uploading' WHERE id = ?",
-                (str(path), self._clock(), file_id),
-            )
+            self._move(db, file_id, FileState.CLAIMED,
+                       "path = ?, claimed_at = COALESCE(claimed_at, ?), reason = 'uploading'",
+                       (str(path), self._clock()))
             db.executemany(
-                "INSERT OR IGNORE INTO deliveries (file_id, job_id, state) "
-                "VALUES (?, ?, 'assigned')",
-                [(file_id, job_id) for job_id in job_ids],
+                "INSERT OR IGNORE INTO deliveries (file_id, job_id, state) VALUES (?, ?, ?)",
+                [(file_id, job_id, DeliveryState.ASSIGNED.value) for job_id in job_ids],
             )
 
-    def assign_more(self, file_id: int, job_ids: list[str]) -> None:
-        """A requeued claimed file found new waiting jobs."""
+    def resettle(self, file_id: int, reason: str) -> None:
+        """A claimed file changed under us: it must be still again before it is read again."""
         with self._tx() as db:
-            db.executemany(
-                "INSERT OR IGNORE INTO deliveries (file_id, job_id, state) "
-                "VALUES (?, ?, 'assigned')",
-                [(file_id, job_id) for job_id in job_ids],
-            )
-            db.execute("UPDATE files SET reason = 'uploading' WHERE id = ?", (file_id,))
+            self._move(db, file_id, FileState.RESETTLING, "reason = ?", (reason,))
+
+    def reclaim(self, file_id: int) -> None:
+        with self._tx() as db:
+            self._move(db, file_id, FileState.CLAIMED, "reason = 'uploading'", ())
+
+    def validated(self, file_id: int, *, size: int, sha256: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE files SET size = ?, sha256 = ? WHERE id = ?",
+                       (size, sha256, file_id))
 
     def upload_started(self, file_id: int, job_id: str) -> None:
         with self._tx() as db:
-            db.execute(
-                "UPDATE deliveries SET state = 'uploading', started_at = ?, error = NULL "
-                "WHERE file_id = ? AND job_id = ?",
-                (self._clock(), file_id, job_id),
-            )
+            self._move_delivery(db, file_id, job_id, DeliveryState.UPLOADING,
+                                "started_at = ?, error = NULL", (self._clock(),))
 
     def delivery_ended(
         self,
         file_id: int,
         job_id: str,
-        state: str,
+        state: DeliveryState,
         *,
         nbytes: int | None = None,
+        sha256: str | None = None,
         error: str | None = None,
     ) -> None:
         with self._tx() as db:
-            db.execute(
-                "UPDATE deliveries SET state = ?, ended_at = ?, bytes = ?, error = ? "
-                "WHERE file_id = ? AND job_id = ?",
-                (state, self._clock(), nbytes, error, file_id, job_id),
-            )
-
-    def upload_interrupted(self, file_id: int, job_id: str, error: str) -> None:
-        """The attempt failed in a way that may or may not have reached the server."""
-        with self._tx() as db:
-            db.execute(
-                "UPDATE deliveries SET error = ? WHERE file_id = ? AND job_id = ?",
-                (error, file_id, job_id),
-            )
+            self._move_delivery(db, file_id, job_id, state,
+                                "ended_at = ?, bytes = ?, sha256 = ?, error = ?",
+                                (self._clock(), nbytes, sha256, error))
 
     def count_attempt(self, file_id: int, reason: str, *, next_attempt_at: float) -> int:
         with self._tx() as db:
@@ -269,41 +412,49 @@ class Journal:
             row = db.execute("SELECT attempts FROM files WHERE id = ?", (file_id,)).fetchone()
             return int(row["attempts"])
 
+    def conclude(self, file_id: int, state: FileState, *, reason: str | None) -> None:
+        """The verdict is in (DELIVERED or REJECTED); only the move to done/ or failed/ is left."""
+        if state not in (FileState.DELIVERED, FileState.REJECTED):
+            raise IllegalTransition(f"journal: conclude takes DELIVERED or REJECTED, not {state}")
+        with self._tx() as db:
+            self._move(db, file_id, state, "reason = ?, next_attempt_at = NULL", (reason,))
+
     def intend_final(self, file_id: int, target: Path) -> None:
         """Written before the final move, so a crash inside the move can be finished, not redone."""
         with self._tx() as db:
             db.execute("UPDATE files SET final_path = ? WHERE id = ?", (str(target), file_id))
 
-    def finish(self, file_id: int, *, state: str, final_path: Path, reason: str | None) -> None:
+    def finish(self, file_id: int, *, final_path: Path, report_path: Path | None = None) -> None:
+        """DELIVERED -> DONE or REJECTED -> FAILED, now that the file is in its final folder."""
+        row = self.file(file_id)
+        to = FileState.DONE if row.state is FileState.DELIVERED else FileState.FAILED
         with self._tx() as db:
-            db.execute(
-                "UPDATE files SET state = ?, final_path = ?, path = ?, finished_at = ?, "
-                "reason = ?, next_attempt_at = NULL WHERE id = ?",
-                (state, str(final_path), str(final_path), self._clock(), reason, file_id),
+            self._move(
+                db, file_id, to,
+                "final_path = ?, path = ?, finished_at = ?, report_path = ?",
+                (str(final_path), str(final_path), self._clock(),
+                 None if report_path is None else str(report_path)),
             )
 
     def unclaim(self, file_id: int, dropped: Path) -> None:
         """The claim was journalled but the file never left the drop folder: wait again."""
         with self._tx() as db:
             db.execute(
-                "DELETE FROM deliveries WHERE file_id = ? AND state = 'assigned'", (file_id,)
+                "DELETE FROM deliveries WHERE file_id = ? AND state = ?",
+                (file_id, DeliveryState.ASSIGNED.value),
             )
-            db.execute(
-                "UPDATE files SET state = 'waiting', path = ?, claimed_at = NULL WHERE id = ?",
-                (str(dropped), file_id),
-            )
+            self._move(db, file_id, FileState.WAITING, "path = ?, claimed_at = NULL",
+                       (str(dropped),))
 
-    def drop_claim(self, file_id: int) -> None:
+    def vanish(self, file_id: int, reason: str) -> None:
         """The file is gone (removed by someone else): nothing is left to deliver."""
         with self._tx() as db:
             db.execute(
-                "DELETE FROM deliveries WHERE file_id = ? AND state = 'assigned'", (file_id,)
+                "UPDATE deliveries SET state = ?, error = ? WHERE file_id = ? AND state = ?",
+                (DeliveryState.RELEASED.value, reason, file_id, DeliveryState.ASSIGNED.value),
             )
-            db.execute(
-                "UPDATE files SET state = 'vanished', finished_at = ?, "
-                "reason = 'removed by someone else before it was delivered' WHERE id = ?",
-                (self._clock(), file_id),
-            )
+            self._move(db, file_id, FileState.VANISHED, "finished_at = ?, reason = ?",
+                       (self._clock(), reason))
 
     def reserved_jobs(self) -> set[str]:
         """Jobs no other file may be given: assigned, being uploaded, uploaded, or failed by us.
@@ -311,63 +462,83 @@ class Journal:
         Finished files count for ``RESERVE_SECONDS``: long enough for any lag in the server's
         list of waiting jobs, short enough that the query stays small after months of work.
         """
+        marks, states = _marks(RESERVING)
         with self._lock:
             rows = self._db.execute(
                 "SELECT DISTINCT d.job_id FROM deliveries d JOIN files f ON f.id = d.file_id "
-                "WHERE d.state != 'gone' AND (f.state = 'claimed' OR f.finished_at > ?)",
-                (self._clock() - RESERVE_SECONDS,),
+                f"WHERE d.state IN ({marks}) AND (f.finished_at IS NULL OR f.finished_at > ?)",
+                (*states, self._clock() - RESERVE_SECONDS),
             ).fetchall()
         return {row["job_id"] for row in rows}
 
     def prune(self, *, keep_seconds: float = KEEP_FINISHED_SECONDS) -> int:
         """Forget files finished longer ago than ``keep_seconds``; returns how many."""
         cutoff = self._clock() - keep_seconds
+        marks, states = _marks(FINISHED)
+        old = f"SELECT id FROM files WHERE state IN ({marks}) AND finished_at < ?"
         with self._tx() as db:
-            old = "SELECT id FROM files WHERE state IN ('done', 'failed', 'vanished') " \
-                  "AND finished_at < ?"
-            db.execute(f"DELETE FROM deliveries WHERE file_id IN ({old})", (cutoff,))
-            return db.execute(f"DELETE FROM files WHERE id IN ({old})", (cutoff,)).rowcount
+            db.execute(f"DELETE FROM deliveries WHERE file_id IN ({old})", (*states, cutoff))
+            return int(
+                db.execute(f"DELETE FROM files WHERE id IN ({old})", (*states, cutoff)).rowcount
+            )
 
     # --- reading ---------------------------------------------------------------------------------
 
     def file(self, file_id: int) -> FileRow:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()
-        return FileRow(**dict(row))
+        row = self._one("SELECT * FROM files WHERE id = ?", (file_id,))
+        if row is None:
+            raise IllegalTransition(f"journal: no file {file_id}")
+        return FileRow.of(row)
 
-    def files(self, *states: str) -> list[FileRow]:
+    def files(self, *states: FileState) -> list[FileRow]:
         """Files in ``states``, oldest first."""
-        marks = ", ".join("?" for _ in states)
+        marks, values = _marks(states)
         return self._select(
             f"SELECT * FROM files WHERE state IN ({marks}) "
             "ORDER BY COALESCE(mtime, ready_at, seen_at), id",
-            states,
+            values,
+        )
+
+    def finished_since(self, since: float) -> list[FileRow]:
+        marks, values = _marks((FileState.DONE, FileState.FAILED))
+        return self._select(
+            f"SELECT * FROM files WHERE state IN ({marks}) AND finished_at >= ? "
+            "ORDER BY finished_at, id",
+            (*values, since),
         )
 
     def recently_finished(self, *, limit: int) -> list[FileRow]:
+        marks, values = _marks((FileState.DONE, FileState.FAILED))
         return self._select(
-            "SELECT * FROM files WHERE state IN ('done', 'failed') "
-            "ORDER BY finished_at DESC LIMIT ?",
-            (limit,),
+            f"SELECT * FROM files WHERE state IN ({marks}) ORDER BY finished_at DESC LIMIT ?",
+            (*values, limit),
         )
-
-    def _select(self, sql: str, params: tuple[object, ...]) -> list[FileRow]:
-        with self._lock:
-            rows = self._db.execute(sql, params).fetchall()
-        return [FileRow(**dict(row)) for row in rows]
 
     def deliveries(self, file_id: int) -> list[DeliveryRow]:
         with self._lock:
-            rows = self._db.execute(
+            rows = self._read(
                 "SELECT * FROM deliveries WHERE file_id = ? ORDER BY job_id", (file_id,)
-            ).fetchall()
-        return [DeliveryRow(**dict(row)) for row in rows]
+            )
+        return [DeliveryRow.of(row) for row in rows]
 
     def set_meta(self, key: str, value: str) -> None:
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def meta(self, key: str) -> str | None:
-        with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
         return None if row is None else str(row["value"])
+
+    def _select(self, sql: str, params: tuple[Any, ...]) -> list[FileRow]:
+        return [FileRow.of(row) for row in self._read(sql, params)]
+
+    def _one(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Row | None:
+        rows = self._read(sql, params)
+        return rows[0] if rows else None
+
+    def _read(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return list(self._db.execute(sql, params).fetchall())
+            except sqlite3.OperationalError as error:
+                raise self._unavailable(error) from error

@@ -2,6 +2,8 @@
 
 Every secret registered here is masked in every record, whatever the sink or level, before the
 record is formatted; ``diagnose`` stays off so tracebacks never print local variables (a key).
+Control characters in a message or a bound field (a dropped file's name may hold a newline) are
+escaped the same way, so one event is always one line.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
+
+from pushagent.names import printable
 
 if TYPE_CHECKING:
     from loguru import Record
@@ -45,12 +49,13 @@ def _context(extra: dict[str, Any]) -> str:
 
 
 def _patch(record: Record) -> None:
-    record["message"] = mask(record["message"])
+    record["message"] = printable(mask(record["message"]))
     extra = record["extra"]
     for key, value in list(extra.items()):
         if isinstance(value, str):
-            extra[key] = mask(value)
-    extra["context"] = mask(_context(extra))
+            extra[key] = printable(mask(value))
+    # Bound values that are not strings (a Path) are only turned into text here.
+    extra["context"] = printable(mask(_context(extra)))
 
 
 def configure_stderr(*, env: Environment, verbosity: int = 0, level: str | None = None) -> None:
@@ -93,4 +98,4 @@ def add_json_stderr(*, env: Environment, level: str) -> None:
 
 def emit_error(env: Environment, message: str) -> None:
     """The one line an expected failure prints on stderr."""
-    print(f"pushagent: error: {mask(message)}", file=env.stderr or sys.stderr)
+    print(f"pushagent: error: {printable(mask(message))}", file=env.stderr or sys.stderr)

@@ -2,28 +2,82 @@
 
 A move is a rename where possible (atomic), else copy + fsync + rename + unlink, so a file is
 at every instant complete under at least one name. Links are moved as links, never followed.
+
+Every name made here fits the folder's name limit (NAME_MAX, in bytes): a name that does not
+fit would fail its move or its report forever, so a long stem is shortened instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePath
 
+DEFAULT_NAME_MAX = 255
+REPORT_SUFFIX = ".error.json"
+PARTIAL_SUFFIX = ".partial"
+# The fallback report name: this many bytes of the stem, "-", 8 hex digits, ".error.json"; at
+# most 120 bytes, within every common filesystem's limit (eCryptfs, the smallest, takes 143).
+FALLBACK_STEM_BYTES = 100
 
-def unique_target(folder: Path, relative: PurePath) -> Path:
-    """``folder/relative``, or ``name-2.csv``, ``name-3.csv``... when that name is taken."""
-    target = folder / relative
+
+def name_limit(folder: Path) -> int:
+    """The longest file name, in bytes, ``folder`` takes; asked of the nearest existing folder
+    (a missing one is made on its parent's filesystem), 255 when that cannot be told."""
+    for candidate in (folder, *folder.parents):
+        try:
+            limit = os.pathconf(candidate, "PC_NAME_MAX")
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError):
+            break
+        return limit if limit > 0 else DEFAULT_NAME_MAX
+    return DEFAULT_NAME_MAX
+
+
+def unique_target(
+    folder: Path, relative: PurePath, *, name_max: Callable[[Path], int] = name_limit
+) -> Path:
+    """``folder/relative``, or ``name-2.csv``, ``name-3.csv``... when that name or its error
+    report is taken. A stem too long for the folder's name limit with ``.error.json`` added is
+    shortened (whole characters; the extension and counter kept), so the file and its report
+    both fit; the report's partial name is kept short by ``write_error_report``."""
+    parent = folder / relative.parent
+    budget = name_max(parent) - _size(REPORT_SUFFIX)
     n = 1
-    while os.path.lexists(target) or os.path.lexists(error_report_path(target)):
+    while True:
+        counter = "" if n == 1 else f"-{n}"
+        target = parent / _fit(relative.name, relative.stem, counter, relative.suffix, budget)
+        if not os.path.lexists(target) and report_path_for(target) is None:
+            return target
         n += 1
-        target = folder / relative.parent / f"{relative.stem}-{n}{relative.suffix}"
-    return target
 
 
+def _fit(name: str, stem: str, counter: str, suffix: str, budget: int) -> str:
+    if not counter and _size(name) <= budget:
+        return name
+    if _size(counter + suffix) >= budget:  # an extension longer than the limit: shorten it too
+        stem, suffix = name, ""
+    return _truncate(stem, budget - _size(counter + suffix)) + counter + suffix
+
+
+def _size(text: str) -> int:
+    return len(os.fsencode(text))
+
+
+def _truncate(text: str, limit: int) -> str:
+    """The longest start of ``text`` within ``limit`` bytes, never half a character."""
+    used = 0
+    for index, char in enumerate(text):
+        used += _size(char)
+        if used > limit:
+            return text[:index]
+    return text
 def same_entry(a: Path, b: Path) -> bool:
     """Two names of one file (hard links), without following symlinks."""
     try:
@@ -34,29 +88,56 @@ def same_entry(a: Path, b: Path) -> bool:
 
 
 def error_report_path(target: Path) -> Path:
-    return target.with_name(target.name + ".error.json")
+    """Where the report on ``target`` goes: ``<name>.error.json`` beside it."""
+    return target.with_name(target.name + REPORT_SUFFIX)
 
 
-def move_without_overwrite(src: Path, folder: Path, relative: PurePath) -> Path:
+def fallback_report_path(target: Path) -> Path:
+    """The short report name used when ``<name>.error.json`` is too long for the folder: a start
+    of the stem and a hash of the whole name, so each target has its own."""
+    digest = hashlib.sha256(os.fsencode(target.name)).hexdigest()[:8]
+    stem = _truncate(target.stem, FALLBACK_STEM_BYTES)
+    return target.with_name(f"{stem}-{digest}{REPORT_SUFFIX}")
+
+
+def report_path_for(target: Path) -> Path | None:
+    """The report on ``target`` that exists, under the usual or the fallback name, else None."""
+    for path in (error_report_path(target), fallback_report_path(target)):
+        if os.path.lexists(path):  # False, not an error, for a name too long
+            return path
+    return None
+
+
+def move_without_overwrite(
+    src: Path, folder: Path, relative: PurePath, *, name_max: Callable[[Path], int] = name_limit
+) -> Path:
     """Move ``src`` to a free name under ``folder`` keeping ``relative``; returns where it went."""
     while True:
-        target = unique_target(folder, relative)
+        target = unique_target(folder, relative, name_max=name_max)
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            # link() refuses to replace an existing name, which rename() would silently do.
-            os.link(src, target, follow_symlinks=False)
+            move_to(src, target, name_max=name_max)
         except FileExistsError:
             continue
-        except OSError as error:
-            if error.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
-                raise
-            return _move_fallback(src, target)
-        os.unlink(src)
-        _fsync_dir(target.parent)
         return target
 
 
-def _move_fallback(src: Path, target: Path) -> Path:
+def move_to(src: Path, target: Path, *, name_max: Callable[[Path], int] = name_limit) -> None:
+    """Move ``src`` to exactly ``target``, whose folder exists; ``FileExistsError`` if the name
+    is taken, which is never overwritten."""
+    try:
+        # link() refuses to replace an existing name, which rename() would silently do.
+        os.link(src, target, follow_symlinks=False)
+    except OSError as error:
+        if error.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
+            raise
+        _move_fallback(src, target, name_max=name_max)
+        return
+    os.unlink(src)
+    _fsync_dir(target.parent)
+
+
+def _move_fallback(src: Path, target: Path, *, name_max: Callable[[Path], int]) -> None:
     if os.path.lexists(target):
         raise FileExistsError(errno.EEXIST, "target appeared during the move", str(target))
     try:
@@ -64,24 +145,65 @@ def _move_fallback(src: Path, target: Path) -> Path:
     except OSError as error:
         if error.errno != errno.EXDEV:
             raise
-        partial = target.with_name(f".{target.name}.partial")
+        partial = _partial_path(target, name_max=name_max)
         # shutil.move keeps a symlink a symlink and copies a directory as a tree.
         shutil.move(str(src), str(partial))
         os.rename(partial, target)
     _fsync_dir(target.parent)
-    return target
 
 
-def write_error_report(target: Path, report: Mapping[str, object]) -> Path:
-    path = error_report_path(target)
-    partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "w", encoding="utf-8") as stream:
-        json.dump(report, stream, indent=2, ensure_ascii=False, default=str)
-        stream.write("\n")
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.rename(partial, path)
+def write_error_report(
+    target: Path,
+    report: Mapping[str, object],
+    *,
+    name_max: Callable[[Path], int] = name_limit,
+) -> Path:
+    """Write ``report`` beside ``target`` (fsynced, renamed into place); returns its path.
+
+    When ``<name>.error.json`` is too long for the folder (by ``name_max``, or refused with
+    ENAMETOOLONG), the report goes under ``fallback_report_path(target)`` and names ``target`` in
+    its "target" field (and in "file" unless the report names the file already). Any other
+    OSError (a full or read-only disk) propagates: the caller must not count the file failed
+    until its report exists.
+    """
+    usual = error_report_path(target)
+    if _size(usual.name) <= name_max(target.parent):
+        try:
+            return _write_atomically(usual, report, name_max=name_max)
+        except OSError as error:
+            if error.errno != errno.ENAMETOOLONG:
+                raise
+    named = {"file": target.name, **report, "target": target.name}
+    return _write_atomically(fallback_report_path(target), named, name_max=name_max)
+
+
+def _write_atomically(
+    path: Path, report: Mapping[str, object], *, name_max: Callable[[Path], int]
+) -> Path:
+    partial = _partial_path(path, name_max=name_max)
+    try:
+        with open(partial, "w", encoding="utf-8") as stream:
+            json.dump(report, stream, indent=2, ensure_ascii=False, default=str)
+            stream.write("\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.rename(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+    _fsync_dir(path.parent)
     return path
+
+
+def _partial_path(path: Path, *, name_max: Callable[[Path], int]) -> Path:
+    """A hidden name to write ``path`` under first; short, hashed, when ``.<name>.partial``
+    would not fit the folder's name limit."""
+    usual = path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
+    if _size(usual.name) <= name_max(path.parent):
+        return usual
+    digest = hashlib.sha256(os.fsencode(path.name)).hexdigest()[:16]
+    return path.with_name(f".{digest}{PARTIAL_SUFFIX}")
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -14,6 +14,8 @@ from typing import Generic, TypeVar
 
 from loguru import logger
 
+from pushagent.errors import PushAgentError
+
 T = TypeVar("T")
 
 
@@ -28,8 +30,6 @@ class WorkerPool(Generic[T]):
     def __init__(self, *, size: int, report: Callable[[Finished[T]], None], name: str) -> None:
         self._tasks: queue.Queue[tuple[int, Callable[[], T]] | None] = queue.Queue()
         self._report = report
-        self._busy = 0
-        self._busy_lock = threading.Lock()
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{n}", daemon=True)
             for n in range(size)
@@ -38,14 +38,7 @@ class WorkerPool(Generic[T]):
             thread.start()
 
     def submit(self, key: int, task: Callable[[], T]) -> None:
-        with self._busy_lock:
-            self._busy += 1
         self._tasks.put((key, task))
-
-    @property
-    def busy(self) -> int:
-        with self._busy_lock:
-            return self._busy
 
     def shutdown(self) -> None:
         for _ in self._threads:
@@ -56,9 +49,9 @@ class WorkerPool(Generic[T]):
             key, task = item
             try:
                 finished: Finished[T] = Finished(key, task(), None)
-            except Exception as error:  # reported to the loop, which keeps the agent running
+            except PushAgentError as error:  # expected: the loop names it in its own words
+                finished = Finished(key, None, error)
+            except Exception as error:  # a bug: reported to the loop, which keeps running
                 logger.opt(exception=error).error("worker task {} crashed", key)
                 finished = Finished(key, None, error)
-            with self._busy_lock:
-                self._busy -= 1
             self._report(finished)

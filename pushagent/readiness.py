@@ -12,6 +12,8 @@ Any open or modify event on a tracked file puts it back under the settle rule.
 from __future__ import annotations
 
 import fnmatch
+import heapq
+import itertools
 import os
 import stat as stat_module
 from collections.abc import Callable, Sequence
@@ -27,7 +29,11 @@ class _Tracked:
     size: int
     mtime_ns: int
     stable_since: float
-    renamed_at: float | None
+    rename_due: float | None  # when the rename rule makes it ready (None: written in place)
+    due: float  # the earliest time it may be ready, whichever rule comes first
+    # Its live heap entry (sequence number, due time), None while it has none: not yet pushed
+    # back after being looked at, or waiting for its trigger.
+    entry: tuple[int, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,25 @@ def describe_odd(mode: int) -> str | None:
 
 
 class ReadinessTracker:
+    """Files settling in the drop folder, each with the time it may next be ready.
+
+    A heap of (due, sequence, path) entries keeps the passes cheap: :meth:`take_ready` and
+    :meth:`next_deadline` look only at entries already due, so with thousands of files settling
+    a pass costs O(ready + log n) and no ``lstat`` for the files not yet due. Entries are
+    invalidated lazily: an entry counts only while its sequence number is the one its file
+    records. A file whose due time moved later (a write restarted its settle time) keeps its
+    old entry, which is pushed again at the new time when it comes up, so a file being
+    written holds one entry, not one per write event.
+
+    With ``trigger_suffix`` set, a settled file whose ``<name><suffix>`` is missing has no due
+    time at all: it waits, costing nothing, until it is observed again. The agent calls
+    ``observe(data_path, event="scan")`` when it sees the trigger created or moved in (and may
+    do so for :meth:`paths_waiting_for_trigger` at its periodic rescan, in case an event was
+    missed): the file is then due at once, and the next :meth:`take_ready` looks for the trigger
+    again. :meth:`waiting_for_trigger` counts the waiting files, so a one-shot run can tell them
+    from files still settling.
+    """
+
     def __init__(
         self,
         *,
@@ -66,6 +91,15 @@ class ReadinessTracker:
         self._clock = clock
         self._lstat = lstat
         self._tracked: dict[Path, _Tracked] = {}
+        self._heap: list[tuple[float, int, Path]] = []
+        self._sequence = itertools.count()
+        self._awaiting_trigger: set[Path] = set()
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._tracked
+
+    def __len__(self) -> int:
+        return len(self._tracked)
 
     def ignored(self, relative: PurePath) -> bool:
         """Hidden, temporary and trigger names, in the file name or any folder above it."""
@@ -78,76 +112,151 @@ class ReadinessTracker:
         )
 
     def observe(self, path: Path, *, event: str = "scan") -> None:
-        """``event``: "moved" (renamed in), "created", "written" (opened or modified) or "scan"."""
-        now = self._clock()
+        """``event``: "moved" (renamed in), "created", "written" (opened or modified) or "scan".
+
+        One ``lstat``; a vanished file is forgotten. A file waiting for its trigger is due again
+        at once: the next :meth:`take_ready` looks for the trigger (one more ``lstat``).
+        """
         try:
             st = self._lstat(path)
         except FileNotFoundError:
-            self._tracked.pop(path, None)
+            self.forget(path)
             return
+        self._record(path, st, event, self._clock())
+
+    def forget(self, path: Path) -> None:
+        self._tracked.pop(path, None)
+        self._awaiting_trigger.discard(path)
+
+    def oldest_mtime_by(self, key: Callable[[Path], str | None]) -> dict[str, float]:
+        """The oldest last-write time of the tracked files under each ``key(path)`` (for example
+        their segment; None leaves a file out): one O(n) pass, ``key`` called once per file."""
+        oldest: dict[str, float] = {}
+        for path, seen in self._tracked.items():
+            group = key(path)
+            if group is not None:
+                mtime = seen.mtime_ns / 1e9
+                if mtime < oldest.get(group, float("inf")):
+                    oldest[group] = mtime
+        return oldest
+
+    def waiting_for_trigger(self) -> int:
+        """Tracked files settled but for their trigger: they have no deadline."""
+        return len(self._awaiting_trigger)
+
+    def paths_waiting_for_trigger(self) -> list[Path]:
+        """Those files, sorted: for a one-shot run to leave them pending with a reason."""
+        return sorted(self._awaiting_trigger)
+
+    def next_deadline(self) -> float | None:
+        """The earliest time a tracked file may become ready, for the loop's wait.
+
+        A time already passed means a file is due now (the next :meth:`take_ready` takes it or
+        re-arms it later); a file waiting for its trigger has no deadline.
+        """
+        while self._heap:
+            due, sequence, path = self._heap[0]
+            seen = self._live(path, sequence)
+            if seen is None:
+                heapq.heappop(self._heap)
+            elif seen.due > due:
+                heapq.heappop(self._heap)
+                self._push(path, seen, seen.due)
+            else:
+                return due
+        return None
+
+    def take_ready(self) -> list[Candidate]:
+        """Ready files, earliest due first (no longer tracked afterwards); odd entries come back
+        at once, unread. Only files already due are looked at (one ``lstat`` each)."""
+        now = self._clock()
+        ready: list[Candidate] = []
+        rearm: list[tuple[Path, _Tracked]] = []
+        while self._heap and self._heap[0][0] <= now:
+            _, sequence, path = heapq.heappop(self._heap)
+            seen = self._live(path, sequence)
+            if seen is None:
+                continue
+            seen.entry = None
+            candidate = None if seen.due > now else self._check_due(path, seen, now)
+            if candidate is not None:
+                ready.append(candidate)
+            elif self._tracked.get(path) is seen and path not in self._awaiting_trigger:
+                rearm.append((path, seen))
+        # Pushed after the loop: a file re-armed with a due time already passed (a zero settle
+        # time) is looked at by the next pass, never twice in this one.
+        for path, seen in rearm:
+            self._push(path, seen, seen.due)
+        return ready
+
+    def _check_due(self, path: Path, seen: _Tracked, now: float) -> Candidate | None:
+        """Ready, or else forgotten (vanished), re-armed (changed) or set waiting for a trigger."""
+        try:
+            st = self._lstat(path)
+        except FileNotFoundError:
+            self.forget(path)
+            return None
+        odd = describe_odd(st.st_mode)
+        if odd is None and (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns):
+            self._record(path, st, "written", now, push=False)
+            return None
+        if odd is None and self._trigger and not self._trigger_exists(path):
+            self._awaiting_trigger.add(path)
+            return None
+        self.forget(path)
+        return Candidate(path=path, size=st.st_size, mtime=st.st_mtime, odd=odd)
+
+    def _record(
+        self, path: Path, st: os.stat_result, event: str, now: float, *, push: bool = True
+    ) -> None:
         previous = self._tracked.get(path)
         unchanged = previous is not None and (previous.size, previous.mtime_ns) == (
             st.st_size,
             st.st_mtime_ns,
         )
-        renamed_at: float | None
+        odd = describe_odd(st.st_mode)
+        keeps_times = unchanged and event not in ("written", "moved")
+        self._awaiting_trigger.discard(path)  # settled already, so due again at once
+        rename_due: float | None
         if event == "moved":
-            renamed_at = now - RENAME_GRACE_SECONDS
+            rename_due = now
         elif event == "created" and previous is None:
-            renamed_at = now
-        elif event == "written" or not unchanged or previous is None:
-            renamed_at = None
+            rename_due = now + RENAME_GRACE_SECONDS
+        elif previous is not None and keeps_times:
+            rename_due = previous.rename_due
         else:
-            renamed_at = previous.renamed_at
-        if previous is not None and unchanged and event not in ("written", "moved"):
-            stable_since = previous.stable_since
+            rename_due = None
+        stable_since = previous.stable_since if previous is not None and keeps_times else now
+        due = stable_since + self._settle
+        if rename_due is not None:
+            due = min(due, rename_due)
+        if odd is not None:
+            due = now  # never read, so nothing to wait for
+        if previous is None:
+            seen = _Tracked(st.st_size, st.st_mtime_ns, stable_since, rename_due, due)
+            self._tracked[path] = seen
         else:
-            stable_since = now
-        self._tracked[path] = _Tracked(st.st_size, st.st_mtime_ns, stable_since, renamed_at)
+            seen = previous
+            seen.size, seen.mtime_ns = st.st_size, st.st_mtime_ns
+            seen.stable_since, seen.rename_due, seen.due = stable_since, rename_due, due
+        # A live entry due no later stays: when it comes up, it is pushed again at the new time.
+        if push and (seen.entry is None or due < seen.entry[1]):
+            self._push(path, seen, due)
 
-    def forget(self, path: Path) -> None:
-        self._tracked.pop(path, None)
+    def _push(self, path: Path, seen: _Tracked, due: float) -> None:
+        sequence = next(self._sequence)
+        seen.entry = (sequence, due)
+        heapq.heappush(self._heap, (due, sequence, path))
+        if len(self._heap) > 2 * len(self._tracked) + 64:
+            # Entries of forgotten files and of files re-armed earlier would otherwise pile up.
+            self._heap = [e for e in self._heap if self._live(e[2], e[1]) is not None]
+            heapq.heapify(self._heap)
 
-    def tracked(self) -> list[Path]:
-        return list(self._tracked)
-
-    def mtimes(self) -> dict[Path, float]:
-        """Last-write times of the files still settling."""
-        return {path: t.mtime_ns / 1e9 for path, t in self._tracked.items()}
-
-    def next_deadline(self) -> float | None:
-        """The earliest time a tracked file could become ready, for the loop's wait."""
-        times = [
-            t.renamed_at + RENAME_GRACE_SECONDS
-            if t.renamed_at is not None
-            else t.stable_since + self._settle
-            for t in self._tracked.values()
-        ]
-        return min(times) if times else None
-
-    def take_ready(self) -> list[Candidate]:
-        """Ready files (no longer tracked afterwards); odd entries come back at once, unread."""
-        now = self._clock()
-        ready: list[Candidate] = []
-        for path, seen in list(self._tracked.items()):
-            try:
-                st = self._lstat(path)
-            except FileNotFoundError:
-                del self._tracked[path]
-                continue
-            odd = describe_odd(st.st_mode)
-            if odd is None and (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns):
-                self.observe(path, event="written")
-                continue
-            settled = now - seen.stable_since >= self._settle
-            renamed = seen.renamed_at is not None and now - seen.renamed_at >= RENAME_GRACE_SECONDS
-            if odd is None and not (settled or renamed):
-                continue
-            if odd is None and self._trigger and not self._trigger_exists(path):
-                continue
-            del self._tracked[path]
-            ready.append(Candidate(path=path, size=st.st_size, mtime=st.st_mtime, odd=odd))
-        return ready
+    def _live(self, path: Path, sequence: int) -> _Tracked | None:
+        seen = self._tracked.get(path)
+        if seen is None or seen.entry is None or seen.entry[0] != sequence:
+            return None
+        return seen
 
     def _trigger_exists(self, path: Path) -> bool:
         try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Protocol
@@ -62,30 +62,69 @@ class Assignment:
     jobs: tuple[WaitingJob, ...]
 
 
+class JobIndex:
+    """Waiting jobs by every name of their segment, each list in job_id order; built once.
+
+    The agent may keep one between polls and hand it to :func:`plan_assignments` on every pass.
+    """
+
+    def __init__(self, jobs: Iterable[WaitingJob]) -> None:
+        self._jobs = tuple(sorted(jobs, key=lambda job: job.job_id))
+        by_segment: dict[str, list[WaitingJob]] = {}
+        for job in self._jobs:
+            for key in job.segment_keys():
+                by_segment.setdefault(key, []).append(job)
+        self._by_segment = {key: tuple(jobs) for key, jobs in by_segment.items()}
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def __iter__(self) -> Iterator[WaitingJob]:
+        return iter(self._jobs)
+
+    def waiting_for(self, segment: str) -> tuple[WaitingJob, ...]:
+        return self._by_segment.get(segment, ())
+
+    def segments(self) -> frozenset[str]:
+        """Every segment name (id and id string) some waiting job is listed under."""
+        return frozenset(self._by_segment)
+
+    def without_files(self, file_segments: Container[str]) -> list[WaitingJob]:
+        """Jobs none of whose segment names has a file, for status; in job_id order."""
+        return [
+            job for job in self._jobs if not any(key in file_segments for key in job.segment_keys())
+        ]
+
+
 def plan_assignments(
-    pending: Sequence[PendingFile], waiting: Sequence[WaitingJob], *, busy_jobs: Container[str]
+    pending: Iterable[PendingFile],
+    waiting: JobIndex | Iterable[WaitingJob],
+    *,
+    busy_jobs: Container[str],
 ) -> list[Assignment]:
     """Oldest file of each segment takes every free job waiting for that segment; the rest wait.
 
     A job is never given to two files in one plan, even when one file names its segment by id
-    and another by id string: the older file wins.
+    and another by id string: the older file wins. Files go oldest first (ties by key), jobs in
+    job_id order. One sort of the files (and of the jobs, unless ``waiting`` is a kept
+    :class:`JobIndex`), then each segment's jobs are looked at once: O(files + jobs).
     """
+    index = waiting if isinstance(waiting, JobIndex) else JobIndex(waiting)
     taken: set[str] = set()
-    served_segments: set[str] = set()
+    # A segment's jobs are looked at by its oldest file only: a younger file of the same segment
+    # would find the same jobs busy or taken, as ``taken`` only grows.
+    looked_at: set[str] = set()
     plan: list[Assignment] = []
     for file in sorted(pending, key=lambda f: (f.since, f.key)):
-        if file.segment in served_segments:
+        if file.segment in looked_at:
             continue
+        looked_at.add(file.segment)
         jobs = tuple(
             job
-            for job in sorted(waiting, key=lambda j: j.job_id)
-            if file.segment in job.segment_keys()
-            and str(job.job_id) not in busy_jobs
-            and str(job.job_id) not in taken
+            for job in index.waiting_for(file.segment)
+            if str(job.job_id) not in busy_jobs and str(job.job_id) not in taken
         )
-        if not jobs:
-            continue
-        served_segments.add(file.segment)
-        taken.update(str(job.job_id) for job in jobs)
-        plan.append(Assignment(file=file, jobs=jobs))
+        if jobs:
+            taken.update(str(job.job_id) for job in jobs)
+            plan.append(Assignment(file=file, jobs=jobs))
     return plan

@@ -2,33 +2,34 @@
 
 Runs in a worker thread. Every step is written to the journal before and after, so a crash at any
 point resumes here: a delivery found ``uploading`` may have reached the server, and the job's own
-status decides (a job no longer waiting already has its data).
+status decides. What an answer means comes from one table (``exchange.outcome.classify``): a
+definite answer is never taken for a delivery, only silence after the body left is ambiguous.
+
+The bytes sent are the bytes validated: validation records their size and SHA-256, and the upload
+withholds its final block unless what it read hashes the same. A file that changed since is sent
+back to settle; one that changed after a job already took it is refused, since its jobs could no
+longer all get the same bytes.
 """
 
 from __future__ import annotations
 
+import getpass
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from loguru import logger
 
-from pushagent.errors import (
-    Conflict,
-    ExchangeError,
-    ExchangeUnavailable,
-    NotAuthenticated,
-    NotAuthorised,
-    NotFound,
-    OperationRefused,
-    RateLimited,
-    ServerError,
-)
+from pushagent.errors import ExchangeError, SourceChanged
 from pushagent.exchange import ExchangeClient, Job, JobCategory, JobStatus
-from pushagent.journal import DeliveryRow, FileRow, Journal
+from pushagent.exchange.models import ExpectedBody
+from pushagent.exchange.outcome import Outcome, classify, counts_as_attempt, is_redirect
+from pushagent.journal import FileRow, Journal
+from pushagent.lifecycle import OPEN_DELIVERIES, DeliveryState
 from pushagent.metrics import AgentMetrics
 from pushagent.validator import CSVReport, missing_columns, validate_csv
 
@@ -37,10 +38,12 @@ NO_DATA_STATUSES = frozenset({JobStatus.ERROR, JobStatus.CANCELLED, JobStatus.NO
 
 
 class Verdict(Enum):
-    DELIVERED = "delivered"  # every assigned job has the data (or had it already): done/
-    REJECTED = "rejected"  # invalid, or refused for good: jobs failed, file to failed/
+    DELIVERED = "delivered"  # every job it reached has the data: done/
+    REJECTED = "rejected"  # refused, with a reason: failed/ (its jobs failed when it was the file)
     RETRY = "retry"  # a transient problem: stays claimed, tried again after a backoff
     REQUEUE = "requeue"  # every assigned job stopped waiting before it got data: wait again
+    RESETTLE = "resettle"  # it changed after it was claimed: wait until it is still again
+    VANISHED = "vanished"  # someone removed it from the claim folder
 
 
 @dataclass(frozen=True)
@@ -49,10 +52,11 @@ class DeliveryResult:
     reason: str | None = None
     retry_after: float | None = None
     counts_as_attempt: bool = True
+    key_refused: bool = False
 
 
 @dataclass(frozen=True)
-class UploadSettings:
+class DeliverySettings:
     content_type: str
     max_bytes: int | None
     check_mapped_columns: bool
@@ -63,11 +67,23 @@ T = TypeVar("T")
 
 
 class _Retry(Exception):
-    def __init__(self, reason: str, *, retry_after: float | None = None, counts: bool) -> None:
+    def __init__(
+        self, reason: str, *, retry_after: float | None = None, counts: bool,
+        key_refused: bool = False,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
         self.counts = counts
+        self.key_refused = key_refused
+
+
+class _Stop(Exception):
+    """Ends this attempt with a verdict that is not a retry."""
+
+    def __init__(self, result: DeliveryResult) -> None:
+        super().__init__(result.reason)
+        self.result = result
 
 
 class Deliverer:
@@ -76,10 +92,12 @@ class Deliverer:
         *,
         client: ExchangeClient,
         journal: Journal,
-        settings: UploadSettings,
+        settings: DeliverySettings,
         metrics: AgentMetrics,
         clock: Callable[[], float] = time.monotonic,
         validate: Callable[..., CSVReport] = validate_csv,
+        user: Callable[[], str] = getpass.getuser,
+        stat: Callable[[Path], os.stat_result] = os.stat,
     ) -> None:
         self._client = client
         self._journal = journal
@@ -87,176 +105,314 @@ class Deliverer:
         self._metrics = metrics
         self._clock = clock
         self._validate = validate
+        self._user = user
+        self._stat = stat
 
     def deliver(self, file: FileRow, known_jobs: Mapping[str, Job]) -> DeliveryResult:
+        try:
+            report = self._read(file)
+            for delivery in self._journal.deliveries(file.id):
+                if delivery.state in OPEN_DELIVERIES:
+                    self._deliver_one(file, delivery.job_id, delivery.state, report, known_jobs)
+        except _Retry as retry:
+            return self._retry_or_give_up(file, retry)
+        except _Stop as stop:
+            return stop.result
+        verdict = self._verdict(file)
+        if verdict.verdict is Verdict.DELIVERED:
+            try:
+                self._check_unchanged(file, report)
+            except _Stop as stop:
+                return stop.result
+        return verdict
+
+    def _check_unchanged(self, file: FileRow, report: CSVReport) -> None:
+        """A dropper that writes on after its rename: what went out is no longer the file, so
+        done/ must not keep it as if it had been delivered."""
+        try:
+            now = self._stat(Path(file.path))
+        except OSError:
+            return  # the final move will tell
+        if (now.st_size, now.st_mtime_ns) != (report.size, report.mtime_ns):
+            taken = [d.job_id for d in self._journal.deliveries(file.id)
+                     if d.state is DeliveryState.UPLOADED]
+            reason = (
+                f"changed after job(s) {', '.join(taken)} received it (size {report.size} -> "
+                f"{now.st_size} bytes); the Exchange has the {report.size} bytes that were "
+                "validated; the dropper must finish writing before it renames a file into the "
+                "drop folder"
+            )
+            logger.bind(file=file.rel_path, segment=file.segment).warning("{}", reason)
+            raise _Stop(DeliveryResult(Verdict.REJECTED, reason))
+
+    # --- the file -------------------------------------------------------------------------------
+
+    def _read(self, file: FileRow) -> CSVReport:
+        """Validate the file as it is now; raises _Stop or _Retry when it cannot be sent."""
         log = logger.bind(file=file.rel_path, segment=file.segment)
         try:
             report = self._validate(Path(file.path), max_bytes=self._settings.max_bytes)
-            if not report.ok:
-                reason = f"{file.rel_path}: invalid CSV: " + "; ".join(report.problems)
-                log.warning("rejected: {}", reason)
-                self._fail_open_jobs(file, reason)
-                return DeliveryResult(Verdict.REJECTED, reason)
-            for delivery in self._journal.deliveries(file.id):
-                if delivery.state in ("assigned", "uploading"):
-                    self._deliver_one(file, delivery, report, known_jobs)
-        except _Retry as retry:
-            return self._retry_or_give_up(file, retry)
-        return self._verdict(file)
+        except FileNotFoundError:
+            raise _Stop(DeliveryResult(
+                Verdict.VANISHED, f"{file.rel_path}: removed from {file.path} before delivery"
+            )) from None
+        except OSError as error:
+            # The agent's own permissions or disk, not the file's content: no job is failed.
+            reason = (
+                f"{file.rel_path}: cannot read it ({error.strerror or error}; the agent runs "
+                f"as user {self._user()}); fix its permissions and it is sent"
+            )
+            log.error("{}", reason)
+            raise _Retry(reason, counts=True) from error
+        if report.changed:
+            self._changed(file, report.changed)
+        if not report.ok:
+            reason = f"invalid CSV: {'; '.join(report.problems)}"
+            log.warning("rejected: {}", reason)
+            self._fail_open_jobs(file, reason)
+            raise _Stop(DeliveryResult(Verdict.REJECTED, reason))
+        assert report.sha256 is not None, "a valid report hashes every byte it read"
+        if file.sha256 != report.sha256:
+            if file.sha256 is not None:
+                self._changed(file, f"its SHA-256 is not the one validated before, size now "
+                                    f"{report.size} bytes", settle_if_untaken=False)
+            self._journal.validated(file.id, size=report.size, sha256=report.sha256)
+        return report
+
+    def _changed(self, file: FileRow, what: str, *, settle_if_untaken: bool = True) -> None:
+        """The bytes moved under us. Before any job took them: settle again. After: refuse.
+        Returns only when no job took them and ``settle_if_untaken`` is False."""
+        taken = [
+            d.job_id for d in self._journal.deliveries(file.id)
+            if d.state is DeliveryState.UPLOADED
+        ]
+        log = logger.bind(file=file.rel_path, segment=file.segment)
+        hint = "the dropper must finish writing before it renames a file into the drop folder"
+        if not taken and not settle_if_untaken:
+            return
+        if not taken:
+            log.warning("{} changed after it was claimed ({}); {}", file.rel_path, what, hint)
+            raise _Stop(DeliveryResult(Verdict.RESETTLE, f"changed after it was claimed ({what})"))
+        reason = (
+            f"changed after job(s) {', '.join(taken)} received it ({what}); the other jobs were "
+            f"not sent different bytes; {hint}, then drop the complete file again"
+        )
+        log.warning("{}", reason)
+        self._release_open(file, reason)
+        raise _Stop(DeliveryResult(Verdict.REJECTED, reason))
 
     # --- one job --------------------------------------------------------------------------------
 
     def _deliver_one(
-        self, file: FileRow, delivery: DeliveryRow, report: CSVReport, known: Mapping[str, Job]
+        self, file: FileRow, job_id: str, state: DeliveryState, report: CSVReport,
+        known: Mapping[str, Job],
     ) -> None:
-        job_id = delivery.job_id
         log = logger.bind(file=file.rel_path, segment=file.segment, job=job_id)
         job = known.get(job_id)
-        if delivery.state == "uploading" or job is None:
+        if state is DeliveryState.UPLOADING or job is None:
             # An earlier attempt may have reached the server: its status is the only witness.
             job = self._current_job(job_id)
             if not job.is_waiting:
-                self._settle_stopped_job(file, job_id, job.status, log_reason="before upload")
+                self._settle_stopped_job(file, job_id, state, job.status)
                 return
-        missing = (
-            missing_columns(report.header, job.required_columns())
-            if self._settings.check_mapped_columns
-            else []
-        )
-        if missing:
-            reason = f"{file.rel_path}: " + "; ".join(missing)
-            log.warning("rejected for job {}: {}", job_id, reason)
-            self._fail_job(file, job_id, reason)
-            return
-        self._journal.upload_started(file.id, job_id)
+        if self._settings.check_mapped_columns:
+            missing = missing_columns(report.header, job.required_columns())
+            if missing:
+                reason = "; ".join(missing)
+                log.warning("rejected for job {}: {}", job_id, reason)
+                self._fail_job(file, job_id, reason)
+                return
+        if state is DeliveryState.ASSIGNED:
+            self._journal.upload_started(file.id, job_id)
+        self._upload(file, job_id, report, maybe_landed=state is DeliveryState.UPLOADING)
+
+    def _upload(
+        self, file: FileRow, job_id: str, report: CSVReport, *, maybe_landed: bool
+    ) -> None:
+        """``maybe_landed``: an earlier attempt got no answer, so the job may hold it already."""
+        log = logger.bind(file=file.rel_path, segment=file.segment, job=job_id)
+        assert report.sha256 is not None
+        expected = ExpectedBody(size=report.size, sha256=report.sha256, mtime_ns=report.mtime_ns)
         started = self._clock()
-        log.info("uploading {} bytes to job {}", report.bytes, job_id)
+        log.info("uploading {} bytes to job {}", report.size, job_id)
         try:
             result = self._client.upload_data(
-                job_id, file.path, content_type=self._settings.content_type, retry=False
+                job_id, file.path, content_type=self._settings.content_type, retry=False,
+                expected=expected,
             )
-        except (Conflict, NotFound) as error:
-            self._metrics.api_error(error.status)
-            status = self._current_job(job_id).status
-            self._settle_stopped_job(file, job_id, status, log_reason=str(error))
-            return
-        except (NotAuthenticated, NotAuthorised) as error:
-            self._metrics.api_error(error.status)
-            # Refused before anything was stored: this job is free to try again.
-            self._journal.delivery_ended(file.id, job_id, "assigned", error=str(error))
-            raise _retry_for(error) from error
-        except (ExchangeUnavailable, ServerError, RateLimited) as error:
-            self._metrics.api_error(error.status)
-            self._journal.upload_interrupted(file.id, job_id, str(error))
-            raise _retry_for(error) from error
+        except SourceChanged as changed:
+            self._journal.delivery_ended(file.id, job_id, DeliveryState.ASSIGNED,
+                                         error=str(changed))
+            self._changed(file, changed.detail)
         except ExchangeError as error:
             self._metrics.api_error(error.status)
-            reason = f"{file.rel_path}: the Exchange refused the upload: {error}"
-            log.warning("rejected for job {}: {}", job_id, reason)
-            self._fail_job(file, job_id, reason)
+            self._upload_failed(file, job_id, error, maybe_landed=maybe_landed)
             return
         elapsed = self._clock() - started
-        self._journal.delivery_ended(file.id, job_id, "uploaded", nbytes=result.bytes_sent)
+        self._journal.delivery_ended(file.id, job_id, DeliveryState.UPLOADED,
+                                     nbytes=result.bytes_sent, sha256=result.sha256)
         self._metrics.bytes_uploaded.inc(result.bytes_sent)
         self._metrics.upload_seconds.observe(elapsed)
         log.bind(bytes=result.bytes_sent, duration=f"{elapsed:.3f}s").info(
             "uploaded to job {}", job_id
         )
 
+    def _upload_failed(
+        self, file: FileRow, job_id: str, error: ExchangeError, *, maybe_landed: bool
+    ) -> None:
+        log = logger.bind(file=file.rel_path, segment=file.segment, job=job_id)
+        outcome = classify(error)
+        if outcome is Outcome.AMBIGUOUS or (outcome is Outcome.GONE and maybe_landed):
+            # No answer after the body left (now, or in an attempt before a crash): only the
+            # job's status can tell whether that body is the one it took.
+            log.warning("job {} may hold an earlier upload ({}); asking the job", job_id, error)
+            job = self._current_job(job_id)
+            if not job.is_waiting:
+                self._settle_stopped_job(file, job_id, DeliveryState.UPLOADING, job.status)
+                return
+            if outcome is Outcome.AMBIGUOUS:
+                # Still waiting: the body may yet arrive. The delivery stays UPLOADING, so the
+                # next attempt asks first and a late 409 is read as ours.
+                self._raise_retry(error)
+        if outcome is Outcome.GONE:
+            log.warning("job {} is gone or taken; the file waits for another job: {}",
+                        job_id, error)
+            self._journal.delivery_ended(file.id, job_id, DeliveryState.GONE, error=str(error))
+        elif outcome is Outcome.REFUSED:
+            reason = f"the Exchange refused the upload: {error.server_message or error}"
+            log.warning("rejected for job {}: {}", job_id, reason)
+            self._journal.delivery_ended(file.id, job_id, DeliveryState.ASSIGNED,
+                                         error=str(error))
+            self._fail_job(file, job_id, reason)
+        else:
+            self._journal.delivery_ended(file.id, job_id, DeliveryState.ASSIGNED,
+                                         error=str(error))
+            self._raise_retry(error)
+
     def _current_job(self, job_id: str) -> Job:
         """The job as the Exchange sees it now; one it answers 404 for was deleted."""
         try:
-            return self._call(lambda: self._client.get_job(JobCategory.SEGMENT_EXPORT, job_id))
-        except NotFound:
-            return Job(job_id=int(job_id), status=JobStatus.NOTFOUND, raw={})
+            return self._client.get_job(JobCategory.SEGMENT_EXPORT, job_id)
+        except ExchangeError as error:
+            self._metrics.api_error(error.status)
+            if classify(error) is Outcome.GONE:
+                return Job(job_id=int(job_id), status=JobStatus.NOTFOUND, raw={})
+            self._raise_retry(error)
 
     def _settle_stopped_job(
-        self, file: FileRow, job_id: str, status: JobStatus, *, log_reason: str
+        self, file: FileRow, job_id: str, state: DeliveryState, status: JobStatus
     ) -> None:
+        """The job no longer waits. It has our data only if our upload started and it did not
+        end in a state that means "no data"."""
         log = logger.bind(file=file.rel_path, segment=file.segment, job=job_id)
-        previous = {d.job_id: d.state for d in self._journal.deliveries(file.id)}.get(job_id)
-        if previous == "uploading" and status not in NO_DATA_STATUSES:
-            log.info("job {} is {}: it already has this file's data", job_id, status.name)
+        if state is DeliveryState.UPLOADING and status not in NO_DATA_STATUSES:
+            log.info("job {} is {} after our upload started: it already has this file's data",
+                     job_id, status.name)
             self._journal.delivery_ended(
-                file.id, job_id, "uploaded", error=f"assumed delivered: job {status.name}"
+                file.id, job_id, DeliveryState.UPLOADED, sha256=self._journal.file(file.id).sha256,
+                error=f"confirmed by the job's status {status.name}",
             )
         else:
-            log.warning("job {} stopped waiting ({}): {}", job_id, status.name, log_reason)
-            self._journal.delivery_ended(
-                file.id, job_id, "gone", error=f"job {status.name} {log_reason}"
-            )
+            log.warning("job {} stopped waiting ({}) before it got the file", job_id, status.name)
+            self._journal.delivery_ended(file.id, job_id, DeliveryState.GONE,
+                                         error=f"job {status.name} before the upload")
 
     # --- failing jobs -----------------------------------------------------------------------------
 
     def _fail_open_jobs(self, file: FileRow, reason: str) -> None:
         for delivery in self._journal.deliveries(file.id):
-            if delivery.state in ("assigned", "uploading"):
+            if delivery.state in OPEN_DELIVERIES:
+                if delivery.state is DeliveryState.UPLOADING:
+                    job = self._current_job(delivery.job_id)
+                    if not job.is_waiting:
+                        self._settle_stopped_job(file, delivery.job_id, delivery.state, job.status)
+                        continue
+                    self._journal.delivery_ended(file.id, delivery.job_id,
+                                                 DeliveryState.ASSIGNED)
                 self._fail_job(file, delivery.job_id, reason)
 
     def _fail_job(self, file: FileRow, job_id: str, reason: str) -> None:
+        log = logger.bind(file=file.rel_path, segment=file.segment, job=job_id)
         try:
-            self._call(lambda: self._client.fail_job(job_id, reason))
-        except (OperationRefused, NotFound):
-            logger.bind(file=file.rel_path, job=job_id).warning(
-                "job {} was no longer waiting; it could not be failed", job_id
-            )
-            state = "gone"
+            self._client.fail_job(job_id, f"{file.rel_path}: {reason}")
+        except ExchangeError as error:
+            self._metrics.api_error(error.status)
+            outcome = classify(error)
+            if outcome is Outcome.GONE:
+                log.warning("job {} was no longer waiting; it could not be failed", job_id)
+                self._journal.delivery_ended(file.id, job_id, DeliveryState.GONE, error=reason)
+                return
+            if outcome in (Outcome.RETRY, Outcome.KEY_REFUSED):
+                self._raise_retry(error)
+            log.error("the Exchange refused to fail job {}: {}", job_id, error)
         else:
-            logger.bind(file=file.rel_path, segment=file.segment, job=job_id).info(
-                "failed job {}: {}", job_id, reason
-            )
-            state = "rejected"
-        self._journal.delivery_ended(file.id, job_id, state, error=reason)
+            log.info("failed job {}: {}", job_id, reason)
+        self._journal.delivery_ended(file.id, job_id, DeliveryState.REJECTED, error=reason)
+
+    def _release_open(self, file: FileRow, reason: str) -> None:
+        """Jobs this file will not reach, for a reason that is not its content: left waiting.
+        An upload a crash cut short may have landed: its job's status decides first."""
+        for delivery in self._journal.deliveries(file.id):
+            if delivery.state is DeliveryState.UPLOADING:
+                job = self._current_job(delivery.job_id)
+                if not job.is_waiting:
+                    self._settle_stopped_job(file, delivery.job_id, delivery.state, job.status)
+                    continue
+            if delivery.state in OPEN_DELIVERIES:
+                self._journal.delivery_ended(file.id, delivery.job_id, DeliveryState.RELEASED,
+                                             error=reason)
 
     # --- outcome ----------------------------------------------------------------------------------
 
-    def _call(self, call: Callable[[], T]) -> T:
-        """A status or fail call: transient failures become a retry of the whole file."""
-        try:
-            return call()
-        except (
-            ExchangeUnavailable,
-            ServerError,
-            RateLimited,
-            NotAuthenticated,
-            NotAuthorised,
-        ) as e:
-            self._metrics.api_error(e.status)
-            raise _retry_for(e) from e
+    def _raise_retry(self, error: ExchangeError) -> NoReturn:
+        outcome = classify(error)
+        if outcome is Outcome.KEY_REFUSED:
+            raise _Retry(f"the Exchange refused the key: {error}", counts=False,
+                         key_refused=True) from error
+        if is_redirect(error):
+            logger.error("{}: the base URL or a proxy is wrong; nothing was sent", error)
+        raise _Retry(str(error), retry_after=error.retry_after,
+                     counts=counts_as_attempt(error)) from error
 
     def _retry_or_give_up(self, file: FileRow, retry: _Retry) -> DeliveryResult:
         attempts = file.attempts + (1 if retry.counts else 0)
-        if retry.counts and attempts >= self._settings.max_attempts:
-            reason = f"{file.rel_path}: upload failed {attempts} times; last error: {retry.reason}"
-            try:
+        if not (retry.counts and attempts >= self._settings.max_attempts):
+            return DeliveryResult(Verdict.RETRY, retry.reason, retry.retry_after, retry.counts,
+                                  retry.key_refused)
+        reason = f"upload failed {attempts} times; last error: {retry.reason}"
+        try:
+            if _is_unreadable(retry):
+                self._release_open(file, reason)
+            else:
                 self._fail_open_jobs(file, reason)
-            except _Retry as again:
-                return DeliveryResult(Verdict.RETRY, again.reason, again.retry_after, False)
-            return self._verdict(file, reason=reason)
-        return DeliveryResult(Verdict.RETRY, retry.reason, retry.retry_after, retry.counts)
+        except _Retry as again:
+            return DeliveryResult(Verdict.RETRY, again.reason, again.retry_after, False,
+                                  again.key_refused)
+        verdict = self._verdict(file)
+        if verdict.verdict is Verdict.REQUEUE and _is_unreadable(retry):
+            return DeliveryResult(Verdict.REJECTED, reason)
+        if verdict.verdict is Verdict.REJECTED:
+            return DeliveryResult(Verdict.REJECTED, reason)
+        return verdict
 
-    def _verdict(self, file: FileRow, *, reason: str | None = None) -> DeliveryResult:
+    def _verdict(self, file: FileRow) -> DeliveryResult:
         deliveries = self._journal.deliveries(file.id)
         states = {d.state for d in deliveries}
-        if states & {"assigned", "uploading"}:
-            return DeliveryResult(
-                Verdict.RETRY, "some jobs still to be tried", counts_as_attempt=False
-            )
-        if "rejected" in states:
-            reasons = [d.error for d in deliveries if d.state == "rejected" and d.error]
-            return DeliveryResult(Verdict.REJECTED, reason or (reasons[0] if reasons else None))
-        if "uploaded" in states:
+        if states & OPEN_DELIVERIES:
+            return DeliveryResult(Verdict.RETRY, "some jobs still to be tried",
+                                  counts_as_attempt=False)
+        if DeliveryState.REJECTED in states:
+            reasons = [d.error for d in deliveries if d.state is DeliveryState.REJECTED and d.error]
+            return DeliveryResult(Verdict.REJECTED, reasons[0] if reasons else "refused")
+        if DeliveryState.UPLOADED in states:
             return DeliveryResult(Verdict.DELIVERED)
+        if DeliveryState.RELEASED in states:
+            released = [d.error for d in deliveries if d.state is DeliveryState.RELEASED]
+            return DeliveryResult(Verdict.REJECTED, released[0] or "not sent")
         return DeliveryResult(
             Verdict.REQUEUE, "every job assigned to it stopped waiting before the upload"
         )
 
 
-def _retry_for(error: ExchangeError) -> _Retry:
-    """Transient failures retry the file; only server errors count toward upload.max_attempts
-    (an unreachable Exchange or a refused key is never the file's fault)."""
-    if isinstance(error, (NotAuthenticated, NotAuthorised)):
-        return _Retry(f"the Exchange refused the key: {error}", counts=False)
-    return _Retry(
-        str(error), retry_after=error.retry_after, counts=not isinstance(error, ExchangeUnavailable)
-    )
+def _is_unreadable(retry: _Retry) -> bool:
+    return isinstance(retry.__cause__, OSError)

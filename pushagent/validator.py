@@ -23,9 +23,10 @@ chunk size, and the header row, up to ``HEADER_LIMIT``.
 from __future__ import annotations
 
 import codecs
+import hashlib
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import compress, repeat
 from operator import ne
@@ -66,13 +67,23 @@ _QUOTE_IN_QUOTED_FIELD = 4
 class CSVReport:
     """What validation found. ``data_rows`` counts records after the header, blank ones too;
     when validation stopped early (too many problems, a NUL byte) it counts what was read.
-    ``bytes`` is the number of bytes read: 0 when the file was refused by its size unread."""
+    ``bytes`` is the number of bytes read: 0 when the file was refused by its size unread.
+
+    The snapshot the upload must match: ``sha256`` is the hex digest of exactly the bytes read
+    (a byte order mark included), None when validation stopped early or refused the file
+    unread; ``size`` and ``mtime_ns`` are the file's at open. ``changed`` is a sentence when the
+    file changed while it was read (then the bytes checked are no one state of the file), else
+    None."""
 
     path: Path
     header: tuple[str, ...]
     data_rows: int
     bytes: int
     problems: tuple[str, ...]
+    sha256: str | None
+    size: int
+    mtime_ns: int
+    changed: str | None
 
     @property
     def ok(self) -> bool:
@@ -85,11 +96,13 @@ def validate_csv(
     max_bytes: int | None = None,
     max_problems: int = 10,
     chunk_size: int = CHUNK_SIZE,
+    fstat: Callable[[int], os.stat_result] = os.fstat,
 ) -> CSVReport:
     """Check the CSV file at ``path``; the report lists every problem up to ``max_problems``,
     then "... and more". ``max_bytes`` of None or 0 means no size limit. ``chunk_size`` is the
     read size (tests use tiny chunks to cross every boundary). OSError from opening or reading
-    propagates: the caller tells a vanished file from an unreadable one."""
+    propagates: the caller tells a vanished file from an unreadable one. ``fstat`` is asked at
+    open and after the read (tests pass one that shows a file changing meanwhile)."""
     if max_problems < 1:
         raise ValueError(f"max_problems must be at least 1, got {max_problems}")
     if max_bytes is not None and max_bytes < 0:
@@ -100,30 +113,60 @@ def validate_csv(
     file_path = Path(path)
     problems = _Problems(max_problems)
     scanner = _Scanner(problems)
+    digest = hashlib.sha256()
+    sha256: str | None = None
+    changed: str | None = None
     with open(file_path, "rb") as stream:
-        size = os.fstat(stream.fileno()).st_size
+        opened = fstat(stream.fileno())
+        size = opened.st_size
         if limit is not None and size > limit:
             problems.add(0, f"the file is {_size(size)}, over the size limit of {_size(limit)}")
             total = 0
         else:
-            total = _scan(stream, scanner, problems, limit=limit, chunk_size=chunk_size)
+            total, whole = _scan(stream, scanner, problems, limit=limit, chunk_size=chunk_size,
+                                 digest_update=digest.update)
+            changed = _change(opened, fstat(stream.fileno()), read=total if whole else None)
+            if whole:
+                sha256 = digest.hexdigest()
     return CSVReport(
         path=file_path,
         header=scanner.header or (),
         data_rows=scanner.data_rows,
         bytes=total,
         problems=problems.render(),
+        sha256=sha256,
+        size=size,
+        mtime_ns=opened.st_mtime_ns,
+        changed=changed,
     )
+
+
+def _change(opened: os.stat_result, after: os.stat_result, *, read: int | None) -> str | None:
+    """Why the bytes read may not be the file at open (``read``: all bytes to the end, or None
+    when the read stopped early), or None."""
+    what: str | None = None
+    if after.st_size != opened.st_size:
+        what = f"size {opened.st_size} -> {after.st_size} bytes"
+    elif after.st_mtime_ns != opened.st_mtime_ns:
+        what = f"rewritten at the same size of {opened.st_size} bytes"
+    elif read is not None and read != opened.st_size:
+        what = f"{read} bytes read from a file of {opened.st_size} bytes"
+    if what is None:
+        return None
+    return (f"the file changed while it was read ({what}); the dropper must finish writing "
+            "before renaming it into the drop folder")
 
 
 def _scan(
     stream: BinaryIO, scanner: _Scanner, problems: _Problems, *, limit: int | None,
-    chunk_size: int,
-) -> int:
-    """Feed the file to both checks; returns how many bytes were read."""
+    chunk_size: int, digest_update: Callable[[bytes], object],
+) -> tuple[int, bool]:
+    """Feed the file to both checks and to ``digest_update``; returns how many bytes were read and
+    whether the read went to the end of the file (False: it stopped early)."""
     text = _TextCheck(problems)
     # The first read takes a byte order mark on top, so what follows it is never empty by chance.
     chunk = stream.read(chunk_size + len(codecs.BOM_UTF8))
+    digest_update(chunk)
     total = len(chunk)
     if chunk.startswith(codecs.BOM_UTF8):
         chunk = chunk[len(codecs.BOM_UTF8):]
@@ -133,7 +176,7 @@ def _scan(
         if limit is not None and total > limit:
             problems.add(0, f"the file grew past the size limit of {_size(limit)} while it was "
                             "being read")
-            return total
+            return total, False
         line = scanner.line
         nul = chunk.find(b"\0")
         if nul >= 0:
@@ -143,19 +186,20 @@ def _scan(
             scanner.feed(buf[: buf.rfind(b"\n") + 1], final=False)
             problems.add(problem_line, f"NUL byte at column {column}: this looks like a binary "
                                        "file, not CSV text")
-            return total
+            return total, False
         text.feed(chunk, line=line, final=False)
         buf = carry + chunk if carry else chunk
         carry = buf[scanner.feed(buf, final=False):]
         if problems.full or scanner.stopped:
-            return total
+            return total, False
         chunk = stream.read(chunk_size)
+        digest_update(chunk)
         total += len(chunk)
     text.feed(b"", line=scanner.line, final=True)
     if carry:
         scanner.feed(carry, final=True)
     scanner.finish(empty=empty)
-    return total
+    return total, True
 
 
 def missing_columns(

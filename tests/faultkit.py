@@ -13,6 +13,8 @@ import json
 import os
 import re
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -183,6 +185,17 @@ def journal(home: FaultHome, sql: str, params: Sequence[object] = ()) -> list[sq
         return db.execute(sql, tuple(params)).fetchall()
     finally:
         db.close()
+
+
+def status_json(home: FaultHome, *, recent: int = 1000) -> dict[str, Any]:
+    """``pushagent status -c <config> --json``: the journal as the operator sees it (works
+    whether the agent runs or not)."""
+    shown = subprocess.run(
+        [sys.executable, "-m", "pushagent", "status", "-c", str(home.config), "--json",
+         "--recent", str(recent)],
+        capture_output=True, text=True, env=home.env(), cwd=home.root, timeout=30, check=True,
+    )
+    return dict(json.loads(shown.stdout))
 
 
 @contextlib.contextmanager

@@ -1,7 +1,10 @@
-"""The key never shows, at DEBUG, in a real process's output or in the log file."""
+"""The key never shows, at DEBUG, in a real process's output or in the log file; a control
+character in a name never breaks a log line."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from loguru import logger
 
+from pushagent.env import Environment
+from pushagent.logs import add_file_sink, add_json_stderr, configure_stderr, emit_error
 from pushagent.simulator import Simulator
 from tests.e2e import ENDPOINT, KEY, AgentHome, drop_atomically
 
@@ -58,3 +64,57 @@ def test_the_log_file_has_the_run_and_not_the_key(sim: Simulator, tmp_path: Path
     assert "DEBUG" in log
     assert KEY not in log
     assert KEY not in result.stdout + result.stderr
+
+
+FORGED = "45311\n2026-01-01 00:00:00.000 | INFO    | done: forged\x1b[31m.csv"
+ESCAPED = "45311\\n2026-01-01 00:00:00.000 | INFO    | done: forged\\x1b[31m.csv"
+
+
+@pytest.fixture
+def quiet_logger() -> Iterator[None]:
+    """The test sets loguru's sinks; put the default one back after it."""
+    yield
+    logger.remove()
+    logger.add(sys.stderr)
+
+
+def log_a_hostile_name() -> None:
+    logger.bind(file=FORGED, segment=45311).warning("failed: moved to failed/{}", FORGED)
+    logger.info("next event")
+
+
+def test_a_newline_in_a_file_name_cannot_forge_a_text_log_line(
+    quiet_logger: None, tmp_path: Path
+) -> None:
+    stderr = io.StringIO()
+    configure_stderr(env=Environment(stderr=stderr, environ={}))
+    add_file_sink(
+        tmp_path / "agent.log", level="INFO", rotation="1 MB", retention="1 day", json_lines=False
+    )
+    log_a_hostile_name()
+    logger.complete()
+    logger.remove()  # closes the file sink
+    for text in (stderr.getvalue(), (tmp_path / "agent.log").read_text()):
+        first, second = text.splitlines()
+        assert first.endswith(
+            f"| WARNING | failed: moved to failed/{ESCAPED} | file={ESCAPED} segment=45311"
+        )
+        assert second.endswith("| INFO    | next event")
+        assert "\x1b" not in text
+
+
+def test_json_lines_carry_the_escaped_name_in_message_and_fields(quiet_logger: None) -> None:
+    stderr = io.StringIO()
+    add_json_stderr(env=Environment(stderr=stderr, environ={}), level="INFO")
+    log_a_hostile_name()
+    first, second = (json.loads(line)["record"] for line in stderr.getvalue().splitlines())
+    assert first["message"] == f"failed: moved to failed/{ESCAPED}"
+    assert first["extra"]["file"] == ESCAPED
+    assert first["extra"]["segment"] == 45311
+    assert second["message"] == "next event"
+
+
+def test_an_expected_failure_prints_one_line_whatever_the_name() -> None:
+    stderr = io.StringIO()
+    emit_error(Environment(stderr=stderr, environ={}), f"{FORGED}: cannot move it")
+    assert stderr.getvalue() == f"pushagent: error: {ESCAPED}: cannot move it\n"

@@ -12,6 +12,7 @@ import pytest
 
 from pushagent.commands.check import FAIL, OK, WARN, Finding, check_one_filesystem, exit_code
 from pushagent.journal import Journal, StateLock
+from pushagent.lifecycle import FileState
 from pushagent.simulator import Simulator
 from tests.e2e import ENDPOINT, KEY, AgentHome
 from tests.test_cli_api import Result, run_cli
@@ -226,11 +227,13 @@ def populate(state_dir: Path, drop: Path) -> None:
         journal.upload_started(flying, "7")
         done = journal.note_settling("old.csv", drop / "old.csv", size=50)
         journal.mark_waiting(done, segment="45311", reason="x")
-        journal.finish(done, state="done", final_path=drop.parent / "done" / "old.csv",
-                       reason=None)
+        journal.claim(done, path=state_dir / "claimed" / "old.csv", job_ids=[])
+        journal.conclude(done, FileState.DELIVERED, reason=None)
+        journal.finish(done, final_path=drop.parent / "done" / "old.csv")
         failed = journal.note_settling("bad.csv", drop / "bad.csv", size=50)
-        journal.finish(failed, state="failed", final_path=drop.parent / "failed" / "bad.csv",
-                       reason="bad.csv: invalid CSV: line 3: expected 4 fields, found 3")
+        journal.conclude(failed, FileState.REJECTED,
+                         reason="invalid CSV: line 3: expected 4 fields, found 3")
+        journal.finish(failed, final_path=drop.parent / "failed" / "bad.csv")
         journal.set_meta("last_contact", str(time.time() - 5))
     finally:
         journal.close()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import re
 import traceback
 from collections.abc import Callable, Iterator
@@ -34,13 +36,16 @@ from pushagent.errors import (
     NotAuthorised,
     NotFound,
     OperationRefused,
-    PushAgentError,
     RateLimited,
+    Refused,
+    RetryLater,
     ServerError,
+    SourceChanged,
     UnexpectedResponse,
 )
 from pushagent.exchange import (
     ExchangeClient,
+    ExpectedBody,
     Job,
     JobCategory,
     JobStatus,
@@ -49,6 +54,8 @@ from pushagent.exchange import (
     UploadResult,
     parse_retry_after,
 )
+from pushagent.exchange.client import FINAL_BLOCK
+from pushagent.exchange.outcome import Outcome, classify
 
 KEY = "5b0f0f7e-2b7a-4d0e-9a51-0c4c8d1e7a22:US"
 BASE = "https://127.0.0.1:8443/pilot/"
@@ -419,7 +426,11 @@ def test_upload_streams_the_file_with_length_and_type(ex: Harness, csv_file: Pat
 
     size = csv_file.stat().st_size
     assert result == UploadResult(
-        job_id=1347, bytes_sent=size, status_code=200, response_text="1347"
+        job_id=1347,
+        bytes_sent=size,
+        status_code=200,
+        response_text="1347",
+        sha256=hashlib.sha256(csv_file.read_bytes()).hexdigest(),
     )
     assert ex.bodies == [csv_file.read_bytes()]
     request = ex.last
@@ -564,7 +575,7 @@ class ShrinkingFile(io.BytesIO):
 def test_file_shrinking_mid_upload_aborts_without_retry(ex: Harness) -> None:
     ex.on("POST", "/v1/jobs/3/data", text=recording(ex.bodies))
 
-    with pytest.raises(PushAgentError, match="expected 60 bytes, the file ended after 10"):
+    with pytest.raises(SourceChanged, match="expected 60 bytes, the file ended after 10 while"):
         ex.client.upload_data(3, ShrinkingFile(b"0123456789"))
 
     assert len(ex.history) == 1
@@ -582,6 +593,228 @@ def test_upload_of_missing_file_raises_oserror(ex: Harness, tmp_path: Path) -> N
     with pytest.raises(FileNotFoundError):
         ex.client.upload_data(9, tmp_path / "gone.csv")
     assert ex.history == []
+
+
+def test_upload_result_has_the_digest_of_a_streamed_body(ex: Harness) -> None:
+    ex.on("POST", "/v1/jobs/3/data", text=recording(ex.bodies))
+
+    result = ex.client.upload_data(3, cast(BinaryIO, PipeLike(b"a,b\n" * 5)))
+
+    assert result.sha256 == hashlib.sha256(b"a,b\n" * 5).hexdigest()
+
+
+# --- upload_data with expected: the validated bytes or nothing --------------------------------
+
+
+def expected_of(path: Path) -> ExpectedBody:
+    data = path.read_bytes()
+    return ExpectedBody(
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        mtime_ns=path.stat().st_mtime_ns,
+    )
+
+
+def reading_in_blocks(received: list[int]) -> Callable[[Any, Any], str]:
+    """A response callback that reads the body as urllib3 would, 16 KiB at a time, recording
+    how much it got before the body ended or raised."""
+
+    def respond(request: Any, context: Any) -> str:
+        received.append(0)
+        while block := request.body.read(16 * 1024):
+            received[-1] += len(block)
+        return "1347"
+
+    return respond
+
+
+def test_exact_upload_sends_the_validated_bytes(ex: Harness, csv_file: Path) -> None:
+    ex.on("POST", "/v1/jobs/1347/data", text=recording(ex.bodies))
+    expected = expected_of(csv_file)
+    seen: list[int] = []
+
+    result = ex.client.upload_data(1347, csv_file, expected=expected, progress=seen.append)
+
+    assert ex.bodies == [csv_file.read_bytes()]
+    assert ex.last.headers["Content-Length"] == str(expected.size)
+    assert (result.bytes_sent, result.sha256) == (expected.size, expected.sha256)
+    assert seen[-1] == expected.size
+    assert seen == sorted(seen)
+
+
+def test_exact_upload_checks_every_attempt(ex: Harness, csv_file: Path) -> None:
+    ex.on(
+        "POST",
+        "/v1/jobs/1347/data",
+        [
+            {"text": recording(ex.bodies, status=503, partial=100)},
+            {"text": recording(ex.bodies, status=200)},
+        ],
+    )
+
+    result = ex.client.upload_data(1347, csv_file, expected=expected_of(csv_file))
+
+    assert ex.bodies[1] == csv_file.read_bytes()
+    assert result.sha256 == expected_of(csv_file).sha256
+
+
+def test_exact_upload_of_an_empty_file(ex: Harness, tmp_path: Path) -> None:
+    ex.on("POST", "/v1/jobs/5/data", text=recording(ex.bodies))
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+
+    result = ex.client.upload_data(5, empty, expected=expected_of(empty))
+
+    assert ex.last.headers["Content-Length"] == "0"
+    assert result.sha256 == hashlib.sha256(b"").hexdigest()
+    with pytest.raises(SourceChanged, match="other bytes"):
+        ex.client.upload_data(5, empty, expected=ExpectedBody(size=0, sha256="0" * 64))
+    assert len(ex.history) == 1
+
+
+def grow(path: Path) -> None:
+    with path.open("ab") as out:
+        out.write(b"late@example.com\0")
+
+
+def touch(path: Path) -> None:
+    mtime = path.stat().st_mtime_ns + 10**9
+    os.utime(path, ns=(mtime, mtime))
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (grow, "size {size} -> {grown} bytes"),
+        (touch, "rewritten at the same size of {size} bytes"),
+    ],
+)
+def test_exact_upload_of_a_file_changed_since_validation_sends_nothing(
+    ex: Harness, csv_file: Path, change: Callable[[Path], None], said: str
+) -> None:
+    ex.on("POST", "/v1/jobs/1347/data", text=recording(ex.bodies))
+    expected = expected_of(csv_file)
+    change(csv_file)
+
+    with pytest.raises(SourceChanged) as caught:
+        ex.client.upload_data(1347, csv_file, expected=expected)
+
+    assert ex.history == []
+    assert caught.value.path == str(csv_file)
+    detail = said.format(size=expected.size, grown=expected.size + 17)
+    assert str(caught.value) == (
+        f"{csv_file}: changed after it was validated ({detail}); the dropper must finish "
+        "writing before renaming it into the drop folder; nothing was sent"
+    )
+
+
+def test_exact_upload_withholds_the_final_block_of_other_bytes(
+    ex: Harness, csv_file: Path
+) -> None:
+    """Same size, same mtime, other content: only the digest tells, before the last 64 KiB."""
+    received: list[int] = []
+    ex.on("POST", "/v1/jobs/1347/data", text=reading_in_blocks(received))
+    expected = expected_of(csv_file)
+    csv_file.write_bytes(csv_file.read_bytes().replace(b"u1@", b"u\0@"))
+    os.utime(csv_file, ns=(expected.mtime_ns or 0, expected.mtime_ns or 0))
+
+    with pytest.raises(SourceChanged, match=r"\(the same size of \d+ bytes, but other bytes\)"):
+        ex.client.upload_data(1347, csv_file, expected=expected)
+
+    assert received == [expected.size - FINAL_BLOCK]
+    assert len(ex.history) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (grow, r"size \d+ -> \d+ bytes"),
+        (touch, r"rewritten at the same size of \d+ bytes"),
+        (lambda path: os.truncate(path, 70_000), r"expected \d+ bytes, the file ended after 70000"),
+    ],
+)
+def test_exact_upload_aborts_when_the_file_changes_while_sent(
+    ex: Harness, csv_file: Path, change: Callable[[Path], None], said: str
+) -> None:
+    received: list[int] = []
+    ex.on("POST", "/v1/jobs/1347/data", text=reading_in_blocks(received))
+    expected = expected_of(csv_file)
+    changed: list[int] = []
+
+    def dropper_still_writing(sent: int) -> None:
+        if not changed:
+            changed.append(sent)
+            change(csv_file)
+
+    with pytest.raises(SourceChanged, match=said) as caught:
+        ex.client.upload_data(
+            1347, csv_file, expected=expected, progress=dropper_still_writing, retry=True
+        )
+
+    assert received == [expected.size - FINAL_BLOCK]
+    assert len(ex.history) == 1  # not retried: the file is not fit to send
+    assert "was aborted before its last bytes, so the Exchange did not take the upload" in str(
+        caught.value
+    )
+
+
+def test_exact_upload_withholds_all_of_a_small_file(ex: Harness, tmp_path: Path) -> None:
+    small = tmp_path / "small.csv"
+    small.write_bytes(b"Email\na@example.com\n")
+    received: list[int] = []
+    ex.on("POST", "/v1/jobs/2/data", text=reading_in_blocks(received))
+    expected = expected_of(small)
+    small.write_bytes(b"Email\nb@example.com\n")
+    os.utime(small, ns=(expected.mtime_ns or 0, expected.mtime_ns or 0))
+
+    with pytest.raises(SourceChanged):
+        ex.client.upload_data(2, small, expected=expected)
+
+    assert received == [0]
+
+
+def test_exact_upload_needs_a_path(ex: Harness) -> None:
+    with pytest.raises(TypeError, match="needs a path"):
+        ex.client.upload_data(
+            1, io.BytesIO(b"a\n"), expected=ExpectedBody(size=2, sha256="0" * 64)
+        )
+
+
+@pytest.mark.parametrize(
+    "bad", [{"size": -1, "sha256": "0" * 64}, {"size": 1, "sha256": "ABC"}]
+)
+def test_expected_body_refuses_nonsense(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="ExpectedBody"):
+        ExpectedBody(**bad)
+
+
+def test_upload_cut_off_after_body_bytes_left_is_ambiguous_and_not_retried(
+    ex: Harness, csv_file: Path
+) -> None:
+    def cut_off(request: Any, context: Any) -> str:
+        request.body.read(1000)
+        raise requests.exceptions.ConnectionError("reset by peer")
+
+    ex.on("POST", "/v1/jobs/1347/data", text=cut_off)
+
+    with pytest.raises(ExchangeUnavailable) as caught:
+        ex.client.upload_data(1347, csv_file)
+
+    assert caught.value.body_sent
+    assert "1000 bytes of the body had been sent, so it may have arrived" in str(caught.value)
+    assert classify(caught.value) is Outcome.AMBIGUOUS
+    assert len(ex.history) == 1
+
+
+def test_upload_that_never_started_its_body_is_retried(ex: Harness, csv_file: Path) -> None:
+    ex.on(
+        "POST",
+        "/v1/jobs/1347/data",
+        [{"exc": requests.exceptions.ConnectionError("refused")}, {"text": "1347"}],
+    )
+
+    assert ex.client.upload_data(1347, csv_file).status_code == 200
+    assert len(ex.history) == 2
 
 
 # --- fail_job / complete_job ------------------------------------------------------------------
@@ -871,17 +1104,26 @@ def test_big_job_id_in_path(ex: Harness, csv_file: Path) -> None:
         (401, NotAuthenticated, 1),
         (403, NotAuthorised, 1),
         (404, NotFound, 1),
+        (408, RetryLater, 5),
         (409, Conflict, 1),
-        (410, Conflict, 1),
-        (422, Conflict, 1),
+        (410, Refused, 1),
+        (413, Refused, 1),
+        (415, Refused, 1),
+        (422, Refused, 1),
+        (425, RetryLater, 5),
         (429, RateLimited, 5),
+        (499, Refused, 1),
         (500, ServerError, 5),
         (502, ServerError, 5),
         (503, ServerError, 5),
         (504, ServerError, 5),
-        (501, ServerError, 1),
-        (505, ServerError, 1),
+        (501, ServerError, 5),
+        (505, ServerError, 5),
+        (599, ServerError, 5),
+        (301, UnexpectedResponse, 1),
         (302, UnexpectedResponse, 1),
+        (307, UnexpectedResponse, 1),
+        (308, UnexpectedResponse, 1),
     ],
 )
 def test_status_codes_map_to_error_classes(
@@ -912,9 +1154,26 @@ def test_redirect_is_reported_not_followed(ex: Harness) -> None:
 
     with pytest.raises(
         UnexpectedResponse, match=re.escape("redirect to 'https://127.0.0.1:9443/other")
-    ):
+    ) as caught:
         ex.client.list_jobs("SEGMENT_EXPORT")
+    assert caught.value.status == 301
+    assert classify(caught.value) is Outcome.RETRY  # for the caller, later; never in-client
     assert len(ex.history) == 1
+
+
+def test_redirect_without_location_says_so(ex: Harness) -> None:
+    ex.on("POST", "/v1/jobs/4/data", status_code=307)
+
+    with pytest.raises(UnexpectedResponse, match="redirect but no Location") as caught:
+        ex.client.upload_data(4, io.BytesIO(b"a\n1\n"))
+    assert caught.value.status == 307
+
+
+def test_not_found_names_the_command_to_check_the_id(ex: Harness) -> None:
+    ex.on("GET", "/v1/jobs/SEGMENT_EXPORT/9", status_code=404)
+
+    with pytest.raises(NotFound, match=re.escape("check the id with `pushagent jobs list")):
+        ex.client.get_job("SEGMENT_EXPORT", 9)
 
 
 @pytest.mark.parametrize(

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
+import time
 import tracemalloc
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 
-from pushagent.exchange import ExchangeClient, RetryPolicy
+from pushagent.errors import ExchangeUnavailable, SourceChanged
+from pushagent.exchange import ExchangeClient, ExpectedBody, RetryPolicy
+from pushagent.exchange.client import FINAL_BLOCK
+from pushagent.exchange.outcome import Outcome, classify
+from pushagent.simulator import Simulator
+from pushagent.validator import validate_csv
 
 KEY = "7d1c0a3e-5f2b-4e8d-b6a9-3c2e1f0d9b8a"
 MiB = 1024 * 1024
@@ -94,12 +102,19 @@ def client(server: StreamingServer) -> Iterator[ExchangeClient]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("exact", [False, True], ids=["plain", "exact"])
 def test_upload_of_200_mb_streams_with_flat_memory(
-    server: StreamingServer, client: ExchangeClient, tmp_path: Path
+    server: StreamingServer, client: ExchangeClient, tmp_path: Path, exact: bool
 ) -> None:
     source = tmp_path / "big.csv"
     with source.open("wb") as out:
         out.truncate(UPLOAD_SIZE)  # sparse: no disk space, reads as zeros
+    digest = hashlib.sha256()
+    for _ in range(UPLOAD_SIZE // MiB):
+        digest.update(bytes(MiB))
+    expected = ExpectedBody(
+        size=UPLOAD_SIZE, sha256=digest.hexdigest(), mtime_ns=source.stat().st_mtime_ns
+    )
     calls = 0
 
     def progress(sent: int) -> None:
@@ -109,13 +124,16 @@ def test_upload_of_200_mb_streams_with_flat_memory(
 
     tracemalloc.start()
     try:
-        result = client.upload_data(1347, source, retry=False, progress=progress)
+        result = client.upload_data(
+            1347, source, retry=False, progress=progress, expected=expected if exact else None
+        )
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
 
     assert server.uploads == [("/v1/jobs/1347/data", UPLOAD_SIZE)]
     assert result.bytes_sent == UPLOAD_SIZE
+    assert result.sha256 == expected.sha256
     assert result.response_text == "1347"
     assert calls > 100
     assert peak < 50 * MiB, f"peak traced memory {peak / MiB:.1f} MiB"
@@ -158,3 +176,104 @@ def test_encoded_names_reach_the_server_unchanged(
         "/v1/jobs/4/segmentDataFiles/..%2Fx",
         "/v1/jobs/..%2F..%2Fetc/segmentDataFiles/a%20b.csv",
     ]
+
+
+# --- exact uploads against the simulator: the validated bytes or nothing ------------------------
+
+SIM_KEY = "sim-account-key"
+WAITING = "WAITING_TO_RECIEVE_DATA"
+ROWS = b"".join(b"u%d@example.com,Name %d\n" % (i, i) for i in range(20000))
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[Simulator]:
+    with Simulator(account_key=SIM_KEY, data_dir=tmp_path / "sim") as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def sim_client(sim: Simulator) -> Iterator[ExchangeClient]:
+    session = requests.Session()
+    session.trust_env = False
+    with ExchangeClient(
+        sim.url, SIM_KEY, session=session, retry=RetryPolicy(max_attempts=1)
+    ) as exchange:
+        yield exchange
+    session.close()
+
+
+def validated(path: Path) -> ExpectedBody:
+    report = validate_csv(path)
+    assert report.ok and report.changed is None and report.sha256 is not None
+    return ExpectedBody(size=report.size, sha256=report.sha256, mtime_ns=report.mtime_ns)
+
+
+def wait_for(condition: Callable[[], Any], what: str) -> Any:
+    deadline = time.monotonic() + 10
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+    return value
+
+
+def test_exact_upload_is_stored_as_validated(
+    sim: Simulator, sim_client: ExchangeClient, tmp_path: Path
+) -> None:
+    job_id = sim.add_job()["jobId"]
+    source = tmp_path / "segment.csv"
+    source.write_bytes(b"Email,name\n" + ROWS)
+    expected = validated(source)
+
+    result = sim_client.upload_data(job_id, source, retry=False, expected=expected)
+
+    (upload,) = sim.uploads(job_id)
+    assert (upload.bytes, upload.sha256) == (expected.size, expected.sha256)
+    assert result.sha256 == expected.sha256
+
+
+def test_bytes_written_after_validation_never_reach_the_exchange(
+    sim: Simulator, sim_client: ExchangeClient, tmp_path: Path
+) -> None:
+    """A dropper that keeps writing through its handle after the rename: the upload is cut
+    off before its final block, so the Exchange stores nothing and the job keeps waiting."""
+    job_id = sim.add_job()["jobId"]
+    source = tmp_path / "segment.csv"
+    source.write_bytes(b"Email,name\n" + ROWS)
+    expected = validated(source)
+    dropper = source.open("ab")
+
+    def still_writing(sent: int) -> None:
+        if not dropper.closed:
+            dropper.write(b"late@example.com,\0")  # a NUL and an unterminated line
+            dropper.close()
+
+    with pytest.raises(SourceChanged) as caught:
+        sim_client.upload_data(
+            job_id, source, retry=False, expected=expected, progress=still_writing
+        )
+
+    assert caught.value.path == str(source)
+    assert f"(size {expected.size} -> {expected.size + 18} bytes)" in str(caught.value)
+    logged = wait_for(
+        lambda: [entry for entry in sim.request_log() if entry["path"].endswith("/data")],
+        "the simulator to log the cut-off upload",
+    )
+    assert [entry["status"] for entry in logged] == [None]  # broke off: nothing to answer
+    assert 0 < logged[0]["body_bytes"] <= expected.size - FINAL_BLOCK
+    assert sim.uploads(job_id) == []
+    assert sim.job(job_id)["status"] == WAITING
+
+
+def test_body_cut_off_by_the_server_is_ambiguous(
+    sim: Simulator, sim_client: ExchangeClient, tmp_path: Path
+) -> None:
+    job_id = sim.add_job()["jobId"]
+    source = tmp_path / "segment.csv"
+    source.write_bytes(b"Email,name\n" + ROWS)
+    sim.add_fault(method="POST", path=r"/data$", drop=True)
+
+    with pytest.raises(ExchangeUnavailable) as caught:
+        sim_client.upload_data(job_id, source, retry=True, expected=validated(source))
+
+    assert caught.value.body_sent
+    assert classify(caught.value) is Outcome.AMBIGUOUS

@@ -155,6 +155,7 @@ def test_a_refused_key_keeps_files_and_does_not_hammer(
         assert {r["status"] for r in sim.request_log()} == {status}
         log = home.log()
         assert logged in log and "cannot list the waiting jobs" in log
+        assert "refused the key" in log and "unreachable" not in log
         assert agent_key not in log
         assert (home.drop / "45311.csv").read_bytes() == data
         assert sim.job(job)["status"] == WAITING
@@ -206,7 +207,7 @@ def test_a_job_that_stops_waiting_before_its_upload_gets_nothing(
         drop_atomically(home.drop, "45311.csv", data)
         wait_for(lambda: fault_fired(sim), what="the upload to start")
         sim.set_status(job, stopped, error_details="stopped by someone else")
-        wait_for(lambda: "stopped waiting" in home.log(), what="the agent to see the change")
+        wait_for(lambda: "gone or taken" in home.log(), what="the agent to see the change")
         assert sim.uploads(job) == []
         # Left as someone else set it: the agent neither failed it nor sent it anything.
         assert sim.job(job)["status"] == stopped
@@ -228,10 +229,8 @@ def test_a_job_deleted_before_its_upload_leaves_the_file_for_the_next_job(
     home = FaultHome(tmp_path / "agent", sim.url, max_attempts=3)
     with running(home):
         drop_atomically(home.drop, "45311.csv", data)
-        wait_for(
-            lambda: requests_to(sim, "GET", rf"^/v1/jobs/SEGMENT_EXPORT/{job}$"),
-            what="the agent to ask for the job",
-        )
+        # A 404 is a definite answer: the job is gone, and the file waits for the next one.
+        wait_for(lambda: "gone or taken" in home.log(), what="the agent to see the 404")
         replacement = waiting_job(sim)
         assert_invariant(home, sim, [Drop("45311.csv", data, (replacement,))], timeout=6)
         assert received(sim, job) == []

@@ -55,7 +55,9 @@ def test_an_unusable_done_folder_loses_nothing_and_the_move_is_retried(
             for drop, job in zip(drops, jobs, strict=True):
                 assert received(sim, job) == [drop.data]
             # Uploaded, not lost: each file waits, whole, in the claim area.
-            rows = journal(home, "SELECT path FROM files WHERE state = 'claimed' ORDER BY rel_path")
+            rows = journal(
+                home, "SELECT path FROM files WHERE state = 'delivered' ORDER BY rel_path"
+            )
             assert [Path(row["path"]).read_bytes() for row in rows] == [d.data for d in drops]
             assert home.alive()
         assert_invariant(home, sim, drops, timeout=MOVE_RETRY_MAX_SECONDS + 10)

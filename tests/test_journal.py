@@ -4,12 +4,27 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from pushagent.errors import StateLockedError
-from pushagent.journal import Journal, StateLock
+from pushagent.errors import JournalUnavailable, StateLockedError
+from pushagent.journal import SCHEMA_VERSION, Journal, StateLock
+from pushagent.lifecycle import (
+    DELIVERY_MOVES,
+    FILE_MOVES,
+    DeliveryState,
+    FileState,
+    IllegalTransition,
+)
 from tests.fakes import FakeClock
+
+
+def _claimed(journal: Journal, tmp_path: Path, name: str, job_ids: list[str]) -> int:
+    file_id = journal.note_settling(name, tmp_path / name, size=1, mtime=1.0)
+    journal.mark_waiting(file_id, segment="45311", reason="waiting")
+    journal.claim(file_id, path=tmp_path / "claimed" / name, job_ids=job_ids)
+    return file_id
 
 
 def test_a_file_goes_from_settling_to_done(tmp_path: Path) -> None:
@@ -18,30 +33,132 @@ def test_a_file_goes_from_settling_to_done(tmp_path: Path) -> None:
     file_id = journal.note_settling("45311.csv", tmp_path / "45311.csv", size=10, mtime=1.0)
     assert journal.note_settling("45311.csv", tmp_path / "45311.csv", size=12, mtime=2.0) == file_id
     row = journal.mark_waiting(file_id, segment="45311", reason="waiting")
-    assert (row.state, row.segment, row.size, row.ready_at) == ("waiting", "45311", 12, 1000.0)
+    assert (row.state, row.segment, row.size, row.ready_at) == (
+        FileState.WAITING, "45311", 12, 1000.0
+    )
     journal.claim(file_id, path=tmp_path / "claimed", job_ids=["1", "2"])
     assert journal.reserved_jobs() == {"1", "2"}
     journal.upload_started(file_id, "1")
-    journal.delivery_ended(file_id, "1", "uploaded", nbytes=12)
-    journal.delivery_ended(file_id, "2", "gone", error="job CANCELLED")
+    journal.delivery_ended(file_id, "1", DeliveryState.UPLOADED, nbytes=12, sha256="ab")
+    journal.delivery_ended(file_id, "2", DeliveryState.GONE, error="job CANCELLED")
     assert journal.reserved_jobs() == {"1"}
-    journal.finish(file_id, state="done", final_path=tmp_path / "done.csv", reason=None)
+    journal.conclude(file_id, FileState.DELIVERED, reason=None)
+    journal.finish(file_id, final_path=tmp_path / "done.csv")
+    assert journal.file(file_id).state is FileState.DONE
     assert [r.id for r in journal.recently_finished(limit=5)] == [file_id]
     assert {d.job_id: d.state for d in journal.deliveries(file_id)} == {
-        "1": "uploaded",
-        "2": "gone",
+        "1": DeliveryState.UPLOADED,
+        "2": DeliveryState.GONE,
     }
+
+
+def test_an_illegal_file_transition_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    journal = Journal.for_state_dir(tmp_path)
+    file_id = journal.note_settling("a.csv", tmp_path / "a.csv", size=1, mtime=1.0)
+    with pytest.raises(IllegalTransition, match="from settling to claimed"):
+        journal.claim(file_id, path=tmp_path / "c", job_ids=["1"])
+    assert journal.file(file_id).state is FileState.SETTLING
+    assert journal.deliveries(file_id) == []
+    with pytest.raises(IllegalTransition, match="from settling to failed"):
+        journal.finish(file_id, final_path=tmp_path / "done.csv")
+
+
+def test_a_finished_file_never_moves_again(tmp_path: Path) -> None:
+    journal = Journal.for_state_dir(tmp_path)
+    file_id = _claimed(journal, tmp_path, "a.csv", ["1"])
+    journal.conclude(file_id, FileState.REJECTED, reason="invalid CSV")
+    journal.finish(file_id, final_path=tmp_path / "failed.csv")
+    assert journal.file(file_id).state is FileState.FAILED
+    for move in (lambda: journal.reclaim(file_id), lambda: journal.resettle(file_id, "x"),
+                 lambda: journal.mark_waiting(file_id, segment="1", reason="x")):
+        with pytest.raises(IllegalTransition):
+            move()
+
+
+def test_an_illegal_delivery_transition_is_refused(tmp_path: Path) -> None:
+    journal = Journal.for_state_dir(tmp_path)
+    file_id = _claimed(journal, tmp_path, "a.csv", ["1"])
+    with pytest.raises(IllegalTransition, match="from assigned to uploaded"):
+        journal.delivery_ended(file_id, "1", DeliveryState.UPLOADED)
+    journal.upload_started(file_id, "1")
+    journal.delivery_ended(file_id, "1", DeliveryState.UPLOADED)
+    with pytest.raises(IllegalTransition, match="from uploaded to assigned"):
+        journal.delivery_ended(file_id, "1", DeliveryState.ASSIGNED)
+
+
+@pytest.mark.parametrize("table", [FILE_MOVES, DELIVERY_MOVES])
+def test_every_state_has_a_row_in_its_transition_table(table: dict[Any, Any]) -> None:
+    states = type(next(iter(table)))
+    assert set(table) == set(states)
+    assert all(target in table for targets in table.values() for target in targets)
+
+
+def test_a_changed_claimed_file_settles_again_and_is_claimed_again(tmp_path: Path) -> None:
+    journal = Journal.for_state_dir(tmp_path)
+    file_id = _claimed(journal, tmp_path, "a.csv", ["1"])
+    journal.resettle(file_id, "changed after it was claimed")
+    assert journal.file(file_id).state is FileState.RESETTLING
+    assert journal.reserved_jobs() == {"1"}  # its job stays its own meanwhile
+    journal.reclaim(file_id)
+    assert journal.file(file_id).state is FileState.CLAIMED
 
 
 def test_a_job_can_never_take_two_uploads(tmp_path: Path) -> None:
     journal = Journal.for_state_dir(tmp_path)
-    first = journal.note_settling("a.csv", tmp_path / "a.csv", size=1, mtime=1.0)
-    second = journal.note_settling("b.csv", tmp_path / "b.csv", size=1, mtime=1.0)
-    journal.claim(first, path=tmp_path / "a", job_ids=["7"])
-    journal.claim(second, path=tmp_path / "b", job_ids=["7"])
+    first = _claimed(journal, tmp_path, "a.csv", ["7"])
+    second = _claimed(journal, tmp_path, "b.csv", ["7"])
     journal.upload_started(first, "7")
     with pytest.raises(sqlite3.IntegrityError):
         journal.upload_started(second, "7")
+
+
+def test_a_journal_of_the_first_release_is_migrated_in_place(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "journal.sqlite3")
+    db.executescript(V0_SCHEMA)
+    db.execute(
+        "INSERT INTO files (id, rel_path, segment, state, path, size, mtime, seen_at, "
+        "claimed_at, reason) VALUES (1, 'a.csv', '45311', 'claimed', '/s/claimed/1/a.csv', 5, "
+        "1.0, 1.0, 2.0, 'uploading')"
+    )
+    db.execute("INSERT INTO deliveries (file_id, job_id, state) VALUES (1, '9', 'uploading')")
+    db.commit()
+    db.close()
+    journal = Journal.for_state_dir(tmp_path)
+    row = journal.file(1)
+    assert (row.state, row.sha256, row.path) == (FileState.CLAIMED, None, "/s/claimed/1/a.csv")
+    assert [d.state for d in journal.deliveries(1)] == [DeliveryState.UPLOADING]
+    journal.delivery_ended(1, "9", DeliveryState.UPLOADED, sha256="cd")
+    journal.close()
+    again = sqlite3.connect(tmp_path / "journal.sqlite3")
+    assert again.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_a_full_disk_is_a_journal_condition_not_a_sqlite_error(tmp_path: Path) -> None:
+    journal = Journal.for_state_dir(tmp_path)
+    journal._db.execute("PRAGMA max_page_count = 1")
+    with pytest.raises(JournalUnavailable, match="free space in the state_dir"):
+        for n in range(200):
+            journal.note_settling(f"{n:0200d}.csv", tmp_path / f"{n}.csv", size=1, mtime=1.0)
+
+
+V0_SCHEMA = """
+CREATE TABLE files (
+    id INTEGER PRIMARY KEY, rel_path TEXT NOT NULL, segment TEXT, state TEXT NOT NULL,
+    path TEXT NOT NULL, size INTEGER, mtime REAL, seen_at REAL NOT NULL, ready_at REAL,
+    claimed_at REAL, finished_at REAL, reason TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL, final_path TEXT
+);
+CREATE INDEX files_state ON files(state);
+CREATE INDEX files_finished ON files(finished_at);
+CREATE UNIQUE INDEX files_open_drop ON files(rel_path) WHERE state IN ('settling', 'waiting');
+CREATE TABLE deliveries (
+    file_id INTEGER NOT NULL REFERENCES files(id), job_id TEXT NOT NULL, state TEXT NOT NULL,
+    started_at REAL, ended_at REAL, bytes INTEGER, error TEXT, PRIMARY KEY (file_id, job_id)
+);
+CREATE UNIQUE INDEX one_upload_per_job ON deliveries(job_id)
+    WHERE state IN ('uploading', 'uploaded');
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
 
 
 def test_the_journal_survives_reopening(tmp_path: Path) -> None:
@@ -82,16 +199,16 @@ def test_a_second_agent_on_the_same_state_dir_is_refused(tmp_path: Path) -> None
 def test_old_finished_files_are_pruned_and_stop_reserving_jobs(tmp_path: Path) -> None:
     clock = FakeClock()
     journal = Journal.for_state_dir(tmp_path, clock=clock)
-    old = journal.note_settling("old.csv", tmp_path / "old.csv", size=1, mtime=1.0)
-    journal.claim(old, path=tmp_path / "o", job_ids=["1"])
-    journal.delivery_ended(old, "1", "uploaded", nbytes=1)
-    journal.finish(old, state="done", final_path=tmp_path / "done-old.csv", reason=None)
+    old = _claimed(journal, tmp_path, "old.csv", ["1"])
+    journal.upload_started(old, "1")
+    journal.delivery_ended(old, "1", DeliveryState.UPLOADED, nbytes=1)
+    journal.conclude(old, FileState.DELIVERED, reason=None)
+    journal.finish(old, final_path=tmp_path / "done-old.csv")
     clock.advance(8 * 86400)
     assert journal.reserved_jobs() == set()
-    fresh = journal.note_settling("new.csv", tmp_path / "new.csv", size=1, mtime=2.0)
-    journal.claim(fresh, path=tmp_path / "n", job_ids=["2"])
+    fresh = _claimed(journal, tmp_path, "new.csv", ["2"])
     clock.advance(30 * 86400)
     assert journal.prune() == 1
-    assert [r.id for r in journal.files("claimed")] == [fresh]
+    assert [r.id for r in journal.files(FileState.CLAIMED)] == [fresh]
     assert journal.reserved_jobs() == {"2"}
     assert journal.deliveries(old) == []

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import PurePath
 
 from pushagent.exchange import Job
-from pushagent.router import PendingFile, SegmentRouter, plan_assignments
+from pushagent.router import JobIndex, PendingFile, SegmentRouter, plan_assignments
 
 BIG_ID = 8000000000000001152
 
@@ -71,3 +72,58 @@ def test_big_ids_match_exactly() -> None:
         [PendingFile("f", str(BIG_ID), 1.0)], [near, exact], busy_jobs=set()
     )
     assert [j.job_id for j in assignment.jobs] == [2]
+
+
+def test_a_kept_index_plans_like_a_list() -> None:
+    waiting = [job(3, 45311), job(1, 45311, "abc"), job(2, 999)]
+    index = JobIndex(waiting)
+    pending = [PendingFile("by-id", "45311", 2.0), PendingFile("by-string", "abc", 1.0)]
+    for jobs in (waiting, index):
+        plan = plan_assignments(pending, jobs, busy_jobs={"2"})
+        assert [(a.file.key, [j.job_id for j in a.jobs]) for a in plan] == [
+            ("by-string", [1]),
+            ("by-id", [3]),
+        ]
+
+
+def test_job_index_lookups() -> None:
+    index = JobIndex([job(3, 45311), job(1, 45311, "abc"), job(2, 999)])
+    assert len(index) == 3
+    assert [j.job_id for j in index] == [1, 2, 3]
+    assert [j.job_id for j in index.waiting_for("45311")] == [1, 3]
+    assert [j.job_id for j in index.waiting_for("abc")] == [1]
+    assert index.waiting_for("nope") == ()
+    assert index.segments() == {"45311", "abc", "999"}
+    assert [j.job_id for j in index.without_files({"abc"})] == [2, 3]
+    assert [j.job_id for j in index.without_files(set())] == [1, 2, 3]
+
+
+def test_ties_in_age_go_by_key() -> None:
+    pending = [PendingFile("b", "45311", 1.0), PendingFile("a", "45311", 1.0)]
+    [assignment] = plan_assignments(pending, [job(1, 45311)], busy_jobs=set())
+    assert assignment.file.key == "a"
+
+
+@dataclass
+class CountingJob:
+    job_id: int
+    keys: frozenset[str]
+    calls: list[int] = field(default_factory=list)
+
+    def segment_keys(self) -> frozenset[str]:
+        self.calls.append(self.job_id)
+        return self.keys
+
+
+def test_scale_each_job_is_looked_at_once_per_plan() -> None:
+    n = 5000
+    calls: list[int] = []
+    jobs = [CountingJob(i, frozenset({str(i % 100), f"s{i % 100}"}), calls) for i in range(n)]
+    pending = [PendingFile(str(i), str(i % 200), float(n - i)) for i in range(n)]
+    busy = {str(i) for i in range(0, n, 7)}  # every segment keeps some free jobs
+    plan = plan_assignments(pending, jobs, busy_jobs=busy)
+    assert len(calls) == n  # one segment_keys() call per job, not one per file and job
+    assert len(plan) == 100  # segments 100-199 have files but no job
+    assert sum(len(a.jobs) for a in plan) == n - len(busy)
+    oldest = {a.file.segment: a.file.since for a in plan}
+    assert all(oldest[f.segment] <= f.since for f in pending if f.segment in oldest)

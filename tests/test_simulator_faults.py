@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import requests
 
 from pushagent.errors import (
     BadRequest,
@@ -19,10 +20,12 @@ from pushagent.errors import (
     ExchangeUnavailable,
     RateLimited,
     ServerError,
+    UnexpectedResponse,
 )
 from pushagent.exchange import ExchangeClient, RetryPolicy, UploadResult
 from pushagent.simulator import Simulator
-from pushagent.simulator.faults import FaultBook
+from pushagent.simulator.control_client import SimulatorControl
+from pushagent.simulator.faults import DEFAULT_LOCATION, FaultBook
 
 KEY = "sim-account-key"
 WAITING = "WAITING_TO_RECIEVE_DATA"
@@ -277,3 +280,145 @@ def test_fault_definitions_are_validated() -> None:
             book.add(spec)
 
     assert book.active() == []
+
+
+def _session() -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # loopback only: never a proxy from the environment
+    return session
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_redirect_fault_sends_a_location_and_changes_nothing(
+    sim: Simulator, status: int
+) -> None:
+    job_id = sim.add_job()["jobId"]
+    sim.add_fault(method="POST", path=r"/data$", status=status)
+
+    with _session() as session:
+        answer = session.post(
+            f"{sim.url}/v1/jobs/{job_id}/data", data=CSV, allow_redirects=False,
+            headers={"Authorization": f"Bearer {KEY}"}, timeout=10,
+        )
+
+    assert answer.status_code == status
+    assert answer.headers["Location"] == DEFAULT_LOCATION
+    assert sim.uploads(job_id) == []
+    assert sim.job(job_id)["status"] == WAITING
+    last = sim.request_log()[-1]
+    assert (last["status"], last["fault"], last["body_bytes"]) == (status, "status", len(CSV))
+
+
+def test_redirect_fault_with_its_own_location_and_the_client_does_not_follow(
+    sim: Simulator, client: ExchangeClient
+) -> None:
+    elsewhere = f"{sim.url}/v1/jobs/SEGMENT_EXPORT?moved=1"
+    sim.add_fault(method="GET", path="SEGMENT_EXPORT$", status=302, location=elsewhere)
+
+    with pytest.raises(UnexpectedResponse) as refused:
+        client.list_jobs("SEGMENT_EXPORT")
+
+    assert refused.value.status == 302
+    assert [entry["status"] for entry in sim.request_log()] == [302]
+    assert sim.faults() == []
+
+
+def test_drop_after_stores_the_upload_and_loses_only_the_answer(
+    sim: Simulator, client: ExchangeClient, csv_file: Path
+) -> None:
+    job_id = sim.add_job()["jobId"]
+    sim.add_fault(method="POST", path=r"/data$", drop_after=True)
+
+    with pytest.raises(ExchangeUnavailable):
+        client.upload_data(job_id, csv_file)
+
+    assert [upload.bytes for upload in sim.uploads(job_id)] == [len(CSV)]
+    assert sim.upload_data(job_id, 0) == CSV
+    assert sim.job(job_id)["status"] != WAITING  # complete_after=0: RUNNING then COMPLETE
+    last = sim.request_log()[-1]
+    assert (last["status"], last["fault"], last["body_bytes"]) == (None, "drop_after", len(CSV))
+    # Sent again, as a careless client would: the job takes no second upload.
+    with pytest.raises(Conflict):
+        client.upload_data(job_id, csv_file)
+    assert len(sim.uploads(job_id)) == 1
+
+
+def test_drop_after_on_a_status_change_makes_the_change(
+    sim: Simulator, client: ExchangeClient
+) -> None:
+    job_id = sim.add_job()["jobId"]
+    sim.add_fault(method="PUT", path=r"/status/fail$", drop_after=True)
+
+    with pytest.raises(ExchangeUnavailable):
+        client.fail_job(job_id, "the file was broken")
+
+    job = sim.job(job_id)
+    assert (job["status"], job["errorDetails"]) == ("ERROR", "the file was broken")
+    assert sim.request_log()[-1]["fault"] == "drop_after"
+
+
+def _cut_upload(sim: Simulator, job_id: int, *, head: str, sent: bytes) -> None:
+    """Send a hand-made upload's headers and part of its body, then end the connection."""
+    parts = urlsplit(sim.url)
+    assert parts.hostname is not None and parts.port is not None
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(
+            f"POST /v1/jobs/{job_id}/data HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            f"Authorization: Bearer {KEY}\r\nContent-Type: text/csv\r\n{head}\r\n".encode("ascii")
+            + sent
+        )
+        _wait_for(lambda: sim.job_state(job_id)["uploadInProgress"], "the upload to start")
+        # Half-close: the server reads end-of-stream where the body should go on.
+        sock.shutdown(socket.SHUT_WR)
+        _wait_for(lambda: sim.request_log(), "the server to give up on the body")
+
+
+@pytest.mark.parametrize(
+    ("head", "sent"),
+    [
+        (f"Content-Length: {len(CSV) + 1}\r\n", CSV),
+        ("Transfer-Encoding: chunked\r\n", b"%x\r\n%s" % (len(CSV) * 2, CSV)),
+        ("Transfer-Encoding: chunked\r\n", b"%x\r\n%s\r\n" % (len(CSV), CSV)),
+    ],
+    ids=["one-byte-short-of-content-length", "cut-inside-a-chunk", "no-last-chunk"],
+)
+def test_an_incomplete_upload_body_is_never_stored(sim: Simulator, head: str, sent: bytes) -> None:
+    job_id = sim.add_job()["jobId"]
+
+    _cut_upload(sim, job_id, head=head, sent=sent)
+
+    assert sim.request_log()[-1]["status"] is None
+    assert sim.uploads(job_id) == []
+    assert sim.job_state(job_id)["uploadInProgress"] is False
+    assert sim.job(job_id)["status"] == WAITING
+    assert not list((sim.data_dir / "uploads" / str(job_id)).glob("*"))
+
+
+def test_control_api_takes_the_new_fault_fields(sim: Simulator, gate: GatedSleep) -> None:
+    gate.release.set()
+    control = SimulatorControl(sim.url)
+    job_id = control.add_job()["jobId"]
+
+    moved = control.add_fault(method="GET", path="x", status=307, location="http://127.0.0.1:1/")
+    cut = control.add_fault(method="POST", path=r"/data$", drop_after=True, delay=0.1)
+    for bad in (
+        {"status": 200, "location": "http://127.0.0.1:1/"},  # not a redirect
+        {"drop_after": True, "status": 503},
+        {"drop_after": True, "drop": True},
+        {"drop_after": "yes"},
+        {"status": 301, "location": "http://127.0.0.1:1/\r\nX-Evil: 1"},
+    ):
+        with pytest.raises(ConfigError):
+            control.add_fault(method="GET", path="x", **bad)
+
+    assert (moved["location"], moved["drop_after"]) == ("http://127.0.0.1:1/", False)
+    assert (cut["drop_after"], cut["location"], cut["delay"]) == (True, None, 0.1)
+    assert control.faults() == [moved, cut]
+    with _session() as session, pytest.raises(requests.ConnectionError):
+        session.post(
+            f"{sim.url}/v1/jobs/{job_id}/data", data=CSV,
+            headers={"Authorization": f"Bearer {KEY}"}, timeout=10,
+        )
+    assert control.upload_data(job_id, 0) == CSV
+    assert control.faults() == [moved]
+    control.close()

@@ -1,167 +1,729 @@
-"""The deliverer's decisions, with a small fake client that records every call."""
+"""The deliverer's promise, against a real journal and a small fake client that records every call.
+
+Each test asserts what the fake Exchange was sent (uploads, fail calls, status questions) and
+where each delivery stands in the journal (``DeliveryState``), never log text.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 
 from pushagent.errors import (
+    BadRequest,
     Conflict,
+    ExchangeError,
     ExchangeUnavailable,
     NotAuthenticated,
     NotAuthorised,
+    NotFound,
+    OperationRefused,
+    RateLimited,
+    Refused,
+    RetryLater,
     ServerError,
+    SourceChanged,
+    UnexpectedResponse,
 )
-from pushagent.exchange import Job, UploadResult
-from pushagent.journal import FileRow, Journal
+from pushagent.exchange import ExpectedBody, Job, JobCategory, JobStatus, UploadResult
+from pushagent.journal import Journal
+from pushagent.lifecycle import DeliveryState
 from pushagent.metrics import AgentMetrics
-from pushagent.uploader import Deliverer, UploadSettings, Verdict
+from pushagent.uploader import Deliverer, DeliveryResult, DeliverySettings, Verdict
+from pushagent.validator import CSVReport, validate_csv
+from tests.fakes import FakeClock
 
+NAME = "45311.csv"
 VALID = b"Email,name\na@example.com,A\n"
+INVALID = b"Email,name\na@example.com\n"
+AGENT_USER = "pushagent-svc"
+WAITING = JobStatus.WAITING_TO_RECEIVE_DATA
+
+ASSIGNED = DeliveryState.ASSIGNED
+UPLOADING = DeliveryState.UPLOADING
+UPLOADED = DeliveryState.UPLOADED
+GONE = DeliveryState.GONE
+REJECTED = DeliveryState.REJECTED
+RELEASED = DeliveryState.RELEASED
+
+# The class pushagent.exchange.client._http_error gives each status it has its own class for.
+_ERROR_CLASSES: dict[int, type[ExchangeError]] = {
+    400: BadRequest,
+    401: NotAuthenticated,
+    403: NotAuthorised,
+    404: NotFound,
+    408: RetryLater,
+    409: Conflict,
+    425: RetryLater,
+    429: RateLimited,
+}
+
+
+def http_error(
+    status: int,
+    *,
+    method: str = "POST",
+    url: str = "/v1/jobs/1/data",
+    server_message: str | None = None,
+    retry_after: float | None = None,
+) -> ExchangeError:
+    """The error the real client raises for an answer with ``status``."""
+    error_class: type[ExchangeError]
+    if status in _ERROR_CLASSES:
+        error_class = _ERROR_CLASSES[status]
+    elif 500 <= status <= 599:
+        error_class = ServerError
+    elif 400 <= status <= 499:
+        error_class = Refused
+    else:  # 3xx: a redirect is never followed
+        error_class = UnexpectedResponse
+    return error_class(
+        f"answered {status}", method=method, url=url, status=status,
+        server_message=server_message, retry_after=retry_after,
+    )
+
+
+def fail_error(status: int) -> ExchangeError:
+    return http_error(status, method="PUT", url="/v1/jobs/1/status/fail")
+
+
+def connection_lost(*, body_sent: bool) -> ExchangeUnavailable:
+    return ExchangeUnavailable(
+        "the connection broke", method="POST", url="/v1/jobs/1/data", body_sent=body_sent
+    )
+
+
+def sha256(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def job(job_id: str, status: JobStatus = WAITING) -> Job:
+    mappings = {"Email": "EMAIL_SHA256"}
+    return Job.from_json({"jobId": int(job_id), "status": status.value,
+                          "identityMappings": mappings})
+
+
+def waiting(*job_ids: str) -> dict[str, Job]:
+    return {job_id: job(job_id) for job_id in job_ids}
+
+
+@dataclass(frozen=True)
+class UploadCall:
+    job_id: str
+    source: str
+    content_type: str
+    retry: bool
+    expected: ExpectedBody | None
 
 
 class FakeClient:
-    """Answers from a script: ``upload_errors`` are raised in turn before uploads succeed."""
+    """Answers from a script and records what it was asked.
+
+    ``upload_errors`` and ``fail_errors`` are raised in turn, one per call, before calls succeed.
+    ``statuses`` holds each job's status (waiting unless set); ``status_errors`` what get_job
+    raises for a job. Like the real client, ``upload_data`` checks the file against ``expected``
+    (size, then SHA-256) before any scripted answer, raising SourceChanged: a changed file never
+    reaches the server. ``before_upload`` runs as an upload starts (a dropper writing meanwhile).
+    """
 
     def __init__(
         self,
         *,
-        statuses: dict[str, str] | None = None,
-        upload_errors: list[Exception] | None = None,
+        statuses: dict[str, JobStatus] | None = None,
+        status_errors: dict[str, ExchangeError] | None = None,
+        upload_errors: list[ExchangeError] | None = None,
+        fail_errors: list[ExchangeError] | None = None,
+        before_upload: Callable[[str], None] | None = None,
     ) -> None:
-        self.statuses = statuses or {}
+        self.statuses = dict(statuses or {})
+        self.status_errors = dict(status_errors or {})
         self.upload_errors = list(upload_errors or [])
-        self.calls: list[tuple[str, Any]] = []
+        self.fail_errors = list(fail_errors or [])
+        self.before_upload = before_upload
+        self.uploads: list[UploadCall] = []
+        self.fails: list[tuple[str, str]] = []
+        self.status_asks: list[str] = []
 
-    def get_job(self, category: Any, job_id: str) -> Job:
-        self.calls.append(("get_job", job_id))
-        status = self.statuses.get(job_id, "WAITING_TO_RECIEVE_DATA")
-        return Job.from_json(
-            {"jobId": int(job_id), "status": status, "identityMappings": {"Email": "EMAIL_SHA256"}}
-        )
+    def get_job(self, category: JobCategory | str, job_id: int | str) -> Job:
+        assert category is JobCategory.SEGMENT_EXPORT
+        self.status_asks.append(str(job_id))
+        if str(job_id) in self.status_errors:
+            raise self.status_errors[str(job_id)]
+        return job(str(job_id), self.statuses.get(str(job_id), WAITING))
 
-    def upload_data(self, job_id: str, source: str, **options: Any) -> UploadResult:
-        self.calls.append(("upload", job_id))
-        assert options["retry"] is False, "the agent retries itself, after a status check"
+    def upload_data(
+        self,
+        job_id: int | str,
+        source: str | os.PathLike[str] | BinaryIO,
+        *,
+        content_type: str = "text/csv",
+        retry: bool = True,
+        progress: Any = None,
+        expected: ExpectedBody | None = None,
+    ) -> UploadResult:
+        assert isinstance(source, (str, os.PathLike)), "the deliverer uploads by path"
+        self.uploads.append(UploadCall(str(job_id), os.fspath(source), content_type, retry,
+                                       expected))
+        if self.before_upload is not None:
+            self.before_upload(str(job_id))
+        content = Path(source).read_bytes()
+        if expected is not None:
+            if len(content) != expected.size:
+                raise SourceChanged(
+                    os.fspath(source),
+                    f"changed after it was validated (size {expected.size} -> {len(content)} "
+                    "bytes); nothing was sent",
+                )
+            if sha256(content) != expected.sha256:
+                raise SourceChanged(
+                    os.fspath(source),
+                    "changed after it was validated (other bytes); the upload was aborted "
+                    "before its last bytes",
+                )
         if self.upload_errors:
             raise self.upload_errors.pop(0)
-        size = Path(source).stat().st_size
-        return UploadResult(job_id=job_id, bytes_sent=size, status_code=200, response_text="")
+        return UploadResult(job_id=job_id, bytes_sent=len(content), status_code=200,
+                            response_text="", sha256=sha256(content))
 
-    def fail_job(self, job_id: str, message: str) -> None:
-        self.calls.append(("fail", (job_id, message)))
+    def fail_job(self, job_id: int | str, error_message: str) -> None:
+        self.fails.append((str(job_id), error_message))
+        if self.fail_errors:
+            raise self.fail_errors.pop(0)
+
+    @property
+    def uploaded_to(self) -> list[str]:
+        return [call.job_id for call in self.uploads]
+
+    @property
+    def failed(self) -> list[str]:
+        return [job_id for job_id, _ in self.fails]
 
 
-def setup(
-    tmp_path: Path, content: bytes, jobs: list[str], client: FakeClient, *, max_attempts: int = 3
-) -> tuple[Deliverer, Journal, int]:
-    journal = Journal.for_state_dir(tmp_path)
-    path = tmp_path / "45311.csv"
+def unreadable(path: str | os.PathLike[str], **options: Any) -> CSVReport:
+    raise PermissionError(13, "Permission denied", os.fspath(path))
+
+
+def changed_while_read(path: str | os.PathLike[str], **options: Any) -> CSVReport:
+    report = validate_csv(path, **options)
+    return dataclasses.replace(report, changed="the file changed while it was read (size 27 -> "
+                                               "40 bytes)")
+
+
+@dataclass
+class FakeStat:
+    """``os.stat`` as seen after the upload: the real answer, moved by ``grow`` bytes and
+    ``touch_ns`` nanoseconds (a dropper that wrote on after its rename)."""
+
+    grow: int = 0
+    touch_ns: int = 0
+    asked: list[Path] = field(default_factory=list)
+
+    def __call__(self, path: Path) -> os.stat_result:
+        self.asked.append(path)
+        real = os.stat(path)
+        fields = list(real)
+        fields[6] = real.st_size + self.grow
+        return os.stat_result(fields, {"st_mtime_ns": real.st_mtime_ns + self.touch_ns})
+
+
+@dataclass
+class Rig:
+    deliverer: Deliverer
+    journal: Journal
+    client: FakeClient
+    metrics: AgentMetrics
+    file_id: int
+    path: Path
+    jobs: tuple[str, ...]
+
+    def deliver(self, known: Mapping[str, Job] | None = None) -> DeliveryResult:
+        """One attempt, with the jobs listed as waiting unless ``known`` says otherwise."""
+        jobs = waiting(*self.jobs) if known is None else known
+        return self.deliverer.deliver(self.journal.file(self.file_id), jobs)
+
+    def retry_later(self, result: DeliveryResult) -> None:
+        """What the agent does with a retry before the next attempt."""
+        assert result.verdict is Verdict.RETRY, result
+        if result.counts_as_attempt:
+            self.journal.count_attempt(self.file_id, "retrying", next_attempt_at=0)
+
+    def states(self) -> dict[str, DeliveryState]:
+        return {d.job_id: d.state for d in self.journal.deliveries(self.file_id)}
+
+    def attempts(self) -> int:
+        return self.journal.file(self.file_id).attempts
+
+    def bytes_uploaded(self) -> float:
+        value = self.metrics.registry.get_sample_value("pushagent_bytes_uploaded_total")
+        return value or 0.0
+
+
+def make(
+    tmp_path: Path,
+    client: FakeClient,
+    *,
+    content: bytes = VALID,
+    jobs: tuple[str, ...] = ("1",),
+    max_attempts: int = 3,
+    validate: Callable[..., CSVReport] = validate_csv,
+    stat: Callable[[Path], os.stat_result] = os.stat,
+) -> Rig:
+    clock = FakeClock()
+    journal = Journal.for_state_dir(tmp_path, clock=clock)
+    claimed = tmp_path / "claimed"
+    claimed.mkdir()
+    path = claimed / NAME
     path.write_bytes(content)
-    file_id = journal.note_settling("45311.csv", path, size=len(content), mtime=1.0)
+    file_id = journal.note_settling(NAME, tmp_path / NAME, size=len(content), mtime=1.0)
     journal.mark_waiting(file_id, segment="45311", reason="waiting")
     journal.claim(file_id, path=path, job_ids=jobs)
+    metrics = AgentMetrics()
     deliverer = Deliverer(
         client=client,  # type: ignore[arg-type]
         journal=journal,
-        metrics=AgentMetrics(),
-        settings=UploadSettings(
-            content_type="text/csv",
-            max_bytes=None,
-            check_mapped_columns=True,
+        settings=DeliverySettings(
+            content_type="text/csv", max_bytes=None, check_mapped_columns=True,
             max_attempts=max_attempts,
         ),
+        metrics=metrics,
+        clock=clock,
+        validate=validate,
+        user=lambda: AGENT_USER,
+        stat=stat,
     )
-    return deliverer, journal, file_id
+    return Rig(deliverer, journal, client, metrics, file_id, path, jobs)
 
 
-def states(journal: Journal, file_id: int) -> dict[str, str]:
-    return {d.job_id: d.state for d in journal.deliveries(file_id)}
+# --- a file that goes out -------------------------------------------------------------------------
 
 
-def row(journal: Journal, file_id: int) -> FileRow:
-    return journal.file(file_id)
-
-
-def test_valid_file_goes_to_every_job(tmp_path: Path) -> None:
-    client = FakeClient()
-    deliverer, journal, file_id = setup(tmp_path, VALID, ["1", "2"], client)
-    result = deliverer.deliver(row(journal, file_id), {})
+def test_a_valid_file_goes_to_every_job_as_the_validated_bytes(tmp_path: Path) -> None:
+    rig = make(tmp_path, FakeClient(), jobs=("1", "2"))
+    result = rig.deliver()
     assert result.verdict is Verdict.DELIVERED
-    assert [c for c in client.calls if c[0] == "upload"] == [("upload", "1"), ("upload", "2")]
-    assert states(journal, file_id) == {"1": "uploaded", "2": "uploaded"}
+    assert rig.client.uploaded_to == ["1", "2"]
+    mtime_ns = rig.path.stat().st_mtime_ns
+    for call in rig.client.uploads:
+        assert call.source == str(rig.path)
+        assert call.retry is False, "one attempt per call: the agent asks the job before resending"
+        assert call.content_type == "text/csv"
+        assert call.expected == ExpectedBody(size=len(VALID), sha256=sha256(VALID),
+                                             mtime_ns=mtime_ns)
+    assert rig.states() == {"1": UPLOADED, "2": UPLOADED}
+    assert {d.sha256 for d in rig.journal.deliveries(rig.file_id)} == {sha256(VALID)}
+    assert rig.journal.file(rig.file_id).sha256 == sha256(VALID)
+    assert rig.client.fails == []
+    assert rig.bytes_uploaded() == 2 * len(VALID)
 
 
-def test_invalid_file_fails_each_job_with_the_line(tmp_path: Path) -> None:
-    client = FakeClient()
-    deliverer, journal, file_id = setup(
-        tmp_path, b"Email,name\na@example.com\n", ["1", "2"], client
-    )
-    result = deliverer.deliver(row(journal, file_id), {})
-    assert result.verdict is Verdict.REJECTED
-    fails = [c[1] for c in client.calls if c[0] == "fail"]
-    assert [job for job, _ in fails] == ["1", "2"]
-    assert all("line 2: expected 2 fields, found 1" in message for _, message in fails)
-    assert not any(c[0] == "upload" for c in client.calls)
+# --- 1. definite answers to an upload -------------------------------------------------------------
 
 
-def test_an_interrupted_upload_is_checked_before_it_is_sent_again(tmp_path: Path) -> None:
-    client = FakeClient(
-        upload_errors=[
-            ExchangeUnavailable("connection reset", method="POST", url="/v1/jobs/1/data")
-        ]
-    )
-    deliverer, journal, file_id = setup(tmp_path, VALID, ["1"], client)
-    first = deliverer.deliver(row(journal, file_id), {})
-    assert first.verdict is Verdict.RETRY and not first.counts_as_attempt
-    assert states(journal, file_id) == {"1": "uploading"}
-    client.statuses["1"] = "RUNNING"  # the lost upload had in fact arrived
-    second = deliverer.deliver(row(journal, file_id), {})
-    assert second.verdict is Verdict.DELIVERED
-    assert [c for c in client.calls if c[0] == "upload"] == [("upload", "1")]
-
-
-def test_a_job_that_stopped_waiting_sends_the_file_back_to_wait(tmp_path: Path) -> None:
-    client = FakeClient(
-        upload_errors=[Conflict("not waiting", method="POST", url="/x", status=409)]
-    )
-    client.statuses["1"] = "CANCELLED"
-    deliverer, journal, file_id = setup(tmp_path, VALID, ["1"], client)
-    job = Job.from_json({"jobId": 1, "status": "WAITING_TO_RECIEVE_DATA"})
-    result = deliverer.deliver(row(journal, file_id), {"1": job})
+@pytest.mark.parametrize("status", [404, 409])
+def test_a_job_gone_or_taken_sends_the_file_back_to_wait(tmp_path: Path, status: int) -> None:
+    # The job still reads as waiting: the answer alone decides, no status is asked.
+    rig = make(tmp_path, FakeClient(upload_errors=[http_error(status)]))
+    result = rig.deliver()
     assert result.verdict is Verdict.REQUEUE
-    assert states(journal, file_id) == {"1": "gone"}
-    assert not any(c[0] == "fail" for c in client.calls)
+    assert rig.states() == {"1": GONE}
+    assert rig.client.uploaded_to == ["1"]
+    assert rig.client.fails == [], "a job we did not reach is not ours to fail"
+    assert rig.client.status_asks == []
+    assert rig.bytes_uploaded() == 0
 
 
-def test_server_errors_count_and_then_fail_the_job(tmp_path: Path) -> None:
-    errors: list[Exception] = [
-        ServerError("boom", method="POST", url="/x", status=500) for _ in range(3)
-    ]
-    client = FakeClient(upload_errors=errors)
-    deliverer, journal, file_id = setup(tmp_path, VALID, ["1"], client, max_attempts=2)
-    first = deliverer.deliver(row(journal, file_id), {})
+@pytest.mark.parametrize(
+    ("status", "counted"),
+    [(408, True), (429, False), (500, True), (501, True), (503, True)],
+)
+def test_a_transient_answer_is_retried_without_failing_the_job(
+    tmp_path: Path, status: int, counted: bool
+) -> None:
+    rig = make(tmp_path, FakeClient(upload_errors=[http_error(status, retry_after=7.0)]),
+               max_attempts=3)
+    result = rig.deliver()
+    assert result.verdict is Verdict.RETRY
+    assert result.counts_as_attempt is counted
+    assert result.retry_after == 7.0
+    assert not result.key_refused
+    assert rig.states() == {"1": ASSIGNED}
+    assert rig.client.fails == []
+    assert rig.bytes_uploaded() == 0
+    rig.retry_later(result)
+    again = rig.deliver()
+    assert again.verdict is Verdict.DELIVERED
+    assert rig.client.uploaded_to == ["1", "1"]
+    assert rig.states() == {"1": UPLOADED}
+
+
+@pytest.mark.parametrize("status", [400, 413, 415, 422])
+def test_a_refused_upload_fails_the_job_with_the_servers_message(
+    tmp_path: Path, status: int
+) -> None:
+    said = f"segment data refused ({status})"
+    rig = make(tmp_path, FakeClient(upload_errors=[http_error(status, server_message=said)]))
+    result = rig.deliver()
+    assert result.verdict is Verdict.REJECTED
+    assert rig.client.failed == ["1"]
+    message = rig.client.fails[0][1]
+    assert said in message and NAME in message
+    assert result.reason is not None and said in result.reason
+    assert rig.states() == {"1": REJECTED}
+    assert rig.bytes_uploaded() == 0
+
+
+# --- 2. no answer after the body left -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [JobStatus.RUNNING, JobStatus.COMPLETE])
+def test_silence_then_a_job_that_moved_on_means_it_got_the_data(
+    tmp_path: Path, status: JobStatus
+) -> None:
+    client = FakeClient(upload_errors=[connection_lost(body_sent=True)])
+    rig = make(tmp_path, client)
+    client.statuses["1"] = status  # the upload had in fact arrived
+    result = rig.deliver()
+    assert result.verdict is Verdict.DELIVERED
+    assert client.status_asks == ["1"]
+    assert client.uploaded_to == ["1"]
+    assert client.fails == []
+    assert rig.states() == {"1": UPLOADED}
+
+
+def test_silence_then_a_waiting_job_is_retried_not_delivered(tmp_path: Path) -> None:
+    client = FakeClient(upload_errors=[connection_lost(body_sent=True)])
+    rig = make(tmp_path, client)
+    result = rig.deliver()
+    assert result.verdict is Verdict.RETRY
+    assert not result.counts_as_attempt, "an unreachable network is not the file's fault"
+    assert client.status_asks == ["1"]
+    # Still UPLOADING: the body may yet arrive, so the next attempt asks the job first.
+    assert rig.states() == {"1": UPLOADING}
+    assert client.fails == []
+    assert rig.bytes_uploaded() == 0
+
+
+@pytest.mark.parametrize("status", [JobStatus.ERROR, JobStatus.CANCELLED])
+def test_silence_then_a_job_that_ended_without_data_is_gone(
+    tmp_path: Path, status: JobStatus
+) -> None:
+    client = FakeClient(upload_errors=[connection_lost(body_sent=True)])
+    rig = make(tmp_path, client)
+    client.statuses["1"] = status
+    result = rig.deliver()
+    assert result.verdict is Verdict.REQUEUE
+    assert client.status_asks == ["1"]
+    assert rig.states() == {"1": GONE}
+    assert client.fails == []
+
+
+def test_silence_then_a_deleted_job_is_gone(tmp_path: Path) -> None:
+    client = FakeClient(
+        upload_errors=[connection_lost(body_sent=True)],
+        status_errors={"1": http_error(404, method="GET", url="/v1/jobs/segmentexport/1")},
+    )
+    rig = make(tmp_path, client)
+    result = rig.deliver()
+    assert result.verdict is Verdict.REQUEUE
+    assert rig.states() == {"1": GONE}
+    assert client.fails == []
+
+
+def test_a_failure_before_the_body_left_is_retried_without_asking(tmp_path: Path) -> None:
+    client = FakeClient(upload_errors=[connection_lost(body_sent=False)])
+    rig = make(tmp_path, client)
+    result = rig.deliver()
+    assert result.verdict is Verdict.RETRY
+    assert not result.counts_as_attempt
+    assert client.status_asks == []
+    assert rig.states() == {"1": ASSIGNED}
+    assert client.fails == []
+
+
+def test_a_delivery_confirmed_by_status_records_the_validated_digest(tmp_path: Path) -> None:
+    # The journal's deliveries.sha256 is "of the bytes sent"; a status-confirmed upload sent the
+    # validated bytes (the client withholds the last block otherwise).
+    client = FakeClient(upload_errors=[connection_lost(body_sent=True)],
+                        statuses={"1": JobStatus.RUNNING})
+    rig = make(tmp_path, client)
+    assert rig.deliver().verdict is Verdict.DELIVERED
+    [delivery] = rig.journal.deliveries(rig.file_id)
+    assert delivery.sha256 == sha256(VALID)
+
+
+# --- 3. a refused key -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_key_never_fails_a_job_even_at_max_attempts(
+    tmp_path: Path, status: int
+) -> None:
+    rig = make(tmp_path, FakeClient(upload_errors=[http_error(status)]), max_attempts=2)
+    for _ in range(2):  # already at its last counted attempt
+        rig.journal.count_attempt(rig.file_id, "retrying", next_attempt_at=0)
+    result = rig.deliver()
+    assert result.verdict is Verdict.RETRY
+    assert result.key_refused
+    assert not result.counts_as_attempt
+    assert rig.client.fails == []
+    assert rig.states() == {"1": ASSIGNED}
+
+
+# --- 4. a redirect --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [301, 302, 307])
+def test_a_redirect_is_retried_and_never_rejects_the_file(tmp_path: Path, status: int) -> None:
+    rig = make(tmp_path, FakeClient(upload_errors=[http_error(status)]), max_attempts=1)
+    result = rig.deliver()
+    assert result.verdict is Verdict.RETRY
+    assert not result.counts_as_attempt, "a wrong base URL is not the file's fault"
+    assert not result.key_refused
+    assert rig.client.fails == []
+    assert rig.states() == {"1": ASSIGNED}
+
+
+# --- 5. an unreadable file ------------------------------------------------------------------------
+
+
+def test_an_unreadable_file_is_retried_then_released_without_failing_jobs(tmp_path: Path) -> None:
+    rig = make(tmp_path, FakeClient(), jobs=("1", "2"), max_attempts=3, validate=unreadable)
+    for attempt in range(1, 3):
+        result = rig.deliver()
+        assert result.verdict is Verdict.RETRY
+        assert result.counts_as_attempt
+        assert rig.states() == {"1": ASSIGNED, "2": ASSIGNED}
+        rig.retry_later(result)
+        assert rig.attempts() == attempt
+    last = rig.deliver()
+    assert last.verdict is Verdict.REJECTED
+    assert last.reason is not None
+    assert "\n" not in last.reason
+    assert NAME in last.reason and AGENT_USER in last.reason
+    assert rig.states() == {"1": RELEASED, "2": RELEASED}
+    assert rig.client.fails == [], "the agent's permissions are not the file's content"
+    assert rig.client.uploads == []
+
+
+def test_an_unreadable_file_with_an_upload_cut_by_a_crash_still_ends(tmp_path: Path) -> None:
+    # The crash left job 1 "uploading"; the file then became unreadable. At max_attempts the file
+    # must still reach a verdict, its cut upload settled by the job's status (still waiting: the
+    # job never got it), and no job failed.
+    rig = make(tmp_path, FakeClient(), jobs=("1", "2"), max_attempts=2, validate=unreadable)
+    rig.journal.upload_started(rig.file_id, "1")
+    first = rig.deliver()
     assert first.verdict is Verdict.RETRY and first.counts_as_attempt
-    journal.count_attempt(file_id, "retrying", next_attempt_at=0)
-    second = deliverer.deliver(row(journal, file_id), {})
-    assert second.verdict is Verdict.REJECTED
-    assert second.reason is not None and "failed 2 times" in second.reason
-    assert [c[1][0] for c in client.calls if c[0] == "fail"] == ["1"]
+    rig.retry_later(first)
+    last = rig.deliver()
+    assert last.verdict is Verdict.REJECTED
+    assert "1" in rig.client.status_asks
+    assert rig.states() == {"1": RELEASED, "2": RELEASED}
+    assert rig.client.fails == []
+    assert rig.client.uploads == []
+
+
+def test_a_file_removed_from_its_claim_folder_vanishes(tmp_path: Path) -> None:
+    rig = make(tmp_path, FakeClient())
+    rig.path.unlink()
+    result = rig.deliver()
+    assert result.verdict is Verdict.VANISHED
+    assert result.reason is not None and NAME in result.reason
+    assert rig.client.uploads == [] and rig.client.fails == []
+
+
+# --- 6. a file that changes under the deliverer ---------------------------------------------------
+
+
+def test_a_change_caught_by_the_upload_before_any_job_took_it_resettles(tmp_path: Path) -> None:
+    rig: Rig
+
+    def rewrite(job_id: str) -> None:
+        rig.path.write_bytes(VALID.replace(b",A", b",B"))  # same size, other bytes
+
+    rig = make(tmp_path, FakeClient(before_upload=rewrite), jobs=("1", "2"))
+    result = rig.deliver()
+    assert result.verdict is Verdict.RESETTLE
+    assert rig.states() == {"1": ASSIGNED, "2": ASSIGNED}
+    assert rig.client.uploaded_to == ["1"]
+    assert rig.client.fails == []
+    assert rig.bytes_uploaded() == 0
+
+
+def test_a_report_that_saw_the_file_change_resettles(tmp_path: Path) -> None:
+    rig = make(tmp_path, FakeClient(), validate=changed_while_read)
+    result = rig.deliver()
+    assert result.verdict is Verdict.RESETTLE
+    assert rig.states() == {"1": ASSIGNED}
+    assert rig.client.uploads == []
+    assert rig.client.fails == []
+
+
+def test_a_change_after_one_job_took_it_releases_the_others(tmp_path: Path) -> None:
+    rig: Rig
+
+    def append_after_first(job_id: str) -> None:
+        if job_id == "2":
+            with rig.path.open("ab") as stream:
+                stream.write(b"b@example.com,B\n")
+
+    rig = make(tmp_path, FakeClient(before_upload=append_after_first), jobs=("1", "2"))
+    result = rig.deliver()
+    assert result.verdict is Verdict.REJECTED
+    assert rig.client.uploaded_to == ["1", "2"]
+    assert rig.states() == {"1": UPLOADED, "2": RELEASED}
+    assert rig.client.fails == [], "job 2 never saw other bytes: it stays free for another file"
+    assert result.reason is not None and "1" in result.reason
+
+
+def test_a_change_between_attempts_after_one_job_took_it_is_refused(tmp_path: Path) -> None:
+    # Job 1 got the validated bytes; job 2 answered 500. Before the retry the dropper appends:
+    # the retry validates the new bytes, but job 2 must not get bytes job 1 never saw.
+    client = FakeClient()
+
+    def job_2_fails(job_id: str) -> None:
+        if job_id == "2":
+            client.upload_errors.append(http_error(500, url="/v1/jobs/2/data"))
+
+    client.before_upload = job_2_fails
+    rig = make(tmp_path, client, jobs=("1", "2"))
+    first = rig.deliver()
+    assert first.verdict is Verdict.RETRY
+    assert rig.states() == {"1": UPLOADED, "2": ASSIGNED}
+    rig.retry_later(first)
+    client.before_upload = None
+    with rig.path.open("ab") as stream:
+        stream.write(b"b@example.com,B\n")
+    result = rig.deliver()
+    assert result.verdict is Verdict.REJECTED
+    assert client.uploaded_to == ["1", "2"], "job 2 must not be sent other bytes than job 1"
+    assert rig.states() == {"1": UPLOADED, "2": RELEASED}
+    assert client.fails == []
+
+
+# --- 7. a file that changed after its last upload -------------------------------------------------
+
+
+@pytest.mark.parametrize(("grow", "touch_ns"), [(16, 0), (0, 1_000_000)])
+def test_a_change_after_the_last_upload_rejects_the_file(
+    tmp_path: Path, grow: int, touch_ns: int
+) -> None:
+    stat = FakeStat(grow=grow, touch_ns=touch_ns)
+    rig = make(tmp_path, FakeClient(), stat=stat)
+    result = rig.deliver()
+    assert result.verdict is Verdict.REJECTED
+    assert result.reason is not None
+    assert f"the Exchange has the {len(VALID)} bytes that were validated" in result.reason
+    assert stat.asked == [rig.path]
+    assert rig.states() == {"1": UPLOADED}
+    assert rig.client.fails == []
+
+
+def test_an_unchanged_file_is_delivered(tmp_path: Path) -> None:
+    stat = FakeStat()
+    rig = make(tmp_path, FakeClient(), stat=stat)
+    assert rig.deliver().verdict is Verdict.DELIVERED
+    assert stat.asked == [rig.path]
+
+
+# --- 8. an invalid file ---------------------------------------------------------------------------
+
+
+def test_an_invalid_file_fails_every_open_job_naming_the_line(tmp_path: Path) -> None:
+    rig = make(tmp_path, FakeClient(), content=INVALID, jobs=("1", "2"))
+    result = rig.deliver()
+    assert result.verdict is Verdict.REJECTED
+    assert rig.client.failed == ["1", "2"]
+    for _, message in rig.client.fails:
+        assert NAME in message and "line 2: expected 2 fields, found 1" in message
+    assert result.reason is not None and "line 2" in result.reason
+    assert rig.states() == {"1": REJECTED, "2": REJECTED}
+    assert rig.client.uploads == []
+
+
+def test_a_server_error_on_the_fail_call_keeps_the_jobs_for_a_retry(tmp_path: Path) -> None:
+    client = FakeClient(fail_errors=[fail_error(500)])
+    rig = make(tmp_path, client, content=INVALID, jobs=("1", "2"))
+    result = rig.deliver()
+    assert result.verdict is Verdict.RETRY
+    assert rig.states() == {"1": ASSIGNED, "2": ASSIGNED}
+    rig.retry_later(result)
+    again = rig.deliver()
+    assert again.verdict is Verdict.REJECTED
+    assert client.failed == ["1", "1", "2"]
+    assert rig.states() == {"1": REJECTED, "2": REJECTED}
 
 
 @pytest.mark.parametrize(
     "error",
     [
-        NotAuthenticated("bad key", method="POST", url="/x", status=401),
-        NotAuthorised("other endpoint", method="POST", url="/x", status=403),
+        fail_error(404),
+        fail_error(409),
+        OperationRefused("the Exchange answered false", method="PUT",
+                         url="/v1/jobs/1/status/fail", status=200),
     ],
+    ids=["404", "409", "false"],
 )
-def test_a_refused_key_never_fails_a_job(tmp_path: Path, error: Exception) -> None:
-    client = FakeClient(upload_errors=[error])
-    deliverer, journal, file_id = setup(tmp_path, VALID, ["1"], client, max_attempts=1)
-    result = deliverer.deliver(row(journal, file_id), {})
-    assert result.verdict is Verdict.RETRY and not result.counts_as_attempt
-    assert states(journal, file_id) == {"1": "assigned"}
-    assert not any(c[0] == "fail" for c in client.calls)
+def test_a_job_that_cannot_be_failed_is_gone_and_the_file_still_rejected(
+    tmp_path: Path, error: ExchangeError
+) -> None:
+    client = FakeClient(fail_errors=[error])
+    rig = make(tmp_path, client, content=INVALID, jobs=("1", "2"))
+    result = rig.deliver()
+    assert result.verdict is Verdict.REJECTED
+    assert client.failed == ["1", "2"]
+    assert rig.states() == {"1": GONE, "2": REJECTED}
+
+
+# --- 9. resuming after a crash --------------------------------------------------------------------
+
+
+def test_an_upload_cut_by_a_crash_is_settled_by_the_jobs_status(tmp_path: Path) -> None:
+    client = FakeClient(statuses={"1": JobStatus.RUNNING})
+    rig = make(tmp_path, client)
+    rig.journal.validated(rig.file_id, size=len(VALID), sha256=sha256(VALID))
+    rig.journal.upload_started(rig.file_id, "1")  # then the process died
+    result = rig.deliver()  # the job list of before the crash still shows it waiting
+    assert result.verdict is Verdict.DELIVERED
+    assert client.status_asks == ["1"]
+    assert client.uploads == [], "the job has the data: a second upload would duplicate it"
+    assert rig.states() == {"1": UPLOADED}
+    [delivery] = rig.journal.deliveries(rig.file_id)
+    assert delivery.sha256 == sha256(VALID)
+
+
+def test_an_upload_cut_by_a_crash_to_a_waiting_job_is_sent_again(tmp_path: Path) -> None:
+    client = FakeClient()
+    rig = make(tmp_path, client)
+    rig.journal.upload_started(rig.file_id, "1")
+    result = rig.deliver()
+    assert result.verdict is Verdict.DELIVERED
+    assert client.status_asks == ["1"]
+    assert client.uploaded_to == ["1"]
+    assert rig.states() == {"1": UPLOADED}
+
+
+# --- 10. giving up --------------------------------------------------------------------------------
+
+
+def test_repeated_server_errors_fail_the_jobs_after_max_attempts(tmp_path: Path) -> None:
+    client = FakeClient(upload_errors=[http_error(500) for _ in range(3)])
+    rig = make(tmp_path, client, jobs=("1", "2"), max_attempts=3)
+    for _ in range(2):
+        result = rig.deliver()
+        assert result.verdict is Verdict.RETRY and result.counts_as_attempt
+        assert client.fails == []
+        rig.retry_later(result)
+    last = rig.deliver()
+    assert last.verdict is Verdict.REJECTED
+    assert last.reason is not None and "upload failed 3 times" in last.reason
+    assert client.failed == ["1", "2"]
+    assert all("upload failed 3 times" in message for _, message in client.fails)
+    assert rig.states() == {"1": REJECTED, "2": REJECTED}
+    assert client.uploaded_to == ["1", "1", "1"]

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import os
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -16,12 +21,17 @@ from pushagent.validator import CSVReport, missing_columns, validate_csv
 CHUNK_SIZES = (1, 2, 3, 7, 64, 4 * 1024 * 1024)
 
 
-def check(tmp_path: Path, data: bytes, **options: int) -> CSVReport:
+def check(
+    tmp_path: Path, data: bytes, *, max_bytes: int | None = None, max_problems: int = 10
+) -> CSVReport:
     """Validate ``data`` at every chunk size; all must agree (but on how much was read before
     stopping early), and the first report is returned."""
     path = tmp_path / "segment.csv"
     path.write_bytes(data)
-    reports = [validate_csv(path, chunk_size=size, **options) for size in CHUNK_SIZES]
+    reports = [
+        validate_csv(path, chunk_size=size, max_bytes=max_bytes, max_problems=max_problems)
+        for size in CHUNK_SIZES
+    ]
     stopped_early = reports[0].problems[-1:] == ("... and more",)
     for report in reports[1:]:
         assert (report.header, report.problems) == (reports[0].header, reports[0].problems)
@@ -208,9 +218,11 @@ def test_zero_means_no_size_limit(tmp_path: Path) -> None:
 def test_size_limit_is_checked_while_reading() -> None:
     """A file that grew after it was measured: the bytes read count, not the size first seen."""
     problems = validator._Problems(10)
-    read = validator._scan(io.BytesIO(b"a,b\n1,2\n" * 100), validator._Scanner(problems),
-                           problems, limit=64, chunk_size=16)
+    read, whole = validator._scan(io.BytesIO(b"a,b\n1,2\n" * 100), validator._Scanner(problems),
+                                  problems, limit=64, chunk_size=16,
+                                  digest_update=hashlib.sha256().update)
     assert read > 64
+    assert not whole
     assert problems.render() == (
         "the file grew past the size limit of 64 bytes while it was being read",
     )
@@ -330,3 +342,128 @@ def test_missing_columns_is_empty_when_all_are_present() -> None:
     assert missing_columns(("a",), ("b",)) == [
         "line 1: column 'b' required by the job's mappings is missing from the header"
     ]
+
+
+# --- the snapshot an upload must match ------------------------------------------------------------
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("chunk_size", CHUNK_SIZES)
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"\xef\xbb\xbfEmail,name\na@x.com,Ann\n", id="bom-is-hashed"),
+        pytest.param(b"Email,name\na@x.com\nb@x.com,Bob\n", id="invalid-but-read-to-the-end"),
+        pytest.param(b"", id="empty"),
+    ],
+)
+def test_report_holds_the_digest_size_and_mtime_of_the_bytes_read(
+    tmp_path: Path, data: bytes, chunk_size: int
+) -> None:
+    path = tmp_path / "segment.csv"
+    path.write_bytes(data)
+    os.utime(path, ns=(1_700_000_000_123_456_789, 1_700_000_000_123_456_789))
+
+    report = validate_csv(path, chunk_size=chunk_size)
+
+    assert report.sha256 == sha256(data)
+    assert (report.size, report.bytes) == (len(data), len(data))
+    assert report.mtime_ns == path.stat().st_mtime_ns
+    assert report.changed is None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"Email\na@x.com\0\nb@x.com\n", id="nul"),
+        pytest.param(b"a,b\n" + b"1\n" * 20, id="too-many-problems"),
+    ],
+)
+def test_validation_that_stopped_early_has_no_digest(tmp_path: Path, data: bytes) -> None:
+    report = check(tmp_path, data, max_problems=3)
+
+    assert not report.ok
+    assert report.sha256 is None
+    assert report.size == len(data)
+    assert report.changed is None
+
+
+def test_a_file_refused_by_its_size_has_no_digest(tmp_path: Path) -> None:
+    report = check(tmp_path, b"a,b\n1,2\n" * 200, max_bytes=1024)
+
+    assert (report.sha256, report.bytes, report.size, report.changed) == (None, 0, 1600, None)
+
+
+class DropperStillWriting:
+    """os.fstat for validate_csv, calling ``write`` right after the first answer (at open), as a
+    dropper that renamed the file before it finished writing it."""
+
+    def __init__(self, write: Callable[[], None]) -> None:
+        self._write = write
+        self.calls = 0
+
+    def __call__(self, fd: int) -> os.stat_result:
+        answer = os.fstat(fd)
+        self.calls += 1
+        if self.calls == 1:
+            self._write()
+        return answer
+
+
+def test_a_file_that_grew_while_read_is_reported_changed(tmp_path: Path) -> None:
+    path = tmp_path / "segment.csv"
+    path.write_bytes(b"Email\na@x.com\n")
+
+    def append() -> None:
+        with path.open("ab") as out:
+            out.write(b"b@x.com\n\0")
+
+    fstat = DropperStillWriting(append)
+    report = validate_csv(path, chunk_size=4, fstat=fstat)
+
+    assert fstat.calls == 2
+    assert report.size == 14
+    assert report.sha256 is None  # the NUL written late stopped it
+    assert report.changed == (
+        "the file changed while it was read (size 14 -> 23 bytes); the dropper must finish "
+        "writing before renaming it into the drop folder"
+    )
+
+
+def test_a_file_rewritten_at_the_same_size_is_reported_changed(tmp_path: Path) -> None:
+    path = tmp_path / "segment.csv"
+    path.write_bytes(b"Email\na@x.com\n")
+    opened_at = path.stat().st_mtime_ns
+
+    def rewrite() -> None:
+        path.write_bytes(b"Email\nb@x.com\n")
+        os.utime(path, ns=(opened_at + 10**9, opened_at + 10**9))
+
+    report = validate_csv(path, fstat=DropperStillWriting(rewrite))
+
+    assert report.mtime_ns == opened_at
+    assert report.changed is not None
+    assert "(rewritten at the same size of 14 bytes)" in report.changed
+
+
+@dataclass(frozen=True)
+class Stat:
+    st_size: int
+    st_mtime_ns: int
+
+
+def test_more_bytes_read_than_the_size_at_open_is_reported_changed(tmp_path: Path) -> None:
+    """Size and mtime alike before and after, yet the read found other bytes than measured."""
+    path = tmp_path / "segment.csv"
+    path.write_bytes(b"Email\na@x.com\n")
+
+    def fstat(fd: int) -> os.stat_result:
+        return cast(os.stat_result, Stat(st_size=10, st_mtime_ns=os.fstat(fd).st_mtime_ns))
+
+    report = validate_csv(path, fstat=fstat)
+
+    assert report.changed is not None
+    assert "(14 bytes read from a file of 10 bytes)" in report.changed

@@ -12,9 +12,12 @@ from loguru import logger
 
 from pushagent.agent import Agent
 from pushagent.config import load_config
+from pushagent.droplock import DropFolderLock
 from pushagent.env import Environment
 from pushagent.health import HealthServer
 from pushagent.journal import Journal, StateLock
+from pushagent.lifecycle import PENDING
+from pushagent.names import printable
 from pushagent.runtime import build_client, configure_logging
 
 
@@ -25,8 +28,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description=(
             "Watch the drop folder and upload each complete CSV file to the SEGMENT_EXPORT jobs "
             "waiting for its segment, or fail those jobs with the reason. Runs until SIGTERM or "
-            "SIGINT (a second signal stops at once). Exit codes: 0 ok, 1 a file failed (--once), "
-            "2 configuration or usage error."
+            "SIGINT (a second signal stops at once). Exit codes with --once: 0 ok, 1 a file "
+            "failed or is left retrying (Exchange unreachable, key refused), 2 configuration or "
+            "usage error, 3 the key was refused at the first call."
         ),
     )
     parser.add_argument("-c", "--config", type=Path, required=True, help="the agent's YAML file")
@@ -43,6 +47,12 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     configure_logging(config, env=env, verbosity=args.verbose)
     lock = StateLock(config.state_dir)
     lock.acquire()
+    drop_lock = DropFolderLock(config.folders.drop, state_dir=config.state_dir)
+    try:
+        drop_lock.acquire()
+    except BaseException:
+        lock.release()
+        raise
     journal = Journal.for_state_dir(config.state_dir)
     health: HealthServer | None = None
     try:
@@ -72,6 +82,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         if health is not None:
             health.stop()
         journal.close()
+        drop_lock.release()
         lock.release()
 
 
@@ -85,11 +96,12 @@ def _stop_on_signals(agent: Agent) -> None:
 
 
 def _print_summary(agent: Agent, journal: Journal, env: Environment) -> None:
+    """Every file that finished in this run, then every file still pending, with its reason."""
     out = env.stdout
     for name in agent.outcomes.done:
-        print(f"done     {name}", file=out)
-    for row in journal.recently_finished(limit=len(agent.outcomes.failed) or 1):
-        if row.state == "failed" and row.rel_path in agent.outcomes.failed:
-            print(f"failed   {row.rel_path}: {row.reason}", file=out)
-    for row in journal.files("waiting", "claimed"):
-        print(f"pending  {row.rel_path}: {row.reason}", file=out)
+        print(f"done     {printable(name)}", file=out)
+    for name, reason in agent.outcomes.failed:
+        print(f"failed   {printable(name)}: {printable(reason)}", file=out)
+    for row in journal.files(*PENDING):
+        print(f"pending  {printable(row.rel_path)}: {printable(row.reason or row.state.value)}",
+              file=out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fcntl
+import json
 import os
 import sqlite3
 import time
@@ -18,8 +19,9 @@ from typing import Any
 
 from pushagent.config import load_config
 from pushagent.env import Environment
-from pushagent.errors import ConfigError, PushAgentError
+from pushagent.errors import ConfigError, JournalUnavailable, PushAgentError
 from pushagent.journal import DeliveryRow, FileRow, Journal, StateLock
+from pushagent.lifecycle import PENDING, DeliveryState, FileState
 from pushagent.output import (
     add_json_flag,
     format_age,
@@ -28,8 +30,6 @@ from pushagent.output import (
     print_json,
     print_table,
 )
-
-PENDING_STATES = ("settling", "waiting", "claimed")
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class Snapshot:
     pending: list[tuple[FileRow, list[DeliveryRow]]]
     in_flight: list[tuple[FileRow, list[DeliveryRow]]]
     recent: list[FileRow]
+    idle_jobs: list[dict[str, Any]]
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -111,15 +112,16 @@ def read_snapshot(state_dir: Path, *, recent: int) -> Snapshot:
     holder = lock_holder(StateLock(state_dir).path)
     try:
         journal = Journal.for_state_dir(state_dir)
-    except sqlite3.Error as error:
+    except JournalUnavailable as error:
         raise PushAgentError(
             f"{state_dir}: cannot open the journal ({error}); run status as the agent's user"
         ) from error
     try:
-        rows = [(row, journal.deliveries(row.id)) for row in journal.files(*PENDING_STATES)]
+        rows = [(row, journal.deliveries(row.id)) for row in journal.files(*PENDING)]
         last = journal.meta("last_contact")
+        idle_jobs = json.loads(journal.meta("jobs_without_file") or "[]")
         finished = journal.recently_finished(limit=recent) if recent else []
-    except sqlite3.Error as error:
+    except (sqlite3.Error, JournalUnavailable) as error:
         raise PushAgentError(f"{state_dir}: cannot read the journal ({error})") from error
     finally:
         journal.close()
@@ -128,18 +130,21 @@ def read_snapshot(state_dir: Path, *, recent: int) -> Snapshot:
     return Snapshot(
         state_dir=state_dir, agent=holder,
         last_contact=float(last) if last is not None else None,
-        pending=pending, in_flight=in_flight, recent=finished,
+        pending=pending, in_flight=in_flight, recent=finished, idle_jobs=idle_jobs,
     )
 
 
 def _uploading(deliveries: list[DeliveryRow]) -> bool:
-    return any(delivery.state == "uploading" for delivery in deliveries)
+    return any(delivery.state is DeliveryState.UPLOADING for delivery in deliveries)
 
 
 def _file_json(row: FileRow, deliveries: list[DeliveryRow] | None = None) -> dict[str, Any]:
-    data = dataclasses.asdict(row)
+    data = {**dataclasses.asdict(row), "state": row.state.value}
     if deliveries is not None:
-        data["deliveries"] = [dataclasses.asdict(delivery) for delivery in deliveries]
+        data["deliveries"] = [
+            {**dataclasses.asdict(delivery), "state": delivery.state.value}
+            for delivery in deliveries
+        ]
     return data
 
 
@@ -153,11 +158,12 @@ def as_json(snapshot: Snapshot, *, now: float) -> dict[str, Any]:
         "pending": [_file_json(row, deliveries) for row, deliveries in snapshot.pending],
         "in_flight": [_file_json(row, deliveries) for row, deliveries in snapshot.in_flight],
         "recent": [_file_json(row) for row in snapshot.recent],
+        "jobs_without_file": snapshot.idle_jobs,
     }
 
 
 def _jobs(deliveries: list[DeliveryRow]) -> str:
-    return ", ".join(f"{d.job_id} ({d.state})" for d in deliveries) or "-"
+    return ", ".join(f"{d.job_id} ({d.state.value})" for d in deliveries) or "-"
 
 
 def _next_attempt(row: FileRow, now: float) -> str | None:
@@ -186,7 +192,7 @@ def render(snapshot: Snapshot, env: Environment, *, now: float) -> None:
     print_table(
         ("STATE", "FILE", "SEGMENT", "SIZE", "SEEN", "ATTEMPTS", "NEXT", "JOBS", "REASON"),
         [
-            (row.state, row.rel_path, row.segment,
+            (row.state.value, row.rel_path, row.segment,
              format_bytes(row.size) if row.size else None, f"{format_age(now - row.seen_at)} ago",
              row.attempts, _next_attempt(row, now), _jobs(deliveries), row.reason)
             for row, deliveries in snapshot.pending
@@ -205,13 +211,21 @@ def render(snapshot: Snapshot, env: Environment, *, now: float) -> None:
         out, empty="(none)",
     )
 
+    print(f"\njobs waiting with no file ({len(snapshot.idle_jobs)}):", file=out)
+    print_table(
+        ("JOB", "SEGMENT", "WAITING FOR"),
+        [(job["job_id"], job["segment"], format_age(now - job["since"]))
+         for job in snapshot.idle_jobs],
+        out, empty="(none)",
+    )
+
     print(f"\nrecently finished ({len(snapshot.recent)}):", file=out)
     print_table(
         ("STATE", "FILE", "FINISHED", "NOW AT", "REASON"),
         [
-            (row.state, row.rel_path,
+            (row.state.value, row.rel_path,
              f"{format_age(now - row.finished_at)} ago" if row.finished_at else None,
-             row.final_path, row.reason if row.state == "failed" else None)
+             row.final_path, row.reason if row.state is FileState.FAILED else None)
             for row in snapshot.recent
         ],
         out, empty="(none)",
@@ -219,5 +233,8 @@ def render(snapshot: Snapshot, env: Environment, *, now: float) -> None:
 
 
 def _uploading_for(deliveries: list[DeliveryRow], now: float) -> str | None:
-    started = [d.started_at for d in deliveries if d.state == "uploading" and d.started_at]
+    started = [
+        d.started_at for d in deliveries
+        if d.state is DeliveryState.UPLOADING and d.started_at
+    ]
     return format_age(now - min(started)) if started else None

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from pushagent.exchange.client import ExchangeClient, parse_retry_after
-from pushagent.exchange.models import Job, JobCategory, JobStatus, ScheduledJob, UploadResult
+from pushagent.exchange.models import (
+    ExpectedBody,
+    Job,
+    JobCategory,
+    JobStatus,
+    ScheduledJob,
+    UploadResult,
+)
 from pushagent.exchange.retry import RetryPolicy
 
 __all__ = [
     "ExchangeClient",
+    "ExpectedBody",
     "Job",
     "JobCategory",
     "JobStatus",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import hashlib
 import ipaddress
 import json
 import math
@@ -44,12 +45,21 @@ from pushagent.errors import (
     NotAuthorised,
     NotFound,
     OperationRefused,
-    PushAgentError,
     RateLimited,
+    Refused,
+    RetryLater,
     ServerError,
+    SourceChanged,
     UnexpectedResponse,
 )
-from pushagent.exchange.models import Job, JobCategory, JobStatus, ScheduledJob, UploadResult
+from pushagent.exchange.models import (
+    ExpectedBody,
+    Job,
+    JobCategory,
+    JobStatus,
+    ScheduledJob,
+    UploadResult,
+)
 from pushagent.exchange.retry import RetryPolicy, build_retrying
 
 T = TypeVar("T")
@@ -60,6 +70,9 @@ JSON_ACCEPT = "application/json"
 ANY_ACCEPT = "*/*"
 DOWNLOAD_CHUNK = 1 << 20
 UPLOAD_CHUNK = 1 << 20
+# An exact upload holds back at least this much of its end until every byte is known to be the
+# validated one: a request cut off before its last bytes is never an accepted upload.
+FINAL_BLOCK = 64 * 1024
 RESPONSE_TEXT_LIMIT = 64 * 1024
 SERVER_MESSAGE_CHARS = 200
 FAIL_MESSAGE_LIMIT = 1000
@@ -82,9 +95,23 @@ _STATUS_ERRORS: dict[int, tuple[type[ExchangeError], str]] = {
         "the key may not access this endpoint or job; use the account-level key or this "
         "endpoint's own key, and check the endpoint is activated in the Exchange UI",
     ),
-    404: (NotFound, "the job or file is unknown to the Exchange; check the id with list_jobs"),
+    404: (
+        NotFound,
+        "the job or file is unknown to the Exchange; check the id with "
+        "`pushagent jobs list <category>`",
+    ),
+    408: (RetryLater, "the Exchange gave up waiting for the request; it can be sent again"),
+    409: (
+        Conflict,
+        "the job's current state refuses the request (is it still waiting for data?); check it "
+        "with `pushagent jobs show <category> <id>`",
+    ),
+    413: (Refused, "the Exchange refused the body as too large"),
+    415: (Refused, "the Exchange refused the content type; check upload.content_type"),
+    425: (RetryLater, "the Exchange asks for the request again later (too early)"),
     429: (RateLimited, "the Exchange is rate limiting this key; slow down"),
 }
+DROPPER_HINT = "the dropper must finish writing before renaming it into the drop folder"
 
 
 # --- small pure helpers ---------------------------------------------------------------------
@@ -276,22 +303,32 @@ def _is_seekable(stream: Any) -> bool:
 # --- upload bodies --------------------------------------------------------------------------
 
 
-class _SourceShrank(Exception):
-    """The file ended before the length announced in Content-Length (it shrank mid-upload).
+class _BodyChanged(Exception):
+    """The source changed while it was being sent; ``detail`` says how.
 
-    Deliberately not an OSError: urllib3 would wrap that into a connection error, which is
-    retried as if the Exchange were unreachable.
+    Raised from the body's ``read``, it aborts the request with the body incomplete. Deliberately
+    not an OSError: urllib3 would wrap that into a connection error, which is retried as if the
+    Exchange were unreachable.
     """
 
-    def __init__(self, expected: int, sent: int) -> None:
-        super().__init__(f"expected {expected} bytes, the file ended after {sent}")
-        self.expected = expected
-        self.sent = sent
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+def _stat_change(expected: ExpectedBody, now: os.stat_result) -> str | None:
+    """How the file differs from what was validated, by its size and mtime; None: it does not."""
+    if now.st_size != expected.size:
+        return f"size {expected.size} -> {now.st_size} bytes"
+    if expected.mtime_ns is not None and now.st_mtime_ns != expected.mtime_ns:
+        return f"rewritten at the same size of {expected.size} bytes"
+    return None
 
 
 class _SizedBody:
     """A read-only body of known length: requests sends Content-Length from ``__len__`` and
-    urllib3 pulls it block by block, so the file is never held in memory.
+    urllib3 pulls it block by block, so the file is never held in memory. ``sha256`` is the
+    digest of the bytes read so far.
 
     No ``__iter__`` and no ``tell`` on purpose: either would make requests treat it differently
     (chunked transfer, or a length measured from the current position).
@@ -301,10 +338,16 @@ class _SizedBody:
         self._stream = stream
         self._length = length
         self._progress = progress
+        self._digest = hashlib.sha256()
+        self._pulled = 0
         self.sent = 0
 
     def __len__(self) -> int:
         return self._length
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
@@ -313,15 +356,69 @@ class _SizedBody:
         if remaining <= 0:
             # A file that grew since it was measured: the announced length is what gets sent.
             return b""
-        data = self._stream.read(min(size, remaining))
+        return self._count(self._pull(min(size, remaining)))
+
+    def _pull(self, size: int) -> bytes:
+        """Up to ``size`` bytes from the stream, hashed; a stream that ended early aborts."""
+        data = self._stream.read(size)
         if isinstance(data, str):
             raise TypeError("upload_data needs a binary stream; open the file with 'rb'")
         if not data:
-            raise _SourceShrank(self._length, self.sent)
+            raise _BodyChanged(
+                f"expected {self._length} bytes, the file ended after {self._pulled}"
+            )
+        self._pulled += len(data)
+        self._digest.update(data)
+        return data
+
+    def _count(self, data: bytes) -> bytes:
         self.sent += len(data)
         if self._progress is not None:
             self._progress(self.sent)
         return data
+
+
+class _ExactBody(_SizedBody):
+    """Exactly the validated bytes, or an aborted request.
+
+    The final block (``FINAL_BLOCK``, or the whole of a smaller body) is read ahead and held back
+    until the digest of all ``expected.size`` bytes is ``expected.sha256`` and the file still has
+    the validated size and mtime. Otherwise ``read`` raises and the request ends with its body
+    incomplete, which no server accepts as an upload.
+    """
+
+    def __init__(self, stream: BinaryIO, expected: ExpectedBody, progress: Progress | None) -> None:
+        super().__init__(stream, expected.size, progress)
+        self._expected = expected
+        self._final_start = expected.size - min(expected.size, FINAL_BLOCK)
+        self._final: bytes | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(UPLOAD_CHUNK), b""))
+        if self.sent < self._final_start:
+            return self._count(self._pull(min(size, self._final_start - self.sent)))
+        if self._final is None:
+            self._final = self._pull_final()
+        offset = self.sent - self._final_start
+        if offset >= len(self._final):
+            return b""
+        return self._count(self._final[offset : offset + size])
+
+    def _pull_final(self) -> bytes:
+        pieces: list[bytes] = []
+        while self._pulled < self._length:
+            pieces.append(self._pull(self._length - self._pulled))
+        self.verify()
+        return b"".join(pieces)
+
+    def verify(self) -> None:
+        """Raise _BodyChanged unless the bytes read are the validated ones, in the same file."""
+        change = _stat_change(self._expected, os.fstat(self._stream.fileno()))
+        if change is None and self.sha256 != self._expected.sha256:
+            change = f"the same size of {self._expected.size} bytes, but other bytes"
+        if change is not None:
+            raise _BodyChanged(change)
 
 
 class _ChunkedBody:
@@ -330,7 +427,12 @@ class _ChunkedBody:
     def __init__(self, stream: BinaryIO, progress: Progress | None) -> None:
         self._stream = stream
         self._progress = progress
+        self._digest = hashlib.sha256()
         self.sent = 0
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
 
     def __iter__(self) -> Iterator[bytes]:
         while True:
@@ -339,6 +441,7 @@ class _ChunkedBody:
                 raise TypeError("upload_data needs a binary stream; open the file with 'rb'")
             if not data:
                 return
+            self._digest.update(data)
             self.sent += len(data)
             if self._progress is not None:
                 self._progress(self.sent)
@@ -363,6 +466,10 @@ class _UploadSource:
             raise TypeError(
                 f"upload source must be a path or a binary file object, got {type(source).__name__}"
             )
+
+    @property
+    def is_path(self) -> bool:
+        return self._path is not None
 
     @contextlib.contextmanager
     def open(self) -> Iterator[tuple[BinaryIO, int | None]]:
@@ -502,6 +609,7 @@ class ExchangeClient:
         content_type: str = "text/csv",
         retry: bool = True,
         progress: Progress | None = None,
+        expected: ExpectedBody | None = None,
     ) -> UploadResult:
         """POST the file as the job's data, streamed from disk.
 
@@ -510,30 +618,48 @@ class ExchangeClient:
         ``progress`` gets the bytes sent so far in the current attempt. ``retry=False`` means
         exactly one attempt (a POST is not idempotent; the agent checks the job status itself).
         An exception raised by ``progress`` aborts the upload and propagates.
+
+        With ``expected`` (the source must then be a path) exactly the validated bytes are sent,
+        or the upload never completes: SourceChanged is raised before anything is sent when the
+        file's size or mtime differ from ``expected``, and from inside the upload, aborted
+        before its final block (``FINAL_BLOCK``), when the bytes read are not the expected ones
+        or the file changed meanwhile. A file that shrinks while a body of announced length is
+        being sent raises SourceChanged too. A transport failure after body bytes left raises
+        ExchangeUnavailable with ``body_sent`` True: the upload may have arrived.
         """
         path = f"/v1/jobs/{_segment(job_id, 'job_id')}/data"
         if not content_type.strip() or "\r" in content_type or "\n" in content_type:
             raise ValueError(f"invalid content_type {content_type!r}")
         body = _UploadSource(source)
+        if expected is not None and not body.is_path:
+            raise TypeError("upload_data(expected=...) needs a path: the file is checked as opened")
         if retry and not body.repeatable:
             logger.debug("POST {}: the source cannot be rewound, so one attempt only", path)
 
         def attempt() -> UploadResult:
             with body.open() as (stream, length):
-                sender = (
-                    _ChunkedBody(stream, progress)
-                    if length is None
-                    else _SizedBody(stream, length, progress)
-                )
+                sender: _SizedBody | _ChunkedBody
+                if expected is not None:
+                    change = _stat_change(expected, os.fstat(stream.fileno()))
+                    if change is not None:
+                        raise SourceChanged(
+                            body.name,
+                            f"changed after it was validated ({change}); {DROPPER_HINT}; "
+                            "nothing was sent",
+                        )
+                    sender = _ExactBody(stream, expected, progress)
+                elif length is None:
+                    sender = _ChunkedBody(stream, progress)
+                else:
+                    sender = _SizedBody(stream, length, progress)
                 try:
+                    if isinstance(sender, _ExactBody) and len(sender) == 0:
+                        sender.verify()  # an empty body is never read, so never checked
                     response = self._send(
                         "POST", path, data=sender, content_type=content_type, accept=ANY_ACCEPT
                     )
-                except _SourceShrank as e:
-                    raise PushAgentError(
-                        f"{body.name}: {e} while POST {path} was sending it; the upload was "
-                        "aborted, retry once the file is no longer being written"
-                    ) from e
+                except _BodyChanged as e:
+                    raise self._source_changed(body.name, path, e.detail, exact=expected) from e
                 with response:
                     text = _read_limited(response).decode("utf-8", errors="replace")
                 return UploadResult(
@@ -541,9 +667,26 @@ class ExchangeClient:
                     bytes_sent=sender.sent,
                     status_code=response.status_code,
                     response_text=text,
+                    sha256=sender.sha256,
                 )
 
         return self._call(attempt, retry=retry and body.repeatable)
+
+    @staticmethod
+    def _source_changed(
+        name: str, path: str, detail: str, *, exact: ExpectedBody | None
+    ) -> SourceChanged:
+        if exact is None:
+            return SourceChanged(
+                name,
+                f"{detail} while POST {path} was sending it; the upload was aborted, retry once "
+                "the file is no longer being written",
+            )
+        return SourceChanged(
+            name,
+            f"changed after it was validated ({detail}); {DROPPER_HINT}; POST {path} was aborted "
+            "before its last bytes, so the Exchange did not take the upload",
+        )
 
     def fail_job(self, job_id: int | str, error_message: str) -> None:
         """Move a waiting job to ERROR with ``error_message`` (one line, <= 1000 characters).
@@ -665,7 +808,9 @@ class ExchangeClient:
                 allow_redirects=False,
             )
         except requests.RequestException as e:
-            raise self._transport_error(method, path, e) from e
+            # An upload body counts what it handed to the transport.
+            sent = getattr(data, "sent", 0)
+            raise self._transport_error(method, path, e, body_sent=sent) from e
         logger.debug(
             "{} {} -> HTTP {} in {:.2f} s",
             method,
@@ -678,7 +823,10 @@ class ExchangeClient:
         with response:
             raise self._http_error(method, path, response)
 
-    def _transport_error(self, method: str, path: str, error: Exception) -> ExchangeError:
+    def _transport_error(
+        self, method: str, path: str, error: Exception, *, body_sent: int = 0
+    ) -> ExchangeError:
+        """``body_sent``: request body bytes that had left when ``error`` happened."""
         connect_timeout, read_timeout = self._timeout
         exceptions = requests.exceptions
         if isinstance(error, exceptions.SSLError):
@@ -709,10 +857,16 @@ class ExchangeClient:
                 method=method,
                 url=path,
             )
+        if body_sent:
+            what += (
+                f"; {body_sent} bytes of the body had been sent, so it may have arrived: check "
+                "the job's status before sending it again"
+            )
         return ExchangeUnavailable(
             f"{what} [{type(error).__name__}: {_clean(str(error), 300)}]",
             method=method,
             url=path,
+            body_sent=body_sent > 0,
         )
 
     def _http_error(self, method: str, path: str, response: requests.Response) -> ExchangeError:
@@ -724,24 +878,26 @@ class ExchangeClient:
         elif 500 <= status <= 599:
             error_class = ServerError
             message = (
-                "the Exchange failed; 500/502/503/504 are retried, contact Acoustic support "
-                "if it persists"
+                "the Exchange failed (worth trying again later); contact Acoustic support if "
+                "it persists"
             )
         elif 400 <= status <= 499:
-            error_class = Conflict
-            message = (
-                "the Exchange refused the request in the job's current state; check the job's "
-                "status with get_job"
-            )
-        else:
+            error_class = Refused
+            message = "the Exchange refused the request; sending it again will not change that"
+        elif 300 <= status <= 399:
+            # Not followed: the key must not travel to another address, and a redirect does not
+            # fix itself within seconds (it is never retried inside the client).
             error_class = UnexpectedResponse
             location = _clean(response.headers.get("Location", ""), 200)
             message = (
-                f"unexpected HTTP status (redirect to {location!r}); set the base URL to the "
-                "final address"
+                f"the Exchange answered with a redirect to {location!r}, which is not followed; "
+                "set the base URL to the final address"
                 if location
-                else "unexpected HTTP status"
+                else "the Exchange answered with a redirect but no Location; check the base URL"
             )
+        else:
+            error_class = UnexpectedResponse
+            message = "unexpected HTTP status"
         if retry_after is not None:
             message += f"; retry after {retry_after:g} s"
         return error_class(

@@ -52,6 +52,7 @@ class JobStatus(str, Enum):
 
 
 _INT_TEXT = re.compile(r"[+-]?\d+")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _EXACT_FLOAT_LIMIT = 2**53
 
 
@@ -277,8 +278,27 @@ class ScheduledJob:
 
 
 @dataclass(frozen=True)
+class ExpectedBody:
+    """The bytes an upload must send, as validation saw them: ``size`` bytes whose SHA-256 is
+    ``sha256`` (hex), in a file last modified at ``mtime_ns`` (None: not checked)."""
+
+    size: int
+    sha256: str
+    mtime_ns: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            raise ValueError(f"ExpectedBody.size must be >= 0, got {self.size}")
+        if not _SHA256_HEX.fullmatch(self.sha256):
+            raise ValueError("ExpectedBody.sha256 must be 64 lowercase hex digits")
+
+
+@dataclass(frozen=True)
 class UploadResult:
+    """``sha256`` is the hex digest of exactly the bytes sent."""
+
     job_id: int | str
     bytes_sent: int
     status_code: int
     response_text: str
+    sha256: str

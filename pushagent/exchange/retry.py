@@ -1,10 +1,12 @@
-"""When and how long to retry a call to the Exchange: one tenacity.Retrying built from small parts.
+"""When and how long to retry a call to the Exchange: one tenacity.Retrying built from small parts,
+and ``backoff``, the one doubling delay every retry schedule of pushagent uses.
 
-Only errors that say so (``.retryable``) are retried, and of the 5xx family only the gateway-ish
-500/502/503/504. The wait is exponential with jitter, capped by ``max_backoff``, unless the server
-sent Retry-After, which is honoured as given. The time budget counts the time already spent plus
-the coming sleep, so a Retry-After longer than what is left ends the retries at once and the caller
-gets the RateLimited (with its ``retry_after``) to schedule the work itself.
+What is retried follows the one table in outcome.py: an error whose outcome is RETRY (unreachable
+before any body byte left, every 5xx, 408, 425, 429), except redirects. The wait is exponential
+with jitter, capped by ``max_backoff``, unless the server sent Retry-After, which is honoured as
+given. The time budget counts the time already spent plus the coming sleep, so a Retry-After
+longer than what is left ends the retries at once and the caller gets the RateLimited (with its
+``retry_after``) to schedule the work itself.
 """
 
 from __future__ import annotations
@@ -18,12 +20,18 @@ from loguru import logger
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from pushagent.errors import ExchangeError, ServerError
+from pushagent.errors import ExchangeError
+from pushagent.exchange.outcome import Outcome, classify, is_redirect
 
-RETRYABLE_SERVER_STATUSES = frozenset({500, 502, 503, 504})
-
-# initial_backoff * 2**64 is beyond any sane max_backoff; larger exponents only risk OverflowError.
+# initial * 2**64 is beyond any sane cap; larger exponents only risk OverflowError.
 _MAX_EXPONENT = 64
+
+
+def backoff(streak: int, *, initial: float, cap: float) -> float:
+    """``initial`` doubled per failure in a row after the first, at most ``cap``: 1 -> initial,
+    2 -> 2 * initial... A streak below 1 counts as 1; any streak, however long, is safe."""
+    exponent = min(max(streak, 1) - 1, _MAX_EXPONENT)
+    return float(min(cap, initial * 2**exponent))
 
 
 @dataclass(frozen=True)
@@ -45,16 +53,16 @@ class RetryPolicy:
 
 
 def is_retryable(error: BaseException) -> bool:
-    """True for transient Exchange errors: unreachable, 429, and 500/502/503/504."""
-    if not isinstance(error, ExchangeError) or not error.retryable:
+    """Whether the client itself tries the call again: the table says RETRY, and it is not a
+    redirect. A redirect is "try later" for the caller (someone must fix the base URL or the
+    server), but it does not fix itself within the seconds of in-client retries."""
+    if not isinstance(error, ExchangeError) or is_redirect(error):
         return False
-    if isinstance(error, ServerError):
-        return error.status in RETRYABLE_SERVER_STATUSES
-    return True
+    return classify(error) is Outcome.RETRY
 
 
 class wait_backoff_or_retry_after(wait_base):
-    """Retry-After when the error carries one, else min(max, initial * 2**(n-1) + U(0, jitter))."""
+    """Retry-After when the error carries one, else min(max, backoff(n) + U(0, jitter))."""
 
     def __init__(
         self, policy: RetryPolicy, *, uniform: Callable[[float, float], float] = random.uniform
@@ -67,9 +75,11 @@ class wait_backoff_or_retry_after(wait_base):
         retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
             return max(0.0, float(retry_after))
-        exponent = min(retry_state.attempt_number - 1, _MAX_EXPONENT)
-        delay = self._policy.initial_backoff * 2**exponent + self._uniform(0, self._policy.jitter)
-        return min(self._policy.max_backoff, delay)
+        policy = self._policy
+        delay = backoff(
+            retry_state.attempt_number, initial=policy.initial_backoff, cap=policy.max_backoff
+        )
+        return min(policy.max_backoff, delay + self._uniform(0, policy.jitter))
 
 
 class stop_when_budget_spent(stop_base):

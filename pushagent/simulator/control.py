@@ -18,7 +18,8 @@ Routes (JSON in and out; errors are {"message": ...} with 400 or 404):
                                               content_type, time}]
   GET    /_sim/uploads/{id}/{n}/data     -> the raw bytes of upload n (0-based)
   GET    /_sim/faults                    -> [fault, ...]
-  POST   /_sim/faults          {method, path, count, status, retry_after, delay, drop, body}
+  POST   /_sim/faults          {method, path, count, status, retry_after, delay, drop,
+                                  drop_after, body, location}   (see faults.py)
                                          -> 201 fault
   DELETE /_sim/faults                    -> 204
 """

@@ -111,7 +111,9 @@ class SimulatorControl:
         retry_after: float | None = None,
         delay: float | None = None,
         drop: bool = False,
+        drop_after: bool = False,
         body: str | None = None,
+        location: str | None = None,
     ) -> dict[str, Any]:
         spec = {
             "method": method,
@@ -121,7 +123,9 @@ class SimulatorControl:
             "retry_after": retry_after,
             "delay": delay,
             "drop": drop,
+            "drop_after": drop_after,
             "body": body,
+            "location": location,
         }
         return dict(self._json("POST", "faults", payload=spec))
 

@@ -7,11 +7,15 @@ faults are cleared).
 
 How each kind touches an upload:
 - ``status``: the body is read and thrown away, then the status is answered; no state changes.
+  A redirect (301, 302, 303, 307, 308) also sends ``Location``: ``location``, or by default a
+  loopback address nothing listens on, so a client that follows it gets nowhere.
 - ``delay``: the answer is held for ``delay`` seconds BEFORE the body is read, then the request
   is handled normally; the upload is in progress the whole time, so a test can kill the sender
   mid-upload. A delay may be combined with ``status`` or ``drop``.
 - ``drop``: part of the body is read, then the socket is closed without an answer; nothing is
   stored and the job stays waiting.
+- ``drop_after``: the request is handled normally (an upload IS stored, a status change IS
+  made), then the socket is closed without the answer: the sender cannot tell it from ``drop``.
 """
 
 from __future__ import annotations
@@ -21,11 +25,25 @@ import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from enum import Enum
 from typing import Any
 
 from pushagent.errors import ConfigError
 
-_FIELDS = ("method", "path", "count", "status", "retry_after", "delay", "drop", "body")
+_FIELDS = (
+    "method", "path", "count", "status", "retry_after", "delay", "drop", "drop_after", "body",
+    "location",
+)
+REDIRECTS = (301, 302, 303, 307, 308)
+# Port 9 (discard) on loopback: nothing listens there, so a followed redirect fails fast.
+DEFAULT_LOCATION = "http://127.0.0.1:9/elsewhere"
+
+
+class FaultKind(str, Enum):
+    STATUS = "status"
+    DELAY = "delay"
+    DROP = "drop"
+    DROP_AFTER = "drop_after"
 
 
 @dataclass(frozen=True)
@@ -38,17 +56,28 @@ class Fault:
     retry_after: float | None = None
     delay: float | None = None
     drop: bool = False
+    drop_after: bool = False
     body: str | None = None
+    location: str | None = None
     fired: int = 0
 
     def matches(self, method: str, path: str) -> bool:
         return self.method in ("*", method.upper()) and re.search(self.path, path) is not None
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> FaultKind:
         if self.drop:
-            return "drop"
-        return "status" if self.status is not None else "delay"
+            return FaultKind.DROP
+        if self.drop_after:
+            return FaultKind.DROP_AFTER
+        return FaultKind.STATUS if self.status is not None else FaultKind.DELAY
+
+    @property
+    def redirect_to(self) -> str | None:
+        """The Location a redirect status sends; None for any other fault."""
+        if self.status not in REDIRECTS:
+            return None
+        return self.location or DEFAULT_LOCATION
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,7 +89,9 @@ class Fault:
             "retry_after": self.retry_after,
             "delay": self.delay,
             "drop": self.drop,
+            "drop_after": self.drop_after,
             "body": self.body,
+            "location": self.location,
             "fired": self.fired,
         }
 
@@ -71,6 +102,12 @@ def _number(value: object, *, name: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ConfigError(f"fault {name} must be a number of seconds >= 0, not {value!r}")
     return float(value)
+
+
+def _flag(value: object, *, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"fault {name} must be true or false, not {value!r}")
+    return value
 
 
 def build_fault(spec: Mapping[str, Any], *, fault_id: int) -> Fault:
@@ -96,17 +133,27 @@ def build_fault(spec: Mapping[str, Any], *, fault_id: int) -> Fault:
         isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599
     ):
         raise ConfigError(f"fault status must be an HTTP status 100-599, not {status!r}")
-    drop = spec.get("drop", False)
-    if not isinstance(drop, bool):
-        raise ConfigError(f"fault drop must be true or false, not {drop!r}")
+    drop = _flag(spec.get("drop", False), name="drop")
+    drop_after = _flag(spec.get("drop_after", False), name="drop_after")
     delay = _number(spec.get("delay"), name="delay")
-    if drop and status is not None:
-        raise ConfigError("a fault either answers a status or drops the connection, not both")
-    if not drop and status is None and delay is None:
-        raise ConfigError("a fault needs status, delay or drop")
+    if sum((drop, drop_after, status is not None)) > 1:
+        raise ConfigError(
+            "a fault answers a status, drops the connection or drops it after handling the "
+            "request (drop_after): one of them, not several"
+        )
+    if not drop and not drop_after and status is None and delay is None:
+        raise ConfigError("a fault needs status, delay, drop or drop_after")
     body = spec.get("body")
     if body is not None and not isinstance(body, str):
         raise ConfigError("fault body must be a string")
+    location = spec.get("location")
+    if location is not None and (
+        not isinstance(location, str) or status not in REDIRECTS or not location.isprintable()
+    ):
+        raise ConfigError(
+            f"fault location must be a string given with a redirect status "
+            f"({', '.join(map(str, REDIRECTS))}), not {location!r} with status {status!r}"
+        )
     return Fault(
         id=fault_id,
         method=method.upper(),
@@ -116,7 +163,9 @@ def build_fault(spec: Mapping[str, Any], *, fault_id: int) -> Fault:
         retry_after=_number(spec.get("retry_after"), name="retry_after"),
         delay=delay,
         drop=drop,
+        drop_after=drop_after,
         body=body,
+        location=location,
     )
 
 

@@ -172,6 +172,14 @@ class _Handler(BaseHTTPRequestHandler):
                 response = self.server.api.handle(request)
             if response is not None and not self._finish_body(request.body):
                 response = None
+            if fault is not None and fault.drop_after and response is not None:
+                # Handled (and any state change made): only the answer is lost.
+                logger.log(
+                    self.server.log_level, "simulator: {} {} handled ({}), answer dropped",
+                    request.method, request.path, response.status,
+                )
+                response = None
+                self.close_connection = True
         except OSError as error:
             # The sender died or the socket was cut mid-body: nothing was stored, nothing to answer.
             logger.log(
@@ -202,6 +210,8 @@ class _Handler(BaseHTTPRequestHandler):
         headers: tuple[tuple[str, str], ...] = ()
         if fault.retry_after is not None:
             headers = (("Retry-After", f"{fault.retry_after:g}"),)
+        if fault.redirect_to is not None:
+            headers = (*headers, ("Location", fault.redirect_to))
         if fault.body is not None:
             return Response(
                 fault.status or 500, fault.body.encode("utf-8"), "text/plain", headers=headers
@@ -221,7 +231,7 @@ class _Handler(BaseHTTPRequestHandler):
                 body_bytes=request.body.received,
                 status=status,
                 time=started,
-                fault=fault.kind if fault else None,
+                fault=fault.kind.value if fault else None,
             )
         )
         logger.log(
@@ -230,7 +240,7 @@ class _Handler(BaseHTTPRequestHandler):
             request.method,
             request.path,
             status if status is not None else "connection closed",
-            f" (fault: {fault.kind})" if fault else "",
+            f" (fault: {fault.kind.value})" if fault else "",
         )
 
     # -- answers ----------------------------------------------------------------------------
@@ -418,7 +428,9 @@ class Simulator:
         retry_after: float | None = None,
         delay: float | None = None,
         drop: bool = False,
+        drop_after: bool = False,
         body: str | None = None,
+        location: str | None = None,
     ) -> dict[str, Any]:
         return self._faults.add(
             {
@@ -429,7 +441,9 @@ class Simulator:
                 "retry_after": retry_after,
                 "delay": delay,
                 "drop": drop,
+                "drop_after": drop_after,
                 "body": body,
+                "location": location,
             }
         ).to_json()
 

@@ -1,0 +1,127 @@
+"""Where a file and each of its deliveries stand: the states, and the one table of moves.
+
+A file:
+    SETTLING -> WAITING -> CLAIMED -> DELIVERED -> DONE
+                                   -> REJECTED  -> FAILED
+A claimed file whose bytes changed goes back to RESETTLING (in its claim folder) and is claimed
+again once it is still; a claimed file whose jobs all stopped waiting is WAITING again (still in
+its claim folder). Unmatched or odd files go from SETTLING or WAITING straight to REJECTED.
+
+A delivery (one file to one job):
+    ASSIGNED -> UPLOADING -> UPLOADED
+An upload the server definitely did not keep goes back to ASSIGNED; a job that is gone or taken
+is GONE; a job we failed is REJECTED; a job the file never reached, for a reason that is not its
+content (an unreadable file, a file changed after another job got it), is RELEASED, free for
+another file.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pushagent.errors import PushAgentError
+
+
+class FileState(Enum):
+    SETTLING = "settling"  # in the drop folder, possibly still being written
+    WAITING = "waiting"  # complete, waiting for a job of its segment
+    CLAIMED = "claimed"  # in state_dir/claimed/<id>/, assigned to jobs, being delivered
+    RESETTLING = "resettling"  # claimed, but changed under us: waits to be still again
+    DELIVERED = "delivered"  # every job it reached has it; the move to done/ is left
+    REJECTED = "rejected"  # refused, with a reason; the move to failed/ is left
+    DONE = "done"  # in done/
+    FAILED = "failed"  # in failed/, beside <name>.error.json
+    VANISHED = "vanished"  # removed by someone else before it was delivered
+
+
+class DeliveryState(Enum):
+    ASSIGNED = "assigned"
+    UPLOADING = "uploading"  # may have reached the server: the job's status decides
+    UPLOADED = "uploaded"
+    GONE = "gone"  # the job stopped waiting or was taken: not failed by us
+    REJECTED = "rejected"  # we failed the job with the file's reason
+    RELEASED = "released"  # never sent, for a reason that is not the file's content
+
+
+FILE_MOVES: dict[FileState, frozenset[FileState]] = {
+    FileState.SETTLING: frozenset({FileState.WAITING, FileState.REJECTED}),
+    FileState.WAITING: frozenset(
+        {FileState.CLAIMED, FileState.SETTLING, FileState.REJECTED, FileState.VANISHED}
+    ),
+    FileState.CLAIMED: frozenset(
+        {
+            FileState.WAITING,
+            FileState.RESETTLING,
+            FileState.DELIVERED,
+            FileState.REJECTED,
+            FileState.VANISHED,
+        }
+    ),
+    FileState.RESETTLING: frozenset({FileState.CLAIMED, FileState.VANISHED}),
+    FileState.DELIVERED: frozenset({FileState.DONE}),
+    FileState.REJECTED: frozenset({FileState.FAILED}),
+    FileState.DONE: frozenset(),
+    FileState.FAILED: frozenset(),
+    FileState.VANISHED: frozenset(),
+}
+
+DELIVERY_MOVES: dict[DeliveryState, frozenset[DeliveryState]] = {
+    DeliveryState.ASSIGNED: frozenset(
+        {
+            DeliveryState.UPLOADING,
+            DeliveryState.GONE,
+            DeliveryState.REJECTED,
+            DeliveryState.RELEASED,
+        }
+    ),
+    DeliveryState.UPLOADING: frozenset(
+        {
+            DeliveryState.UPLOADED,
+            DeliveryState.ASSIGNED,
+            DeliveryState.GONE,
+            DeliveryState.REJECTED,
+            DeliveryState.RELEASED,
+        }
+    ),
+    DeliveryState.UPLOADED: frozenset(),
+    DeliveryState.GONE: frozenset(),
+    DeliveryState.REJECTED: frozenset(),
+    DeliveryState.RELEASED: frozenset(),
+}
+
+# In the drop folder and not yet taken: a new drop under the same name is the same file.
+IN_DROP_FOLDER = frozenset({FileState.SETTLING, FileState.WAITING})
+# Still the agent's work: shown as pending by ``pushagent status``.
+PENDING = frozenset(
+    {
+        FileState.SETTLING,
+        FileState.WAITING,
+        FileState.CLAIMED,
+        FileState.RESETTLING,
+        FileState.DELIVERED,
+        FileState.REJECTED,
+    }
+)
+FINISHED = frozenset({FileState.DONE, FileState.FAILED, FileState.VANISHED})
+OPEN_DELIVERIES = frozenset({DeliveryState.ASSIGNED, DeliveryState.UPLOADING})
+# A job holding one of these no other file may be given.
+RESERVING = frozenset(
+    {
+        DeliveryState.ASSIGNED,
+        DeliveryState.UPLOADING,
+        DeliveryState.UPLOADED,
+        DeliveryState.REJECTED,
+    }
+)
+
+
+class IllegalTransition(PushAgentError):
+    """A move the table does not allow: a bug, refused before it reaches the journal."""
+
+
+def sources_of(target: FileState) -> frozenset[FileState]:
+    return frozenset(s for s, targets in FILE_MOVES.items() if target in targets)
+
+
+def delivery_sources_of(target: DeliveryState) -> frozenset[DeliveryState]:
+    return frozenset(s for s, targets in DELIVERY_MOVES.items() if target in targets)

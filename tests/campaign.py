@@ -1,0 +1,871 @@
+"""A seeded randomized fault campaign (issue 9): the real ``pushagent run`` process against the
+simulator, with awkward drops, injected server faults, kill -9 and SIGTERM at random moments.
+
+A seed fixes the plan (``plan(seed, steps)``); timing is real, so a run is reproducible in what
+it does, not to the millisecond. After the steps every fault is cleared, the agent is let settle,
+stopped with SIGTERM, and the promise is checked from the simulator's stored uploads and request
+log, the folders, the agent's journal and ``pushagent status``. Each broken rule is a
+``Violation`` naming its evidence; ``CampaignResult.report()`` prints the seed and the steps.
+
+    python -m tests.campaign --seeds 20 --steps 14     # seeds 0..19
+    python -m tests.campaign --seed 7 --keep           # one seed, its folder kept for a look
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import random
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from pushagent.simulator import Simulator
+from tests.e2e import KEY, waiting_job
+from tests.faultkit import (
+    WAITING,
+    FaultHome,
+    csv_rows,
+    entries,
+    journal,
+    simulator,
+    status_json,
+)
+
+SEGMENTS = (61001, 61002, 61003, 61004)
+LIST_PATH = r"^/v1/jobs/SEGMENT_EXPORT$"
+REDIRECTS = (301, 302, 307)
+# Statuses after which failing the job is a fair answer: the server refused the data for good.
+# 401/403 (key), 404/409 (job state, checked again), 408/429 (try later) never are.
+NOT_PERMANENT = frozenset({401, 403, 404, 408, 409, 429})
+MAX_ATTEMPTS = 8
+READ_TIMEOUT = 1.5
+SETTLE = 0.6
+GRACE = 3.0
+SLOW_PAUSE = 0.1  # well inside SETTLE: a slow writer must never be taken mid-write
+QUIET = 3.0  # nothing changed for this long (longer than any backoff or held answer): settled
+SETTLE_DEADLINE = 30.0
+REPORT_SUFFIX = ".error.json"
+WATCHING = "pushagent watching"
+
+
+class StepKind(Enum):
+    JOBS = "jobs"
+    DROP = "drop"
+    FAULT = "fault"
+    KILL9 = "kill -9"
+    SIGTERM = "sigterm"
+    PAUSE = "pause"
+
+
+class DropKind(Enum):
+    VALID = "valid"
+    RAGGED = "ragged row"
+    NUL = "NUL byte"
+    DUPLICATE = "same name again"
+    APPENDED = "appended after the rename"
+    LONG_NAME = "long name"
+    NEWLINE_NAME = "newline in the name"
+    UNREADABLE = "chmod 000"
+    SLOW = "written slowly in place"
+
+
+INVALID = frozenset({DropKind.RAGGED, DropKind.NUL})
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: StepKind
+    segment: int = 0
+    jobs: int = 0
+    drop: DropKind | None = None
+    fault: Mapping[str, Any] | None = None
+    seconds: float = 0.0
+    name_bytes: int = 0
+
+    def describe(self) -> str:
+        if self.kind is StepKind.JOBS:
+            return f"jobs: {self.jobs} waiting job(s) for segment {self.segment}"
+        if self.kind is StepKind.DROP and self.drop is not None:
+            extra = f", {self.name_bytes}-byte name" if self.name_bytes else ""
+            if self.drop is DropKind.APPENDED:
+                extra += f", append after {self.seconds:.2f} s"
+            return f"drop: {self.drop.value} for segment {self.segment}{extra}"
+        if self.kind is StepKind.FAULT:
+            return f"fault: {json.dumps(self.fault, sort_keys=True)}"
+        if self.kind in (StepKind.KILL9, StepKind.SIGTERM):
+            return f"{self.kind.value}, restart after {self.seconds:.2f} s"
+        return f"pause {self.seconds:.2f} s"
+
+
+def plan(seed: int, steps: int, *, as_root: bool | None = None) -> list[Step]:
+    """The campaign's steps for ``seed``: jobs first, then a random mix. ``as_root``: root reads
+    any file, so chmod 000 drops become valid ones (default: whether this process is root)."""
+    rng = random.Random(seed)
+    root = os.geteuid() == 0 if as_root is None else as_root
+    chosen = [Step(StepKind.JOBS, segment=s, jobs=rng.choice((1, 1, 2))) for s in SEGMENTS[:2]]
+    weights = {
+        StepKind.JOBS: 2, StepKind.DROP: 7, StepKind.FAULT: 4,
+        StepKind.KILL9: 1, StepKind.SIGTERM: 1, StepKind.PAUSE: 2,
+    }
+    while len(chosen) < steps:
+        kind = rng.choices(list(weights), weights=list(weights.values()))[0]
+        segment = rng.choice(SEGMENTS)
+        if kind is StepKind.JOBS:
+            chosen.append(Step(kind, segment=segment, jobs=rng.choice((1, 1, 2))))
+        elif kind is StepKind.DROP:
+            drop = rng.choice(list(DropKind))
+            if drop is DropKind.UNREADABLE and root:
+                drop = DropKind.VALID
+            chosen.append(
+                Step(
+                    kind, segment=segment, drop=drop,
+                    seconds=rng.uniform(0, 1.5) if drop is DropKind.APPENDED else 0.0,
+                    name_bytes=rng.randint(240, 254) if drop is DropKind.LONG_NAME else 0,
+                )
+            )
+        elif kind is StepKind.FAULT:
+            chosen.append(Step(kind, fault=_fault(rng)))
+        elif kind in (StepKind.KILL9, StepKind.SIGTERM):
+            chosen.append(Step(kind, seconds=rng.uniform(0, 0.5)))
+        else:
+            chosen.append(Step(kind, seconds=rng.uniform(0, 1.0)))
+    return chosen
+
+
+def _fault(rng: random.Random) -> dict[str, Any]:
+    """A fault on uploads (any job, or one job by position in the campaign's list) or list calls.
+    ``job``: an index into the jobs created so far, resolved when the step runs."""
+    target: dict[str, Any] = (
+        {"method": "GET", "path": LIST_PATH}
+        if rng.random() < 0.3
+        else {"method": "POST", "path": r"/data$", "job": rng.randrange(64)}
+    )
+    if target["method"] == "POST" and rng.random() < 0.4:
+        del target["job"]  # any upload
+    what = rng.choice(("status", "status", "redirect", "drop", "drop_after", "delay"))
+    spec: dict[str, Any] = {**target, "count": rng.randint(1, 3)}
+    if what == "status":
+        spec["status"] = rng.randint(400, 599)
+    elif what == "redirect":
+        spec["status"] = rng.choice(REDIRECTS)
+    elif what == "drop":
+        spec["drop"] = True
+    elif what == "drop_after":
+        spec["drop_after"] = True
+    else:
+        spec["delay"] = round(rng.uniform(0.2, 2.5), 2)
+    return spec
+
+
+# --- what was dropped -------------------------------------------------------------------------
+
+
+@dataclass
+class Dropped:
+    """One dropped file: its name under drop/, its bytes at the rename (``initial``) and its
+    final bytes (differ only for an append after the rename), and whether it is valid CSV."""
+
+    rel_path: str
+    kind: DropKind
+    segment: int
+    initial: bytes
+    final: bytes
+    valid: bool
+    skipped: str | None = None  # why the dropper never dropped it
+
+    @property
+    def acceptable(self) -> set[bytes]:
+        """What an accepted upload of this file may hold: the complete file as renamed in, or
+        its final content; never a mix."""
+        return {self.initial, self.final} if self.valid else set()
+
+
+@dataclass(frozen=True)
+class Violation:
+    rule: str
+    message: str
+    evidence: str = ""
+
+
+@dataclass
+class CampaignResult:
+    seed: int
+    steps: list[Step]
+    drops: list[Dropped] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    repeats: dict[tuple[str, str], int] = field(default_factory=dict)
+    log_tail: str = ""
+    seconds: float = 0.0
+
+    def report(self) -> str:
+        lines = [
+            f"seed {self.seed}: {len(self.violations)} violation(s) in {self.seconds:.1f} s "
+            f"(reproduce: python -m tests.campaign --seed {self.seed} --steps {len(self.steps)})",
+            "steps:",
+            *(f"  {n:2}. {step.describe()}" for n, step in enumerate(self.steps)),
+            "drops:",
+            *(
+                f"  {d.rel_path!r} ({d.kind.value}, {len(d.final)} B"
+                f"{', skipped: ' + d.skipped if d.skipped else ''})"
+                for d in self.drops
+            ),
+            *(f"note: {note}" for note in self.notes),
+        ]
+        for violation in self.violations:
+            times = self.repeats.get((violation.rule, violation.message), 1)
+            again = f" ({times} times)" if times > 1 else ""
+            lines.append(f"VIOLATION [{violation.rule}] {violation.message}{again}")
+            if violation.evidence:
+                lines.extend(f"    {line}" for line in violation.evidence.splitlines())
+        if self.violations and self.log_tail:
+            lines += ["agent log (tail):", *(f"  | {line}" for line in self.log_tail.splitlines())]
+        return "\n".join(lines)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+# --- running it -------------------------------------------------------------------------------
+
+
+class CampaignHome(FaultHome):
+    """A ``FaultHome`` whose agent may import pushagent from ``agent_path`` (another checkout
+    or an exported commit) while the campaign itself uses this tree's simulator."""
+
+    def __init__(self, root: Path, url: str, *, agent_path: Path | None) -> None:
+        super().__init__(
+            root, url, settle=SETTLE, rescan=1.0, poll=0.3, workers=2,
+            read_timeout=READ_TIMEOUT, max_attempts=MAX_ATTEMPTS, grace=GRACE,
+        )
+        self.agent_path = agent_path
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        if self.agent_path is not None:
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(self.agent_path), env.get("PYTHONPATH")) if p
+            )
+        return env
+
+
+class Campaign:
+    def __init__(
+        self, seed: int, steps: Sequence[Step], root: Path, sim: Simulator,
+        *, agent_path: Path | None = None,
+    ) -> None:
+        self.seed = seed
+        self.steps = list(steps)
+        self.root = root
+        self.sim = sim
+        self.rng = random.Random(f"{seed}:run")  # choices that depend on what happened
+        self.home = CampaignHome(root / "agent", sim.url, agent_path=agent_path)
+        self.stage = root / "stage"
+        self.stage.mkdir()
+        self.jobs: list[int] = []
+        self.job_segment: dict[int, int] = {}
+        self.result = CampaignResult(seed=seed, steps=self.steps)
+        self.writers: list[threading.Thread] = []
+        self.started_at = 0.0
+
+    def violate(self, rule: str, message: str, evidence: str = "") -> None:
+        """Record a broken rule; the same one again (a crash loop) only counts up."""
+        key = (rule, message)
+        self.result.repeats[key] = self.result.repeats.get(key, 0) + 1
+        if self.result.repeats[key] == 1:
+            self.result.violations.append(Violation(rule, message, evidence))
+
+    def run(self) -> CampaignResult:
+        started = time.monotonic()
+        try:
+            self.start_agent()
+            for number, step in enumerate(self.steps):
+                self.check_alive(f"before step {number}")
+                self.do(number, step)
+            for writer in self.writers:
+                writer.join(5)
+            self.sim.clear_faults()
+            self.check_alive("after the steps")
+            if self.home.process is None:
+                self.start_agent()
+            if not self.settle():
+                self.violate(
+                    "settles", f"still changing, or files unexplained, after {SETTLE_DEADLINE} s",
+                    self.folders(),
+                )
+            self.stop_agent("the final stop")
+            self.check()
+        finally:
+            if self.home.process is not None:
+                self.home.kill9()
+            self.result.log_tail = "\n".join(self.home.log().splitlines()[-60:])
+            self.result.seconds = time.monotonic() - started
+        return self.result
+
+    # -- the agent ----------------------------------------------------------------------------
+
+    def start_agent(self) -> None:
+        """Start the agent and wait until it says it watches (the log is appended across
+        restarts: a new line is counted), so a signal never lands before its handlers."""
+        started = self.home.log().count(WATCHING)
+        self.home.start()
+        self.started_at = time.monotonic()
+        deadline = time.monotonic() + 20
+        while self.home.log().count(WATCHING) <= started:
+            if not self.home.alive() or time.monotonic() > deadline:
+                self.violate("starts", "the agent did not start", self.home.log()[-3000:])
+                raise _Abort
+            time.sleep(0.05)
+
+    def stop_agent(self, when: str) -> None:
+        try:
+            code = self.home.stop(signal.SIGTERM, timeout=GRACE + 15)
+        except subprocess.TimeoutExpired:
+            self.violate("sigterm", f"{when}: the agent did not exit within {GRACE + 15:g} s")
+            self.home.kill9()
+            return
+        if code != 0:
+            self.violate("sigterm", f"{when}: SIGTERM exit code {code}, expected 0")
+
+    def check_alive(self, when: str) -> None:
+        process = self.home.process
+        if process is not None and process.poll() is not None:
+            self.violate(
+                "keeps running", f"{when}: the agent exited ({process.returncode})",
+                "\n".join(self.home.log().splitlines()[-3:]),
+            )
+            self.home.process = None
+            self.start_agent()
+
+    # -- one step -----------------------------------------------------------------------------
+
+    def do(self, number: int, step: Step) -> None:
+        if step.kind is StepKind.JOBS:
+            for _ in range(step.jobs):
+                job = waiting_job(self.sim, step.segment)
+                self.jobs.append(job)
+                self.job_segment[job] = step.segment
+        elif step.kind is StepKind.DROP:
+            self.drop(number, step)
+        elif step.kind is StepKind.FAULT:
+            assert step.fault is not None
+            spec = dict(step.fault)
+            job = spec.pop("job", None)
+            if job is not None:
+                if not self.jobs:
+                    return
+                spec["path"] = rf"^/v1/jobs/{self.jobs[job % len(self.jobs)]}/data$"
+            self.sim.add_fault(**spec)
+        elif step.kind is StepKind.KILL9:
+            self.home.kill9()
+            time.sleep(step.seconds)
+            self.start_agent()
+        elif step.kind is StepKind.SIGTERM:
+            self.stop_agent(f"step {number}")
+            time.sleep(step.seconds)
+            self.start_agent()
+        else:
+            time.sleep(step.seconds)
+
+    def drop(self, number: int, step: Step) -> None:
+        assert step.drop is not None
+        tag = f"s{self.seed}n{number}"
+        folder = self.home.drop / str(step.segment)
+        folder.mkdir(exist_ok=True)
+        kind = step.drop
+        data = csv_rows(tag, rows=1 + self.rng.randrange(20))
+        name = f"{step.segment}/c-{tag}.csv"
+        if kind is DropKind.RAGGED:
+            data = f"Email,tag\nx.{tag}@example.com,{tag}\ny.{tag}@example.com\n".encode()
+        elif kind is DropKind.NUL:
+            data = f"Email,tag\nx.{tag}@example.com,a\x00{tag}\n".encode()
+        elif kind is DropKind.LONG_NAME:
+            stem = f"long-{tag}-"
+            name = f"{step.segment}/{stem}{'x' * (step.name_bytes - len(stem) - 4)}.csv"
+        elif kind is DropKind.NEWLINE_NAME:
+            name = f"{step.segment}/line\nbreak-{tag}.csv"
+        elif kind is DropKind.DUPLICATE:
+            taken = [
+                d.rel_path for d in self.result.drops
+                if not d.skipped and not (self.home.drop / d.rel_path).exists()
+            ]
+            if not taken:
+                self.result.drops.append(
+                    Dropped(name, kind, step.segment, data, data, True, "no name taken yet")
+                )
+                return
+            name = self.rng.choice(taken)
+        dropped = Dropped(name, kind, int(name.split("/")[0]), data, data, kind not in INVALID)
+        self.result.drops.append(dropped)
+        target = self.home.drop / name
+        target.parent.mkdir(exist_ok=True)
+        if kind is DropKind.SLOW:
+            self.write_slowly(target, data)
+        elif kind is DropKind.APPENDED:
+            self.drop_and_append(dropped, target, step.seconds, tag)
+        else:
+            # Staged outside the drop folder: a long name leaves no room for a temporary suffix.
+            staged = self.stage / f"{tag}.csv"
+            staged.write_bytes(data)
+            if kind is DropKind.UNREADABLE:
+                staged.chmod(0)
+            os.rename(staged, target)
+
+    def write_slowly(self, target: Path, data: bytes) -> None:
+        pieces = max(2, min(5, data.count(b"\n")))
+        step = -(-len(data) // pieces)
+        with open(target, "wb") as stream:
+            for start in range(0, len(data), step):
+                stream.write(data[start : start + step])
+                stream.flush()
+                time.sleep(SLOW_PAUSE)
+
+    def drop_and_append(self, dropped: Dropped, target: Path, pause: float, tag: str) -> None:
+        """Renamed in complete, then written to again through the handle still open: the
+        dropper that breaks the write-then-rename rule."""
+        extra = f"late.{tag}@example.com,{tag}\n".encode()
+        dropped.final = dropped.initial + extra
+        staged = self.stage / f"{tag}.csv"
+        stream = open(staged, "wb")  # noqa: SIM115 - held open past the rename, on purpose
+        stream.write(dropped.initial)
+        stream.flush()
+        os.rename(staged, target)
+
+        def append() -> None:
+            time.sleep(pause)
+            with stream:
+                stream.write(extra)
+
+        writer = threading.Thread(target=append, name=f"append-{tag}", daemon=True)
+        writer.start()
+        self.writers.append(writer)
+
+    # -- settling -----------------------------------------------------------------------------
+
+    def snapshot(self) -> tuple[object, ...]:
+        jobs = tuple(
+            (job["jobId"], job["status"], len(self.sim.uploads(int(job["jobId"]))))
+            for job in self.sim.jobs()
+        )
+        folders = tuple(
+            tuple(entries(folder))
+            for folder in (self.home.drop, self.home.done, self.home.failed, self.claimed)
+        )
+        return jobs, folders
+
+    @property
+    def claimed(self) -> Path:
+        return self.home.state / "claimed"
+
+    def settle(self) -> bool:
+        """Poll until nothing changed for QUIET seconds and every file left in drop/ or the
+        claim area shows in ``pushagent status`` with a reason."""
+        deadline = time.monotonic() + SETTLE_DEADLINE
+        last: tuple[object, ...] | None = None
+        since = time.monotonic()
+        while time.monotonic() < deadline:
+            self.check_alive("while settling")
+            now = self.snapshot()
+            if now != last:
+                last, since = now, time.monotonic()
+            # Quiet while the agent ran: a restart (after a crash) starts the count again.
+            elif time.monotonic() - max(since, self.started_at) >= QUIET and not self.unexplained():
+                return True
+            time.sleep(0.25)
+        return False
+
+    def pending_reasons(self) -> dict[str, str]:
+        """realpath of each pending file (drop/ or claim area) -> the reason status shows."""
+        shown = status_json(self.home)
+        found: dict[str, str] = {}
+        for row in [*shown.get("pending", []), *shown.get("in_flight", [])]:
+            reason = str(row.get("reason") or "")
+            found[os.path.realpath(row["path"])] = reason
+            found[os.path.realpath(self.home.drop / row["rel_path"])] = reason
+        return found
+
+    def leftovers(self) -> list[Path]:
+        return [self.home.drop / e for e in entries(self.home.drop)] + [
+            self.claimed / e for e in entries(self.claimed)
+        ]
+
+    def unexplained(self) -> list[Path]:
+        left = self.leftovers()
+        if not left:
+            return []
+        try:
+            reasons = self.pending_reasons()
+        except (subprocess.SubprocessError, ValueError):
+            return left
+        return [path for path in left if not reasons.get(os.path.realpath(path))]
+
+    def folders(self) -> str:
+        return "\n".join(
+            f"{label}: {entries(folder)!r}"
+            for label, folder in (
+                ("drop", self.home.drop), ("claimed", self.claimed),
+                ("done", self.home.done), ("failed", self.home.failed),
+            )
+        )
+
+    # -- the promise --------------------------------------------------------------------------
+
+    def check(self) -> None:
+        for path in self.home.root.rglob("*"):  # chmod 000 drops: read them back to compare
+            if path.is_file() and not path.is_symlink() and not stat.S_IMODE(path.stat().st_mode):
+                path.chmod(0o600)
+        where = self.locate()
+        uploads = self.check_uploads()
+        self.check_done(uploads)
+        self.check_others(where)
+        self.check_errors()
+        self.check_log()
+
+    def locate(self) -> dict[str, list[Path]]:
+        """Every file under done/, failed/, drop/ and the claim area, by the hash of its bytes."""
+        found: dict[str, list[Path]] = {}
+        for folder in (self.home.done, self.home.failed, self.home.drop, self.claimed):
+            for name in entries(folder):
+                path = folder / name
+                if path.is_file() and not path.is_symlink():
+                    found.setdefault(sha(path.read_bytes()), []).append(path)
+        return found
+
+    def check_uploads(self) -> dict[int, bytes]:
+        """Each job's one accepted upload (job id -> bytes); checks count and content."""
+        allowed: dict[bytes, Dropped] = {}
+        for dropped in self.result.drops:
+            if not dropped.skipped:
+                for content in dropped.acceptable:
+                    allowed[content] = dropped
+        invalid = {d.final: d for d in self.result.drops if not d.valid and not d.skipped}
+        accepted: dict[int, bytes] = {}
+        for job in self.sim.jobs():
+            job_id = int(job["jobId"])
+            bodies = [self.sim.upload_data(job_id, n) for n in range(len(self.sim.uploads(job_id)))]
+            if len(bodies) > 1:
+                self.violate(
+                    "one upload per job", f"job {job_id} holds {len(bodies)} accepted uploads",
+                    "\n".join(f"upload {n}: {len(b)} B sha {sha(b)}" for n, b in enumerate(bodies))
+                    + "\n" + self.requests_for(job_id),
+                )
+            for body in bodies:
+                if body in invalid:
+                    self.violate(
+                        "only valid CSV is sent",
+                        f"job {job_id} accepted {invalid[body].rel_path!r}, which is invalid "
+                        f"({invalid[body].kind.value})",
+                    )
+                elif body not in allowed:
+                    self.violate(
+                        "only complete files are sent",
+                        f"job {job_id} accepted {len(body)} B (sha {sha(body)}) that no dropped "
+                        "file held whole",
+                        self.closest(body),
+                    )
+                elif self.job_segment.get(job_id) != allowed[body].segment:
+                    self.violate(
+                        "right segment", f"job {job_id} (segment {self.job_segment.get(job_id)}) "
+                        f"got {allowed[body].rel_path!r}",
+                    )
+            if bodies:
+                accepted[job_id] = bodies[0]
+        return accepted
+
+    def closest(self, body: bytes) -> str:
+        for dropped in self.result.drops:
+            if body and (dropped.final.startswith(body) or body.startswith(dropped.initial)):
+                return (
+                    f"a prefix/extension of {dropped.rel_path!r} ({dropped.kind.value}): "
+                    f"initial {len(dropped.initial)} B, final {len(dropped.final)} B"
+                )
+        return f"first bytes: {body[:80]!r}"
+
+    def assigned_jobs(self, path: Path) -> list[tuple[str, str]] | None:
+        """(job id, delivery state) of the journal's deliveries of the file now at ``path``;
+        None when the journal cannot say (a changed schema: the check falls back)."""
+        try:
+            rows = journal(
+                self.home,
+                "SELECT deliveries.job_id, deliveries.state, files.path, files.final_path "
+                "FROM files JOIN deliveries ON files.id = deliveries.file_id",
+            )
+        except sqlite3.Error:
+            return None
+        real = os.path.realpath(path)
+        return [
+            (str(row["job_id"]), str(row["state"]))
+            for row in rows
+            if real in {os.path.realpath(p) for p in (row["path"], row["final_path"]) if p}
+        ]
+
+    def check_done(self, accepted: dict[int, bytes]) -> None:
+        holders: dict[bytes, list[int]] = {}
+        for job_id, body in accepted.items():
+            holders.setdefault(body, []).append(job_id)
+        statuses = {int(j["jobId"]): j["status"] for j in self.sim.jobs()}
+        for name in entries(self.home.done):
+            path = self.home.done / name
+            data = path.read_bytes() if path.is_file() else b""
+            assigned = self.assigned_jobs(path)
+            if data not in holders:
+                jobs = sorted({int(job) for job, _ in assigned or [] if job.isdigit()})
+                self.violate(
+                    "done means sent", f"done/{name!r} ({len(data)} B, sha {sha(data)}) is not "
+                    f"what any job accepted; the journal assigned it to {assigned}",
+                    "\n".join(
+                        [self.closest_upload(data, accepted), *map(self.requests_for, jobs)]
+                    ),
+                )
+                continue
+            if assigned is None:
+                self.result.notes.append("journal unreadable: done/ checked against any job")
+                continue
+            for job, state in assigned:
+                if not job.isdigit() or int(job) not in statuses:
+                    continue
+                if accepted.get(int(job)) != data and statuses[int(job)] == WAITING:
+                    self.violate(
+                        "done means sent to each job",
+                        f"done/{name!r} was assigned to job {job} ({state}), which never got it "
+                        "and still waits", self.requests_for(int(job)),
+                    )
+                elif accepted.get(int(job)) not in (None, data):
+                    self.violate(
+                        "done means sent to each job",
+                        f"done/{name!r} was assigned to job {job}, which holds other bytes",
+                    )
+
+    def closest_upload(self, data: bytes, accepted: dict[int, bytes]) -> str:
+        for job_id, body in accepted.items():
+            if data.startswith(body) or body.startswith(data):
+                return f"job {job_id} holds {len(body)} B of it: the file changed after the upload"
+        return ""
+
+    def reports(self) -> list[tuple[Path, dict[str, Any]]]:
+        found: list[tuple[Path, dict[str, Any]]] = []
+        for path in self.home.failed.rglob(f"*{REPORT_SUFFIX}"):
+            try:
+                found.append((path, json.loads(path.read_text(encoding="utf-8"))))
+            except (OSError, ValueError) as error:
+                self.violate("failed has a report", f"{path.name!r} is unreadable: {error}")
+        return found
+
+    def check_others(self, where: dict[str, list[Path]]) -> None:
+        reports = self.reports()
+        reasons: dict[str, str] | None = None
+        for dropped in self.result.drops:
+            if dropped.skipped:
+                continue
+            places = where.get(sha(dropped.final), [])
+            if not places:
+                self.violate(
+                    "nothing lost", f"{dropped.rel_path!r} ({dropped.kind.value}, sha "
+                    f"{sha(dropped.final)}) is in none of done/, failed/, drop/, the claim area",
+                    self.folders(),
+                )
+                continue
+            for place in places:
+                if place.is_relative_to(self.home.failed):
+                    report = Path(f"{place}{REPORT_SUFFIX}")
+                    by_name = [r for p, r in reports if p == report]
+                    by_field = [r for _, r in reports if r.get("file") == dropped.rel_path]
+                    chosen = by_name or by_field
+                    if not chosen:
+                        self.violate(
+                            "failed has a report", f"{place.relative_to(self.home.root)!s:.120} "
+                            f"({dropped.rel_path!r}) has no {REPORT_SUFFIX}",
+                        )
+                    elif not str(chosen[0].get("reason") or "").strip():
+                        self.violate("failed has a report", f"the report on {dropped.rel_path!r} "
+                                     "gives no reason")
+                elif place.is_relative_to(self.home.drop) or place.is_relative_to(self.claimed):
+                    if reasons is None:
+                        try:
+                            reasons = self.pending_reasons()
+                        except (subprocess.SubprocessError, ValueError) as error:
+                            self.violate("pending has a reason", f"status failed: {error}")
+                            reasons = {}
+                    reason = reasons.get(os.path.realpath(place))
+                    if not reason:
+                        self.violate(
+                            "pending has a reason", f"{dropped.rel_path!r} left at "
+                            f"{place.relative_to(self.home.root)!s:.120} with no reason in status",
+                        )
+                    elif place.is_relative_to(self.claimed):
+                        # Allowed (pending with a reason), but worth a look: claimed files
+                        # normally move on once their jobs are served.
+                        self.result.notes.append(
+                            f"{dropped.rel_path!r} ({dropped.kind.value}) left in the claim area: "
+                            f"{reason[:300]}"
+                        )
+                    self.check_not_stalled(dropped, place)
+
+    def check_not_stalled(self, dropped: Dropped, place: Path) -> None:
+        """A readable file left pending while a job of its segment still waits with nothing."""
+        if dropped.kind is DropKind.UNREADABLE:
+            return
+        waiting = [
+            int(j["jobId"]) for j in self.sim.jobs()
+            if j["status"] == WAITING
+            and self.job_segment.get(int(j["jobId"])) == dropped.segment
+        ]
+        if waiting:
+            self.violate(
+                "a waiting job is served",
+                f"{dropped.rel_path!r} ({dropped.kind.value}) is still pending at "
+                f"{place.relative_to(self.home.root)!s:.120} while job(s) {waiting} of its segment "
+                "wait", "\n".join(self.requests_for(job) for job in waiting),
+            )
+
+    def check_errors(self) -> None:
+        """A job is failed only when a file for it is invalid (or unreadable), the server refused
+        the data for good, or the agent's attempts ran out against injected faults."""
+        bad_files = {d.rel_path for d in self.result.drops if not d.valid or d.kind is
+                     DropKind.UNREADABLE}
+        # Which files each job was given: from the reports in failed/ and from the journal (a
+        # file whose move to failed/ has not happened yet has no report).
+        blamed: dict[str, set[str]] = {}
+        for _, report in self.reports():
+            for job in report.get("job_ids") or []:
+                blamed.setdefault(str(job), set()).add(str(report.get("file")))
+        with contextlib.suppress(sqlite3.Error):
+            for row in journal(
+                self.home, "SELECT files.rel_path, deliveries.job_id FROM files "
+                "JOIN deliveries ON files.id = deliveries.file_id",
+            ):
+                blamed.setdefault(str(row["job_id"]), set()).add(str(row["rel_path"]))
+        log = self.sim.request_log()
+        for job in self.sim.jobs():
+            if job["status"] != "ERROR":
+                continue
+            job_id = int(job["jobId"])
+            if not str(job.get("errorDetails") or "").strip():
+                self.violate("failed with a reason", f"job {job_id} was failed with no reason")
+            if KEY in str(job.get("errorDetails")):
+                self.violate("no key anywhere", f"job {job_id}'s errorDetails hold the API key")
+            data_path = f"/v1/jobs/{job_id}/data"
+            posts = [r for r in log if r["method"] == "POST" and r["path"] == data_path]
+            refused = [r for r in posts if r["status"] and 400 <= r["status"] < 500
+                       and r["status"] not in NOT_PERMANENT]
+            tries = [r for r in posts if r["fault"] is not None]
+            if blamed.get(str(job_id), set()) & bad_files or refused or len(tries) >= MAX_ATTEMPTS:
+                continue
+            self.violate(
+                "jobs failed only for bad files",
+                f"job {job_id} (segment {self.job_segment.get(job_id)}) is ERROR: "
+                f"{job.get('errorDetails')!r}",
+                f"reports naming it: {sorted(blamed.get(str(job_id), set()))}\n"
+                + self.requests_for(job_id),
+            )
+
+    def requests_for(self, job_id: int) -> str:
+        lines = [
+            f"{r['method']} {r['path']} -> {r['status']} (fault: {r['fault']}, "
+            f"{r['body_bytes']} B)"
+            for r in self.sim.request_log()
+            if f"/{job_id}/" in f"{r['path']}/"
+        ]
+        return f"requests about job {job_id}:\n  " + "\n  ".join(lines or ["(none)"])
+
+    def check_log(self) -> None:
+        log = self.home.log()
+        if "Traceback" in log:
+            at = log.index("Traceback")
+            self.violate("no traceback", "the agent logged a traceback", log[at : at + 2500])
+        if KEY in log:
+            self.violate("no key anywhere", "the API key is in the agent's log")
+
+
+class _Abort(Exception):
+    """The agent cannot run at all: the campaign stops with what it has."""
+
+
+def run_campaign(
+    seed: int, *, steps: int = 14, workdir: Path | None = None, agent_path: Path | None = None
+) -> CampaignResult:
+    """Run one seed in ``workdir`` (a fresh temporary folder, removed after, when None);
+    ``agent_path``: where the agent process imports pushagent from (default: as installed)."""
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="campaign-")))
+        workdir.mkdir(parents=True, exist_ok=True)
+        sim = stack.enter_context(simulator(workdir, complete_after=0.2))
+        campaign = Campaign(seed, plan(seed, steps), workdir, sim, agent_path=agent_path)
+        with contextlib.suppress(_Abort):
+            campaign.run()
+        stack.callback(_make_removable, workdir)
+        return campaign.result
+
+
+def _make_removable(root: Path) -> None:
+    """chmod 000 files and folders would stop the temporary folder's removal as non-root."""
+    for path in root.rglob("*"):
+        with contextlib.suppress(OSError):
+            if not path.is_symlink():
+                path.chmod(0o700)
+
+
+@contextlib.contextmanager
+def _kept(keep: bool, seed: int) -> Iterator[Path | None]:
+    if not keep:
+        yield None
+        return
+    folder = Path(tempfile.mkdtemp(prefix=f"campaign-seed{seed}-"))
+    yield folder
+    print(f"kept: {folder}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.campaign", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--seed", type=int, help="run this one seed")
+    which.add_argument("--seeds", type=int, default=5, help="run seeds FIRST..FIRST+N-1")
+    parser.add_argument("--first", type=int, default=0, help="the first seed of --seeds")
+    parser.add_argument("--steps", type=int, default=14, help="steps per seed (default 14)")
+    parser.add_argument("--keep", action="store_true", help="keep each seed's folder")
+    parser.add_argument("--agent-path", type=Path, metavar="DIR",
+                        help="run the agent with pushagent imported from DIR (e.g. a `git "
+                             "archive` of another commit); the simulator stays this tree's")
+    parser.add_argument("--quiet", action="store_true", help="print only the failing seeds")
+    args = parser.parse_args(argv)
+    # The simulator logs every request at DEBUG; the report is what matters here.
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+    seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
+    failing: list[int] = []
+    for seed in seeds:
+        with _kept(args.keep, seed) as folder:
+            result = run_campaign(
+                seed, steps=args.steps, workdir=folder, agent_path=args.agent_path
+            )
+        if result.violations:
+            failing.append(seed)
+        if result.violations or not args.quiet:
+            print(result.report(), flush=True)
+        else:
+            print(f"seed {seed}: ok in {result.seconds:.1f} s", flush=True)
+    print(f"{len(failing)} of {len(seeds)} seed(s) broke the promise: {failing}")
+    return 1 if failing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
