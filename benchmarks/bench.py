@@ -697,11 +697,12 @@ class StopCase(Enum):
 
 
 def cold_stop(agent: subprocess.Popen[bytes]) -> float:
-    """Two SIGTERMs (warm, then cold) 50 ms apart; seconds from the second to the exit."""
+    """Two SIGTERMs (warm, then cold) 50 ms apart; seconds from the first to the exit (a warm
+    stop with no upload in progress may end it before the second)."""
+    sent = time.perf_counter()
     agent.send_signal(signal.SIGTERM)
     time.sleep(0.05)
     agent.send_signal(signal.SIGTERM)
-    sent = time.perf_counter()
     try:
         agent.wait(timeout=120)
     except subprocess.TimeoutExpired:
@@ -738,14 +739,13 @@ def stop_held(work: Path, sim: SimulatorControl, url: str, case: StopCase) -> fl
 
 def stop_planning(work: Path, sim: SimulatorControl, url: str, files: int) -> float:
     """Cold stop right after a list call returns ``files`` waiting jobs to an agent with
-    ``files`` waiting files: list calls are held until every file waits, then let go."""
+    ``files`` waiting files: list calls answer no jobs until every file waits, then the jobs."""
     home = work / "planning"
     agent_home(home, url)
     segments = range(1_000_001, 1_000_001 + files)
     add_jobs(url, segments)
     write_drops(home / "drop", segments)
-    hold = 2.0
-    sim.add_fault(method="GET", path=f"^{LIST_PATH}$", count=None, delay=hold)
+    sim.add_fault(method="GET", path=f"^{LIST_PATH}$", count=None, status=200, body="[]")
     with agent_process(home, url) as agent:
         wait_until(
             lambda: journal_count(home, "waiting") >= files,
@@ -753,11 +753,11 @@ def stop_planning(work: Path, sim: SimulatorControl, url: str, files: int) -> fl
             what=f"{files} files waiting",
         )
         sim.clear_request_log()
-        sim.clear_faults()  # the call held now is answered within ``hold`` seconds
+        sim.clear_faults()  # the next poll (matching.poll_seconds) gets the jobs
         wait_until(
-            lambda: [r for r in list_calls(sim.request_log()) if r["status"] == 200],
-            timeout=hold + 60,
-            what="a list call answered",
+            lambda: [r for r in list_calls(sim.request_log()) if r["fault"] is None],
+            timeout=60,
+            what="a list call answered with the jobs",
         )
         return cold_stop(agent)
 

@@ -216,6 +216,8 @@ class Agent:
         now = self._clock()
         if now < self._journal_retry_at:
             return
+        if Cause.STATE_DIR in self.conditions:  # a cheap write tells whether space is back
+            self._journal.set_meta("write_probe", str(self._wall()))
         self._rescan_if_due(now)
         self._admit(self._readiness.take_ready())
         if now >= self._next_expiry:
@@ -234,7 +236,7 @@ class Agent:
             self._journal_retry_at = self._clock() + IDLE_WAIT_SECONDS
             self._next_rescan = min(self._next_rescan, self._clock() + IDLE_WAIT_SECONDS)
         else:
-            if Cause.STATE_DIR in self.conditions:
+            if Cause.STATE_DIR in self.conditions and self._journal.writable:
                 self.conditions.clear(Cause.STATE_DIR)
 
     def _exit_code(self) -> int:
@@ -715,7 +717,7 @@ class Agent:
         intended = Path(row.final_path) if row.final_path else None
         delivered = result.verdict is Verdict.DELIVERED
         if intended is None or (os.path.lexists(intended) and not same_entry(source, intended)):
-            intended = unique_target(folder, relative)
+            intended = unique_target(folder, relative, with_report=not delivered)
             self._journal.intend_final(row.id, intended)
         intended.parent.mkdir(parents=True, exist_ok=True)
         report = None

@@ -190,6 +190,9 @@ class Journal:
         self.path = path
         self._clock = clock
         self._lock = threading.RLock()
+        # False from a write the disk refused until the next write that commits: whether the
+        # agent is degraded is what the journal last did, not what one pass happened to try.
+        self.writable = True
         try:
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             self._db.row_factory = sqlite3.Row
@@ -235,6 +238,7 @@ class Journal:
             self._db.close()
 
     def _unavailable(self, error: sqlite3.Error) -> JournalUnavailable:
+        self.writable = False
         return JournalUnavailable(
             f"journal {self.path}: {error}; free space in the state_dir or make it writable "
             "(the agent resumes by itself)"
@@ -250,6 +254,7 @@ class Journal:
             try:
                 yield self._db
                 self._db.execute("COMMIT")
+                self.writable = True
             except sqlite3.IntegrityError:
                 self._rollback()
                 raise
@@ -364,8 +369,13 @@ class Journal:
                        "path = ?, claimed_at = COALESCE(claimed_at, ?), reason = 'uploading'",
                        (str(path), self._clock()))
             db.executemany(
-                "INSERT OR IGNORE INTO deliveries (file_id, job_id, state) VALUES (?, ?, ?)",
-                [(file_id, job_id, DeliveryState.ASSIGNED.value) for job_id in job_ids],
+                "INSERT INTO deliveries (file_id, job_id, state) VALUES (?, ?, ?) "
+                "ON CONFLICT (file_id, job_id) DO UPDATE SET state = excluded.state, "
+                "error = NULL WHERE state = ?",
+                [
+                    (file_id, job_id, DeliveryState.ASSIGNED.value, DeliveryState.GONE.value)
+                    for job_id in job_ids
+                ],
             )
 
     def resettle(self, file_id: int, reason: str) -> None:

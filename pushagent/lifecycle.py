@@ -10,9 +10,9 @@ its claim folder). Unmatched or odd files go from SETTLING or WAITING straight t
 A delivery (one file to one job):
     ASSIGNED -> UPLOADING -> UPLOADED
 An upload the server definitely did not keep goes back to ASSIGNED; a job that is gone or taken
-is GONE; a job we failed is REJECTED; a job the file never reached, for a reason that is not its
-content (an unreadable file, a file changed after another job got it), is RELEASED, free for
-another file.
+is GONE (ASSIGNED again if it is listed as waiting again); a job we failed is REJECTED; a job
+the file never reached, for a reason that is not its content (an unreadable file, a file changed
+after another job got it), is RELEASED, free for another file.
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ DELIVERY_MOVES: dict[DeliveryState, frozenset[DeliveryState]] = {
         }
     ),
     DeliveryState.UPLOADED: frozenset(),
-    DeliveryState.GONE: frozenset(),
+    # Listed as waiting again after a 404 or 409 (a blip, or a lag in the server's list).
+    DeliveryState.GONE: frozenset({DeliveryState.ASSIGNED}),
     DeliveryState.REJECTED: frozenset(),
     DeliveryState.RELEASED: frozenset(),
 }

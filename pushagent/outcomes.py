@@ -41,14 +41,19 @@ def name_limit(folder: Path) -> int:
 
 
 def unique_target(
-    folder: Path, relative: PurePath, *, name_max: Callable[[Path], int] = name_limit
+    folder: Path,
+    relative: PurePath,
+    *,
+    with_report: bool = True,
+    name_max: Callable[[Path], int] = name_limit,
 ) -> Path:
     """``folder/relative``, or ``name-2.csv``, ``name-3.csv``... when that name or its error
-    report is taken. A stem too long for the folder's name limit with ``.error.json`` added is
-    shortened (whole characters; the extension and counter kept), so the file and its report
-    both fit; the report's partial name is kept short by ``write_error_report``."""
+    report is taken. A name too long for the folder's limit (with ``.error.json`` added, when
+    ``with_report``: failed/) is shortened (whole characters; the extension and counter kept),
+    so the file and its report both fit; a file in done/ keeps every byte of a name that fits.
+    The report's partial name is kept short by ``write_error_report``."""
     parent = folder / relative.parent
-    budget = name_max(parent) - _size(REPORT_SUFFIX)
+    budget = name_max(parent) - (_size(REPORT_SUFFIX) if with_report else 0)
     n = 1
     while True:
         counter = "" if n == 1 else f"-{n}"

@@ -4,6 +4,8 @@ A file is ready when:
 - it was renamed into place (a move event, or a create with no open for writing following it:
   an open-for-write always follows a create, a rename never does), and has not changed since;
 - or its size and mtime have not changed for ``settle_seconds``;
+- and no process holds it open for writing, where Linux can tell (a dropper that renames a file
+  in and writes on through its open handle);
 - and, when ``trigger_suffix`` is set, only once ``<name><suffix>`` exists beside it.
 
 Any open or modify event on a tracked file puts it back under the settle rule.
@@ -11,6 +13,8 @@ Any open or modify event on a tracked file puts it back under the settle rule.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import fnmatch
 import heapq
 import itertools
@@ -44,6 +48,29 @@ class Candidate:
     size: int
     mtime: float
     odd: str | None = None
+
+
+def open_for_writing(path: Path) -> bool:
+    """True when some process holds ``path`` open for writing: Linux refuses a read lease
+    (``F_SETLEASE``) with EAGAIN then. False when it is not, and when this cannot be told (not
+    Linux; not the file's owner and without CAP_LEASE; a filesystem without leases, such as NFS):
+    the settle rules then decide alone."""
+    set_lease = getattr(fcntl, "F_SETLEASE", None)
+    if set_lease is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.fcntl(fd, set_lease, fcntl.F_RDLCK)
+    except OSError as error:
+        return error.errno == errno.EAGAIN
+    else:
+        fcntl.fcntl(fd, set_lease, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)
 
 
 def describe_odd(mode: int) -> str | None:
@@ -84,8 +111,10 @@ class ReadinessTracker:
         trigger_suffix: str | None,
         clock: Callable[[], float],
         lstat: Callable[[Path], os.stat_result] = os.lstat,
+        being_written: Callable[[Path], bool] = open_for_writing,
     ) -> None:
         self._settle = settle_seconds
+        self._being_written = being_written
         self._ignore = tuple(ignore)
         self._trigger = trigger_suffix
         self._clock = clock
@@ -112,7 +141,9 @@ class ReadinessTracker:
         )
 
     def observe(self, path: Path, *, event: str = "scan") -> None:
-        """``event``: "moved" (renamed in), "created", "written" (opened or modified) or "scan".
+        """``event``: "moved" (renamed in), "created", "opened", "written" (modified or closed
+        after writing) or "scan". An open only matters within a create's grace: it is the
+        creating writer's, so the file is not a rename.
 
         One ``lstat``; a vanished file is forgotten. A file waiting for its trigger is due again
         at once: the next :meth:`take_ready` looks for the trigger (one more ``lstat``).
@@ -200,6 +231,11 @@ class ReadinessTracker:
         if odd is None and (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns):
             self._record(path, st, "written", now, push=False)
             return None
+        if odd is None and self._being_written(path):
+            # Renamed in but still held open by its writer: what it writes next must not miss
+            # the upload. Its close is a "written" event; failing that, the settle time decides.
+            self._record(path, st, "written", now)
+            return None
         if odd is None and self._trigger and not self._trigger_exists(path):
             self._awaiting_trigger.add(path)
             return None
@@ -216,6 +252,13 @@ class ReadinessTracker:
         )
         odd = describe_odd(st.st_mode)
         keeps_times = unchanged and event not in ("written", "moved")
+        if event == "opened" and previous is not None and keeps_times:
+            # Nothing changed, and the agent's own look at the file opens it too: only a
+            # create's pending rename guess is undone, so opening never re-arms a file.
+            if previous.rename_due is not None and previous.rename_due > now:
+                previous.rename_due = None
+                previous.due = previous.stable_since + self._settle
+            return
         self._awaiting_trigger.discard(path)  # settled already, so due again at once
         rename_due: float | None
         if event == "moved":

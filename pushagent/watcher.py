@@ -31,7 +31,7 @@ from watchdog.observers.polling import PollingObserver
 
 @dataclass(frozen=True)
 class WatchEvent:
-    kind: str  # "moved" | "created" | "written" | "scan" | "scan-dir"
+    kind: str  # "moved" | "created" | "opened" | "written" | "scan" | "scan-dir"
     path: Path
 
 
@@ -56,7 +56,11 @@ class _Enqueue(FileSystemEventHandler):
         if isinstance(event, FileCreatedEvent):
             kind = "scan" if self._polling else "created"
             return WatchEvent(kind, Path(os.fsdecode(event.src_path)))
-        if isinstance(event, (FileOpenedEvent, FileModifiedEvent, FileClosedEvent)):
+        if isinstance(event, FileOpenedEvent):
+            # Readers open files too (the agent itself, to ask who writes): an open alone only
+            # tells a writer's create from a rename; it never means new bytes.
+            return WatchEvent("opened", Path(os.fsdecode(event.src_path)))
+        if isinstance(event, (FileModifiedEvent, FileClosedEvent)):  # not closed-no-write
             return WatchEvent("written", Path(os.fsdecode(event.src_path)))
         return None
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pushagent.outcomes import report_path_for
 from pushagent.simulator import Simulator
 from tests.e2e import ENDPOINT, KEY, AgentHome, drop_atomically, received, wait_for, waiting_job
 
@@ -285,8 +286,8 @@ def _check_drop(home: FaultHome, sim: Simulator, drop: Drop) -> None:
     elif drop.outcome in ("failed", "aside"):
         target = _landed(home.failed, drop)
         assert target, f"{drop.name} is not in failed/"
-        report = Path(f"{target}.error.json")
-        assert report.is_file(), f"{report.name} is missing beside {target.name}"
+        report = report_path_for(target)
+        assert report is not None, f"the report is missing beside {target.name}"
         reason = json.loads(report.read_text(encoding="utf-8"))["reason"]
         assert reason, f"{report.name} gives no reason"
         for job in drop.jobs:

@@ -131,9 +131,13 @@ def test_the_running_agent_serves_health_and_metrics_that_move(tmp_path: Path) -
             assert metric(before, "pushagent_files_uploaded_total") == 0
             drop_atomically(home.drop, "45311.csv", data)
             wait_for(lambda: (home.done / "45311.csv").exists(), what="the file in done/")
-            after = _scrape(f"{base}/metrics")
+            # The counters move just after the file lands in done/.
+            after = wait_for(
+                lambda: (text := _scrape(f"{base}/metrics"))
+                and metric(text, "pushagent_files_uploaded_total") == 1 and text,
+                what="the upload counted",
+            )
             assert after is not None
-            assert metric(after, "pushagent_files_uploaded_total") == 1
             assert metric(after, "pushagent_bytes_uploaded_total") == len(data)
             assert fetch(f"{base}/healthz")[::2] == (200, "ok\n")
             assert sim.upload_data(job, 0) == data

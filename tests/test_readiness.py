@@ -5,7 +5,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path, PurePath
 
-from pushagent.readiness import RENAME_GRACE_SECONDS, ReadinessTracker
+from pushagent.readiness import RENAME_GRACE_SECONDS, ReadinessTracker, open_for_writing
 from tests.fakes import FakeClock
 
 
@@ -365,3 +365,49 @@ def test_forgotten_files_do_not_pile_up_in_the_heap() -> None:
         t.forget(path)
     assert len(t) == 0 and len(t._heap) <= 64
     assert t.next_deadline() is None
+
+
+def test_a_renamed_file_still_open_for_writing_waits_for_its_writer(tmp_path: Path) -> None:
+    clock = FakeClock()
+    t = tracker(clock)
+    f = tmp_path / "1.csv"
+    with open(f, "w") as writer:
+        writer.write("a\n")
+        writer.flush()
+        assert open_for_writing(f)
+        t.observe(f, event="moved")
+        assert ready_paths(t) == []
+        clock.advance(5.0)
+        assert ready_paths(t) == [], "held open: the settle time alone does not release it"
+        writer.write("1\n")  # what a dropper writes after its rename must reach the upload
+    assert not open_for_writing(f)
+    t.observe(f, event="written")  # the writer's close
+    clock.advance(2.0)
+    (candidate,) = t.take_ready()
+    assert candidate.size == len("a\n1\n")
+
+
+def test_a_file_nobody_writes_is_not_held(tmp_path: Path) -> None:
+    f = tmp_path / "1.csv"
+    f.write_text("a\n1\n")
+    with open(f) as reader:
+        assert reader.read() and not open_for_writing(f)
+    assert not open_for_writing(tmp_path / "missing.csv")
+
+
+def test_the_creating_writers_open_means_not_a_rename_but_a_readers_open_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    t = tracker(clock)
+    created, renamed = tmp_path / "1.csv", tmp_path / "2.csv"
+    created.write_text("a\n1\n")
+    renamed.write_text("a\n2\n")
+    t.observe(created, event="created")
+    t.observe(created, event="opened")  # within the grace: the writer that created it
+    t.observe(renamed, event="moved")
+    clock.advance(RENAME_GRACE_SECONDS)
+    t.observe(renamed, event="opened")  # a reader (the agent's own check, a virus scanner)
+    assert ready_paths(t) == [renamed]
+    clock.advance(2.0)
+    assert ready_paths(t) == [created], "the writer's file waited for the settle time"
