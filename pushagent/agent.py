@@ -10,7 +10,6 @@ Disk and journal faults are conditions (``pushagent.conditions``), not crashes.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import heapq
@@ -40,9 +39,9 @@ from pushagent.outcomes import (
     move_to,
     report_path_for,
     same_entry,
-    unique_target,
     write_error_report,
 )
+from pushagent.placement import Placer
 from pushagent.pool import Finished, WorkerPool
 from pushagent.readiness import Candidate, ReadinessTracker
 from pushagent.router import JobIndex, PendingFile, SegmentRouter, plan_assignments
@@ -142,6 +141,13 @@ class Agent:
             ignore=config.watch.ignore,
             trigger_suffix=config.watch.trigger_suffix,
             clock=clock,
+        )
+        self._placer = Placer(
+            journal=journal,
+            done=config.folders.done,
+            failed=config.folders.failed,
+            trigger_suffix=config.watch.trigger_suffix,
+            wall=wall,
         )
         self._router = SegmentRouter(names=config.segments, pattern=config.watch.filename_pattern)
         self._deliverer = Deliverer(
@@ -389,16 +395,10 @@ class Agent:
             self._journal.note_settling(str(self._relative(path)), path, size=0, mtime=0.0)
 
     def _move_aside_unjournaled(self, path: Path) -> None:
-        """A name that is not UTF-8 cannot enter the journal: it goes straight to failed/."""
-        shown = printable(os.fsencode(path.name).decode("utf-8", "surrogateescape"))
-        reason = f"{shown}: the file name is not valid UTF-8; rename it and drop it again"
-        target = unique_target(self.config.folders.failed, PurePath(path.name))
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_error_report(target, {"file": shown, "reason": reason, "time": self._now_iso()})
-            move_to(path, target)
+            shown, reason = self._placer.move_aside_unjournaled(path)
         except OSError as error:
-            logger.error("{}: cannot move it to failed/: {}", shown, error)
+            logger.error("{}: cannot move it to failed/: {}", printable(str(path)), error)
             return
         self.outcomes.failed.append((shown, reason))
         self.metrics.files_failed.inc()
@@ -599,15 +599,8 @@ class Agent:
             logger.bind(file=row.rel_path).warning("removed from the drop folder before upload")
             self._journal.vanish(row.id, "removed from the drop folder before upload")
             return False
-        self._carry_trigger(Path(row.path), target)
+        self._placer.carry_trigger(Path(row.path), target)
         return True
-
-    def _carry_trigger(self, old: Path, new: Path) -> None:
-        """The ``<name><trigger_suffix>`` marker travels with its file, so it never lingers."""
-        suffix = self.config.watch.trigger_suffix
-        if suffix:
-            with contextlib.suppress(OSError):  # a marker: losing it loses no data
-                os.replace(old.with_name(old.name + suffix), new.with_name(new.name + suffix))
 
     def _start(self, file_id: int) -> None:
         if file_id in self._finishing:
@@ -680,9 +673,9 @@ class Agent:
             state = FileState.DELIVERED if delivered else FileState.REJECTED
             self._journal.conclude(row.id, state, reason=result.reason)
             row = self._journal.file(row.id)
-        folder = self.config.folders.done if delivered else self.config.folders.failed
+        folder = self._placer.folder(delivered=delivered)
         try:
-            target, report = self._place(row, folder, result)
+            target, report = self._placer.place(row, delivered=delivered, reason=result.reason)
         except OSError as error:
             delay = self._backoff(row.id, cap=MOVE_RETRY_MAX_SECONDS)
             message = f"cannot move the file to {folder} ({error}); retrying in {delay:.0f} s"
@@ -709,44 +702,6 @@ class Agent:
             self.outcomes.failed.append((row.rel_path, result.reason or "failed"))
             self.metrics.files_failed.inc()
             log.warning("failed: moved to {}: {}", target, result.reason)
-
-    def _place(
-        self, row: FileRow, folder: Path, result: DeliveryResult
-    ) -> tuple[Path, Path | None]:
-        source, relative = Path(row.path), PurePath(row.rel_path)
-        intended = Path(row.final_path) if row.final_path else None
-        delivered = result.verdict is Verdict.DELIVERED
-        if intended is None or (os.path.lexists(intended) and not same_entry(source, intended)):
-            intended = unique_target(folder, relative, with_report=not delivered)
-            self._journal.intend_final(row.id, intended)
-        intended.parent.mkdir(parents=True, exist_ok=True)
-        report = None
-        if not delivered:
-            report = write_error_report(intended, self._error_report(row, result.reason))
-        if same_entry(source, intended):
-            os.unlink(source)  # the last run stopped between the link and the unlink
-        elif os.path.lexists(source):
-            move_to(source, intended)
-        self._carry_trigger(source, intended)
-        if row.in_claim_area:
-            with contextlib.suppress(OSError):
-                source.parent.rmdir()
-        return intended, report
-
-    def _error_report(self, row: FileRow, reason: str | None) -> dict[str, object]:
-        deliveries = self._journal.deliveries(row.id)
-        return {
-            "file": row.rel_path,
-            "segment": row.segment,
-            "job_ids": [d.job_id for d in deliveries],
-            "uploaded_to": [d.job_id for d in deliveries if d.state.value == "uploaded"],
-            "failed_jobs": [d.job_id for d in deliveries if d.state.value == "rejected"],
-            "reason": reason or "failed",
-            "time": self._now_iso(),
-        }
-
-    def _now_iso(self) -> str:
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._wall()))
 
     def _refresh_gauges(self) -> None:
         pending = len(self._waiting) + len(self._schedule) + len(self._in_flight)
@@ -781,7 +736,7 @@ class Agent:
                 # A journal of the first release: stopped after the final move.
                 done = final.is_relative_to(self.config.folders.done)
                 if not done and report_path_for(final) is None:
-                    write_error_report(final, self._error_report(row, row.reason))
+                    write_error_report(final, self._placer.report(row, row.reason))
                 state = FileState.DELIVERED if done else FileState.REJECTED
                 self._journal.conclude(row.id, state, reason=row.reason)
                 self._journal.finish(row.id, final_path=final)

@@ -1,0 +1,96 @@
+"""Where a finished file goes: ``done/``, or ``failed/`` beside its report, never overwriting.
+
+The target is written to the journal before the move, so a crash inside the move is finished at
+the next start, not redone. A report is written before its file arrives, so a file is never in
+``failed/`` without its reason; a report that cannot be written keeps its file in the claim area.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path, PurePath
+
+from pushagent.journal import FileRow, Journal
+from pushagent.lifecycle import DeliveryState
+from pushagent.names import printable
+from pushagent.outcomes import move_to, same_entry, unique_target, write_error_report
+
+
+class Placer:
+    def __init__(
+        self,
+        *,
+        journal: Journal,
+        done: Path,
+        failed: Path,
+        trigger_suffix: str | None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._journal = journal
+        self._done = done
+        self._failed = failed
+        self._trigger = trigger_suffix
+        self._wall = wall
+
+    def folder(self, *, delivered: bool) -> Path:
+        return self._done if delivered else self._failed
+
+    def place(
+        self, row: FileRow, *, delivered: bool, reason: str | None
+    ) -> tuple[Path, Path | None]:
+        """Move ``row``'s file to its final folder; returns where it went and its report."""
+        source, relative = Path(row.path), PurePath(row.rel_path)
+        intended = Path(row.final_path) if row.final_path else None
+        if intended is None or (os.path.lexists(intended) and not same_entry(source, intended)):
+            folder = self.folder(delivered=delivered)
+            intended = unique_target(folder, relative, with_report=not delivered)
+            self._journal.intend_final(row.id, intended)
+        intended.parent.mkdir(parents=True, exist_ok=True)
+        report = None if delivered else write_error_report(intended, self.report(row, reason))
+        if same_entry(source, intended):
+            os.unlink(source)  # the last run stopped between the link and the unlink
+        elif os.path.lexists(source):
+            move_to(source, intended)
+        self.carry_trigger(source, intended)
+        if row.in_claim_area:
+            with contextlib.suppress(OSError):  # only its own claim folder, and only if empty
+                source.parent.rmdir()
+        return intended, report
+
+    def move_aside_unjournaled(self, path: Path) -> tuple[str, str]:
+        """A name that is not UTF-8 cannot enter the journal: straight to failed/, with its
+        report. Returns the name as shown and the reason; raises OSError when it cannot."""
+        shown = printable(os.fsencode(path.name).decode("utf-8", "surrogateescape"))
+        reason = f"{shown}: the file name is not valid UTF-8; rename it and drop it again"
+        target = unique_target(self._failed, PurePath(path.name))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_error_report(target, {"file": shown, "reason": reason, "time": self._now_iso()})
+        move_to(path, target)
+        return shown, reason
+
+    def carry_trigger(self, old: Path, new: Path) -> None:
+        """The ``<name><trigger_suffix>`` marker travels with its file, so it never lingers."""
+        if self._trigger:
+            with contextlib.suppress(OSError):  # a marker: losing it loses no data
+                os.replace(
+                    old.with_name(old.name + self._trigger),
+                    new.with_name(new.name + self._trigger),
+                )
+
+    def report(self, row: FileRow, reason: str | None) -> dict[str, object]:
+        deliveries = self._journal.deliveries(row.id)
+        return {
+            "file": row.rel_path,
+            "segment": row.segment,
+            "job_ids": [d.job_id for d in deliveries],
+            "uploaded_to": [d.job_id for d in deliveries if d.state is DeliveryState.UPLOADED],
+            "failed_jobs": [d.job_id for d in deliveries if d.state is DeliveryState.REJECTED],
+            "reason": reason or "failed",
+            "time": self._now_iso(),
+        }
+
+    def _now_iso(self) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._wall()))
