@@ -18,8 +18,9 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
 
 from loguru import logger
@@ -36,7 +37,6 @@ from pushagent.lifecycle import FileState
 from pushagent.metrics import AgentMetrics
 from pushagent.names import printable
 from pushagent.outcomes import (
-    move_to,
     report_path_for,
     same_entry,
     write_error_report,
@@ -52,6 +52,8 @@ from pushagent.watcher import DropWatcher, WatchEvent, scan_drop_folder
 # files costs a handful of list calls, not a thousand.
 MIN_POLL_GAP_SECONDS = 0.2
 IDLE_WAIT_SECONDS = 1.0
+CLAIM_BUDGET_SECONDS = 0.05
+CLAIMS_PER_WORKER = 4
 MOVE_RETRY_MAX_SECONDS = 30.0
 PRUNE_INTERVAL_SECONDS = 86400.0
 EXPIRY_CHECK_SECONDS = 60.0
@@ -146,6 +148,7 @@ class Agent:
             journal=journal,
             done=config.folders.done,
             failed=config.folders.failed,
+            claimed=config.state_dir / "claimed",
             trigger_suffix=config.watch.trigger_suffix,
             wall=wall,
         )
@@ -178,6 +181,8 @@ class Agent:
         self._reasons: dict[int, str] = {}
         self._streaks: dict[int, int] = {}
         self._jobs: dict[str, Job] = {}
+        self._to_claim: deque[tuple[int, list[str]]] = deque()
+        self._placed: deque[tuple[FileRow, Path, Path | None, DeliveryResult]] = deque()
         self._job_index = JobIndex([])
         self._idle_since: dict[str, float] = {}
         self._idle_written: set[str] = set()
@@ -210,6 +215,7 @@ class Agent:
                 self._receive(timeout=self._wait_time())
                 if self._stopping is None:
                     self._guarded(self._step)
+                self._guarded(self._commit_placed)
                 self._refresh_gauges()
         finally:
             self._watcher.stop()
@@ -232,6 +238,7 @@ class Agent:
         for file_id in self._schedule.pop_due(now):
             self._start(file_id)
         self._poll_if_due(now)
+        self._claim_some()
 
     def _guarded(self, work: Callable[[], None]) -> None:
         """A journal that cannot be written is a condition: wait, claim nothing, try again."""
@@ -277,13 +284,18 @@ class Agent:
         if not once:
             return False
         settling = len(self._readiness) - self._readiness.waiting_for_trigger()
-        moving = self._in_flight or settling > 0 or self._fresh_files or self._poll_in_flight
+        moving = (
+            self._in_flight or settling > 0 or self._fresh_files or self._poll_in_flight
+            or self._to_claim
+        )
         next_retry = self._schedule.next()
         retry_soon = next_retry is not None and next_retry <= self._clock() + 1
         first_poll_done = self._poll_answered or not self._waiting
         return not moving and not retry_soon and self._next_rescan > 0 and first_poll_done
 
     def _wait_time(self) -> float:
+        if self._to_claim and len(self._in_flight) < self.config.upload.workers * CLAIMS_PER_WORKER:
+            return 0.0
         deadlines = [self._next_rescan, self._next_poll_time()]
         for deadline in (self._schedule.next(), self._readiness.next_deadline()):
             if deadline is not None:
@@ -360,9 +372,13 @@ class Agent:
             self._next_rescan = now + self.config.watch.rescan_seconds
 
     def _observe_all(self) -> None:
-        for path in scan_drop_folder(self._drop, ignored=self._ignored):
-            if path not in self._readiness and path not in self._waiting_paths:
-                self._track(path, "scan")
+        new = [
+            path for path in scan_drop_folder(self._drop, ignored=self._ignored)
+            if path not in self._readiness and path not in self._waiting_paths
+        ]
+        seen = [path for path in new if self._observe(path, "scan")]
+        # One transaction for the lot: a start with 20,000 files present records them at once.
+        self._journal.note_settling_many((str(self._relative(path)), path) for path in seen)
 
     def _ignored(self, relative: PurePath) -> bool:
         """The configured ignore patterns, and the drop-folder lock whatever they say."""
@@ -380,19 +396,25 @@ class Agent:
             self._track(event.path, event.kind)
 
     def _track(self, path: Path, event: str) -> None:
-        if not _storable(path):
-            self._move_aside_unjournaled(path)
-            return
         if path in self._waiting_paths:
             if event != "written":
                 return
             file_id = self._waiting_paths[path]
             self._forget_waiting(file_id)
             self._journal.back_to_settling(file_id)
+        if self._observe(path, event):
+            self._journal.note_settling_many([(str(self._relative(path)), path)])
+
+    def _observe(self, path: Path, event: str) -> bool:
+        """Into the readiness tracker; True when it is tracked for the first time."""
+        if not _storable(path):
+            self._move_aside_unjournaled(path)
+            return False
         self._readiness.observe(path, event=event)
         if path in self._readiness and path not in self._segments:
             self._segments[path] = self._router.segment_of(self._relative(path))
-            self._journal.note_settling(str(self._relative(path)), path, size=0, mtime=0.0)
+            return True
+        return False
 
     def _move_aside_unjournaled(self, path: Path) -> None:
         try:
@@ -419,34 +441,36 @@ class Agent:
                 self._segments.pop(Path(row.path), None)
 
     def _admit(self, ready: list[Candidate]) -> None:
+        matched: list[tuple[str, Path, int, float, str]] = []
         for candidate in ready:
             if candidate.path in self._resettling:
                 file_id = self._resettling.pop(candidate.path)
                 self._journal.reclaim(file_id)
                 self._schedule.add(file_id, self._clock())
                 continue
-            relative = self._relative(candidate.path)
+            relative = str(self._relative(candidate.path))
             segment = self._segments.pop(candidate.path, None)
-            file_id = self._journal.note_settling(
-                str(relative), candidate.path, size=candidate.size, mtime=candidate.mtime
-            )
             self.metrics.files_seen.inc()
-            if candidate.odd or segment is None:
-                reason = candidate.odd or (
-                    "cannot tell which segment this file belongs to; name it "
-                    "<segment>.csv or <segment>/<name>.csv (a producerSegmentID, a "
-                    "producerSegmentIDString or a name under segments:), or set "
-                    "watch.filename_pattern"
-                )
-                self._finish(self._journal.file(file_id), DeliveryResult(Verdict.REJECTED, reason))
+            if candidate.odd is None and segment is not None:
+                matched.append((relative, candidate.path, candidate.size, candidate.mtime, segment))
                 continue
-            row = self._journal.mark_waiting(
-                file_id, segment=segment, reason=f"waiting for a job for segment {segment}"
+            reason = candidate.odd or (
+                "cannot tell which segment this file belongs to; name it "
+                "<segment>.csv or <segment>/<name>.csv (a producerSegmentID, a "
+                "producerSegmentIDString or a name under segments:), or set "
+                "watch.filename_pattern"
             )
+            file_id = self._journal.note_settling(
+                relative, candidate.path, size=candidate.size, mtime=candidate.mtime
+            )
+            self._finish(self._journal.file(file_id), DeliveryResult(Verdict.REJECTED, reason))
+        for row in self._journal.admit_many(matched):
             self._add_waiting(row)
-            logger.bind(file=str(relative), segment=segment).info("ready")
+            logger.bind(file=row.rel_path, segment=row.segment).info("ready")
 
     def _add_waiting(self, row: FileRow) -> None:
+        if row.reason:
+            self._reasons[row.id] = row.reason
         self._waiting[row.id] = row
         self._waiting_paths[Path(row.path)] = row.id
         self._fresh_files = True
@@ -566,12 +590,29 @@ class Agent:
             if older_settling.get(row.segment or "", float("inf")) >= (row.mtime or 0.0)
         ]
         busy = self._journal.reserved_jobs()
-        for assignment in plan_assignments(pending, self._job_index, busy_jobs=busy):
-            row = self._waiting[int(assignment.file.key)]
-            if self._claim(row, [str(job.job_id) for job in assignment.jobs]):
-                self._start(row.id)
+        plan = plan_assignments(pending, self._job_index, busy_jobs=busy)
+        self._to_claim = deque(
+            (int(a.file.key), [str(job.job_id) for job in a.jobs]) for a in plan
+        )
+        planned = {file_id for file_id, _ in self._to_claim}
         for row in self._waiting.values():
-            self._note_reason(row.id, f"waiting for a job for segment {row.segment}")
+            if row.id not in planned:
+                self._note_reason(row.id, f"waiting for a job for segment {row.segment}")
+
+    def _claim_some(self) -> None:
+        """Claims from the last plan, a few at a time: each is a move and a journal write, so a
+        plan of 20,000 files never holds the loop (or a stop) for more than a moment, and files
+        are claimed about as fast as the upload workers take them."""
+        deadline = self._clock() + CLAIM_BUDGET_SECONDS
+        room = self.config.upload.workers * CLAIMS_PER_WORKER - len(self._in_flight)
+        while self._to_claim and room > 0 and self._clock() < deadline:
+            if self.conditions.blocks_claims or self._stopping is not None:
+                return
+            file_id, job_ids = self._to_claim.popleft()
+            row = self._waiting.get(file_id)
+            if row is not None and self._claim(row, job_ids):
+                self._start(row.id)
+                room -= 1
 
     def _oldest_settling_by_segment(self) -> dict[str, float]:
         """Oldest first holds across readiness: a newer file waits while an older one of its
@@ -590,11 +631,10 @@ class Agent:
         if row.in_claim_area:  # requeued: it waited for a new job in its claim folder
             self._journal.claim(row.id, path=Path(row.path), job_ids=job_ids)
             return True
-        target = self.config.state_dir / "claimed" / str(row.id) / PurePath(row.rel_path).name
+        target = self._placer.claim_path(row.id, PurePath(row.rel_path).name)
         self._journal.claim(row.id, path=target, job_ids=job_ids)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            move_to(Path(row.path), target)
+            self._placer.claim(Path(row.path), target)
         except FileNotFoundError:
             logger.bind(file=row.rel_path).warning("removed from the drop folder before upload")
             self._journal.vanish(row.id, "removed from the drop folder before upload")
@@ -613,7 +653,7 @@ class Agent:
                 raise
             return
         row = self._journal.file(file_id)
-        jobs = dict(self._jobs)
+        jobs = self._jobs  # never changed in place, only replaced: a snapshot for the worker
         self._in_flight.add(file_id)
         self._uploads.submit(file_id, lambda: self._deliverer.deliver(row, jobs))
 
@@ -672,7 +712,7 @@ class Agent:
         if row.state not in (FileState.DELIVERED, FileState.REJECTED):
             state = FileState.DELIVERED if delivered else FileState.REJECTED
             self._journal.conclude(row.id, state, reason=result.reason)
-            row = self._journal.file(row.id)
+            row = replace(row, state=state, reason=result.reason)
         folder = self._placer.folder(delivered=delivered)
         try:
             target, report = self._placer.place(row, delivered=delivered, reason=result.reason)
@@ -692,7 +732,20 @@ class Agent:
         self.conditions.clear(Cause.FINAL_FOLDER)
         self._streaks.pop(row.id, None)
         self._reasons.pop(row.id, None)
-        self._journal.finish(row.id, final_path=target, report_path=report)
+        self._placed.append((row, target, report, result))
+
+    def _commit_placed(self) -> None:
+        """The journal says done or failed only once the move is on disk: one fsync per folder
+        for every file placed in this pass, then one journal write each."""
+        self._placer.sync()
+        while self._placed:
+            row, target, report, result = self._placed[0]
+            self._journal.finish(row.id, final_path=target, report_path=report)
+            self._placed.popleft()
+            self._count_finished(row, target, result)
+
+    def _count_finished(self, row: FileRow, target: Path, result: DeliveryResult) -> None:
+        delivered = result.verdict is Verdict.DELIVERED
         log = logger.bind(file=row.rel_path, segment=row.segment)
         if delivered:
             self.outcomes.done.append(row.rel_path)

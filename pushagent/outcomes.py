@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path, PurePath
 
 DEFAULT_NAME_MAX = 255
@@ -61,6 +61,12 @@ def unique_target(
         if not os.path.lexists(target) and report_path_for(target) is None:
             return target
         n += 1
+
+
+def fit_name(name: str, budget: int) -> str:
+    """``name`` cut (whole characters, the extension kept) to ``budget`` bytes."""
+    relative = PurePath(name)
+    return _fit(name, relative.stem, "", relative.suffix, budget)
 
 
 def _fit(name: str, stem: str, counter: str, suffix: str, budget: int) -> str:
@@ -127,22 +133,32 @@ def move_without_overwrite(
         return target
 
 
-def move_to(src: Path, target: Path, *, name_max: Callable[[Path], int] = name_limit) -> None:
+def move_to(
+    src: Path,
+    target: Path,
+    *,
+    durable: bool = True,
+    name_max: Callable[[Path], int] = name_limit,
+) -> None:
     """Move ``src`` to exactly ``target``, whose folder exists; ``FileExistsError`` if the name
-    is taken, which is never overwritten."""
+    is taken, which is never overwritten. ``durable=False`` leaves the fsync of ``target``'s
+    folder to the caller (``sync_folders``), which can then sync once for many moves."""
     try:
         # link() refuses to replace an existing name, which rename() would silently do.
         os.link(src, target, follow_symlinks=False)
     except OSError as error:
         if error.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
             raise
-        _move_fallback(src, target, name_max=name_max)
+        _move_fallback(src, target, durable=durable, name_max=name_max)
         return
     os.unlink(src)
-    _fsync_dir(target.parent)
+    if durable:
+        _fsync_dir(target.parent)
 
 
-def _move_fallback(src: Path, target: Path, *, name_max: Callable[[Path], int]) -> None:
+def _move_fallback(
+    src: Path, target: Path, *, durable: bool = True, name_max: Callable[[Path], int]
+) -> None:
     if os.path.lexists(target):
         raise FileExistsError(errno.EEXIST, "target appeared during the move", str(target))
     try:
@@ -154,7 +170,15 @@ def _move_fallback(src: Path, target: Path, *, name_max: Callable[[Path], int]) 
         # shutil.move keeps a symlink a symlink and copies a directory as a tree.
         shutil.move(str(src), str(partial))
         os.rename(partial, target)
-    _fsync_dir(target.parent)
+    if durable:
+        _fsync_dir(target.parent)
+
+
+def sync_folders(folders: Iterable[Path]) -> None:
+    """fsync each folder once: the names moved into it by ``move_to(durable=False)`` survive a
+    power cut from here on."""
+    for folder in folders:
+        _fsync_dir(folder)
 
 
 def write_error_report(

@@ -16,7 +16,15 @@ from pathlib import Path, PurePath
 from pushagent.journal import FileRow, Journal
 from pushagent.lifecycle import DeliveryState
 from pushagent.names import printable
-from pushagent.outcomes import move_to, same_entry, unique_target, write_error_report
+from pushagent.outcomes import (
+    fit_name,
+    move_to,
+    name_limit,
+    same_entry,
+    sync_folders,
+    unique_target,
+    write_error_report,
+)
 
 
 class Placer:
@@ -26,10 +34,13 @@ class Placer:
         journal: Journal,
         done: Path,
         failed: Path,
+        claimed: Path,
         trigger_suffix: str | None,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._journal = journal
+        self._claimed = claimed
+        self.unsynced: set[Path] = set()  # folders with moves not yet fsynced
         self._done = done
         self._failed = failed
         self._trigger = trigger_suffix
@@ -53,12 +64,29 @@ class Placer:
         if same_entry(source, intended):
             os.unlink(source)  # the last run stopped between the link and the unlink
         elif os.path.lexists(source):
-            move_to(source, intended)
+            move_to(source, intended, durable=False)
+            self.unsynced.add(intended.parent)
         self.carry_trigger(source, intended)
-        if row.in_claim_area:
-            with contextlib.suppress(OSError):  # only its own claim folder, and only if empty
+        if row.in_claim_area and source.parent != self._claimed:
+            with contextlib.suppress(OSError):  # a claim folder of the first release, if empty
                 source.parent.rmdir()
         return intended, report
+
+    def claim_path(self, file_id: int, name: str) -> Path:
+        """``claimed/<id>-<name>``: flat (no folder to make and remove per file), unique by
+        id, and still readable by a person; the name is cut to fit the folder's limit."""
+        return self._claimed / fit_name(f"{file_id}-{name}", name_limit(self._claimed))
+
+    def claim(self, dropped: Path, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        move_to(dropped, target, durable=False)
+        self.unsynced.add(target.parent)
+        self.unsynced.add(dropped.parent)
+
+    def sync(self) -> None:
+        """One fsync per folder for all the moves since the last call."""
+        folders, self.unsynced = self.unsynced, set()
+        sync_folders(folder for folder in folders if folder.is_dir())
 
     def move_aside_unjournaled(self, path: Path) -> tuple[str, str]:
         """A name that is not UTF-8 cannot enter the journal: straight to failed/, with its

@@ -3,7 +3,8 @@
 A file is ready when:
 - it was renamed into place (a move event, or a create with no open for writing following it:
   an open-for-write always follows a create, a rename never does), and has not changed since;
-- or its size and mtime have not changed for ``settle_seconds``;
+- or its size and mtime have not changed for ``settle_seconds`` (for a file found by a scan, such
+  as one present at start, its mtime counts toward that time);
 - and no process holds it open for writing, where Linux can tell (a dropper that renames a file
   in and writes on through its open handle);
 - and, when ``trigger_suffix`` is set, only once ``<name><suffix>`` exists beside it.
@@ -20,6 +21,7 @@ import heapq
 import itertools
 import os
 import stat as stat_module
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -112,7 +114,9 @@ class ReadinessTracker:
         clock: Callable[[], float],
         lstat: Callable[[Path], os.stat_result] = os.lstat,
         being_written: Callable[[Path], bool] = open_for_writing,
+        wall: Callable[[], float] = time.time,
     ) -> None:
+        self._wall = wall
         self._settle = settle_seconds
         self._being_written = being_written
         self._ignore = tuple(ignore)
@@ -269,7 +273,15 @@ class ReadinessTracker:
             rename_due = previous.rename_due
         else:
             rename_due = None
-        stable_since = previous.stable_since if previous is not None and keeps_times else now
+        if previous is not None and keeps_times:
+            stable_since = previous.stable_since
+        elif previous is None and event == "scan":
+            # Found by a scan (files present at start): its mtime says how long it has been
+            # still already, so a file untouched for the settle time is ready at once.
+            still_for = max(0.0, self._wall() - st.st_mtime)
+            stable_since = now - min(self._settle, still_for)
+        else:
+            stable_since = now
         due = stable_since + self._settle
         if rename_due is not None:
             due = min(due, rename_due)

@@ -346,7 +346,7 @@ def test_files_are_seen_and_made_ready_while_a_list_call_hangs(agents: AgentFact
 
     exchange.release()
     wait_for(lambda: run.done() == {"45311.csv"}, what="the file in done/ once the list answers")
-    assert [name for name, _ in exchange.uploads["10000"]] == ["45311.csv"]
+    assert [data for _, data in exchange.uploads["10000"]] == [VALID]
 
 
 # --- 3. a long outage ---------------------------------------------------------------------------

@@ -411,3 +411,20 @@ def test_the_creating_writers_open_means_not_a_rename_but_a_readers_open_changes
     assert ready_paths(t) == [renamed]
     clock.advance(2.0)
     assert ready_paths(t) == [created], "the writer's file waited for the settle time"
+
+
+def test_a_file_found_by_a_scan_counts_its_mtime_toward_the_settle_time(tmp_path: Path) -> None:
+    clock = FakeClock()
+    fs = FakeLstat()
+    old, fresh = tmp_path / "old.csv", tmp_path / "fresh.csv"
+    fs.write(old, 10, mtime_ns=100 * 10**9)  # still for 900 s at wall time 1000
+    fs.write(fresh, 10, mtime_ns=999 * 10**9)  # written a second ago
+    t = ReadinessTracker(
+        settle_seconds=2.0, ignore=(), trigger_suffix=None, clock=clock, lstat=fs,
+        being_written=lambda path: False, wall=lambda: 1000.0,
+    )
+    t.observe(old, event="scan")
+    t.observe(fresh, event="scan")
+    assert [c.path for c in t.take_ready()] == [old]
+    clock.advance(1.0)
+    assert [c.path for c in t.take_ready()] == [fresh]

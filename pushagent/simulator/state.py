@@ -8,7 +8,6 @@ timer thread exists and tests can drive time.
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -90,6 +89,17 @@ class _Record:
     received_records: int | None = None
 
 
+def _copy_json(value: Any) -> Any:
+    """A deep copy of JSON-shaped data (dicts, lists, immutable leaves): what callers get, so
+    they never change a job under the lock. Several times faster than ``copy.deepcopy``, which
+    a list call over 20,000 jobs spent most of its time in."""
+    if isinstance(value, dict):
+        return {key: _copy_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy_json(item) for item in value]
+    return value
+
+
 def _not_found(job_id: int) -> KeyError:
     return KeyError(f"the simulator has no job {job_id}")
 
@@ -112,13 +122,15 @@ class JobStore:
         self._lock = threading.Lock()
         self._jobs: dict[int, _Record] = {}
         self._scheduled: dict[int, dict[str, Any]] = {}
+        # The highest job ID so far: a new job's default ID without a pass over every job.
+        self._last_job_id = FIRST_JOB_ID - 1
 
     # -- creating ---------------------------------------------------------------------------
 
     def add_job(self, fields: Mapping[str, Any]) -> dict[str, Any]:
         with self._lock:
             if fields.get("jobId") is None:
-                job_id = max([FIRST_JOB_ID - 1, *self._jobs]) + 1
+                job_id = self._last_job_id + 1
             else:
                 job_id = wire_jobs.parse_id(fields["jobId"], what="jobId")
                 if job_id in self._jobs:
@@ -126,7 +138,8 @@ class JobStore:
             wire, contents = wire_jobs.normalise_job(fields, job_id=job_id)
             files = self._write_segment_files(job_id, contents)
             self._jobs[job_id] = _Record(wire=wire, files=files)
-            return copy.deepcopy(wire)
+            self._last_job_id = max(self._last_job_id, job_id)
+            return _copy_json(wire)
 
     def add_jobs(self, many: Iterable[Mapping[str, Any]]) -> None:
         for fields in many:
@@ -142,7 +155,7 @@ class JobStore:
                     raise ConfigError(f"scheduled job {job_id} already exists")
             wire = wire_jobs.normalise_scheduled_job(fields, job_id=job_id)
             self._scheduled[job_id] = wire
-            return copy.deepcopy(wire)
+            return _copy_json(wire)
 
     def _write_segment_files(self, job_id: int, contents: Mapping[str, str]) -> dict[str, Path]:
         folder = self._data_dir / "segments" / str(job_id)
@@ -181,17 +194,17 @@ class JobStore:
             if record is None:
                 return None
             self._advance(record)
-            return copy.deepcopy(record.wire)
+            return _copy_json(record.wire)
 
     def job(self, job_id: int) -> dict[str, Any]:
         with self._lock:
-            return copy.deepcopy(self._record(job_id).wire)
+            return _copy_json(self._record(job_id).wire)
 
     def job_state(self, job_id: int) -> dict[str, Any]:
         with self._lock:
             record = self._record(job_id)
             return {
-                "job": copy.deepcopy(record.wire),
+                "job": _copy_json(record.wire),
                 "uploads": len(record.uploads),
                 "uploadInProgress": record.uploading,
                 "segmentFilesPresent": sorted(record.files),
@@ -201,16 +214,16 @@ class JobStore:
         with self._lock:
             for record in self._jobs.values():
                 self._advance(record)
-            return [copy.deepcopy(record.wire) for record in self._jobs.values()]
+            return [_copy_json(record.wire) for record in self._jobs.values()]
 
     def scheduled_jobs(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [copy.deepcopy(wire) for wire in self._scheduled.values()]
+            return [_copy_json(wire) for wire in self._scheduled.values()]
 
     def find_scheduled(self, job_id: int) -> dict[str, Any] | None:
         with self._lock:
             wire = self._scheduled.get(job_id)
-            return copy.deepcopy(wire) if wire is not None else None
+            return _copy_json(wire) if wire is not None else None
 
     def uploads(self, job_id: int) -> list[Upload]:
         with self._lock:
@@ -228,7 +241,7 @@ class JobStore:
             record.complete_at = None
             if error_details is not None:
                 record.wire["errorDetails"] = error_details
-            return copy.deepcopy(record.wire)
+            return _copy_json(record.wire)
 
     def begin_upload(self, job_id: int) -> UploadSlot | Refusal:
         with self._lock:
