@@ -15,11 +15,29 @@ folder), then measures:
 - latency: rename of a tiny file -> start of its upload request at the simulator (the request
   log's ``time``, taken when the request line and headers have been read), a job already waiting;
 - burst: many small files for as many waiting jobs: time, files per second, list-jobs calls.
+
+Scale phases, each with its own simulator and agent(s):
+
+    python benchmarks/bench.py --phases startup,storm,stop              # 20,000 / 5,000 files
+    python benchmarks/bench.py --phases startup,storm,stop --files 2000 --storm 1000 \
+        --storm-small 200                                                 # about a minute
+    python benchmarks/bench.py --phases startup --profile /tmp/agent-prof # py-spy stacks
+
+- startup: ``--files`` files already in the drop folder when the agent starts, each named for
+  its own segment with one waiting job (a file goes to every job waiting for its segment, so
+  20,000 deliveries need 20,000 segments): start -> first upload, files per second start ->
+  last in done/, peak RSS, CPU seconds of agent and simulator;
+- storm: ``--storm-small`` then ``--storm`` files renamed into the running agent's drop folder
+  in one loop: files per second, list-jobs calls for each;
+- stop: two SIGTERMs 50 ms apart during a held list call, during the planning pass after a
+  list call returns ``--stop-files`` jobs for as many waiting files, and during a held upload:
+  seconds from the first signal to the exit.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import platform
@@ -56,7 +74,10 @@ UPLOAD_WORKERS = UploadSettings().workers  # the agent runs with the default
 SHARED_PHASES = ("large", "validation", "latency", "burst")  # one simulator, one agent
 SCALE_PHASES = ("startup", "storm", "stop")  # each its own simulator and agent(s)
 PHASES = SHARED_PHASES + SCALE_PHASES
+# --profile: where py-spy writes each agent's collapsed stacks (None: no profiling).
+PROFILE_DIR: Path | None = None
 POLL = 0.005  # how often the benchmark looks for an outcome: well below what it measures
+SLOW_POLL = 0.05  # the same for a probe that costs a control call or a scan of 20,000 files
 
 AGENT_CONFIG = """\
 exchange:
@@ -79,7 +100,12 @@ class Row:
 # --- processes ----------------------------------------------------------------------------------
 
 
-def wait_until(probe: Callable[[], Any], *, timeout: float, what: str) -> Any:
+def wait_until(
+    probe: Callable[[], Any], *, timeout: float, what: str, every: float = POLL
+) -> Any:
+    """``probe()`` once it is truthy. ``every``: the pause between probes; a probe that costs
+    the simulator or the agent's disk something is made less often, not to slow what it
+    measures."""
     deadline = time.monotonic() + timeout
     while True:
         value = probe()
@@ -87,7 +113,27 @@ def wait_until(probe: Callable[[], Any], *, timeout: float, what: str) -> Any:
             return value
         if time.monotonic() > deadline:
             raise SystemExit(f"bench: timed out after {timeout:g} s waiting for {what}")
-        time.sleep(POLL)
+        time.sleep(every)
+
+
+@contextmanager
+def profiled(process: subprocess.Popen[bytes], out: Path) -> Iterator[None]:
+    """py-spy sampling ``process`` (and its threads, idle ones left out) until it exits or the
+    block ends; collapsed stacks in ``out`` (``--profile``; py-spy must be on the PATH or
+    beside this Python)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    with open(out.with_suffix(".log"), "wb") as log:
+        sampler = subprocess.Popen(
+            [spy, "record", "--pid", str(process.pid), "--format", "raw", "--rate", "200",
+             "--output", str(out)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield
+    finally:
+        sampler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        sampler.wait(timeout=60)
 
 
 @contextmanager
@@ -150,6 +196,10 @@ def agent_process(
             cwd=home,
             env={**os.environ, "BENCH_EXCHANGE_KEY": KEY},
         )
+    sampling = contextlib.ExitStack()
+    if PROFILE_DIR is not None:
+        out = PROFILE_DIR / f"{home.parent.name}-{home.name}.txt"
+        sampling.enter_context(profiled(process, out))
     try:
         if wait_started:
             wait_until(
@@ -161,6 +211,7 @@ def agent_process(
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
+        sampling.close()
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -501,9 +552,10 @@ class Bench:
         for source, segment in sources:
             self.drop(source, segment)
         wait_until(
-            lambda: sum(1 for _ in os.scandir(done)) >= count,
+            lambda: count_entries(done) >= count,
             timeout=600,
             what=f"{count} files in done/",
+            every=SLOW_POLL,
         )
         seconds = time.perf_counter() - started
         log = self.sim.request_log()
@@ -615,11 +667,15 @@ def startup(work: Path, files: int) -> list[Row]:
                 lambda: [r for r in sim.request_log() if r["method"] == "POST"],
                 timeout=600,
                 what="the first upload",
+                every=SLOW_POLL,
             )
             first = min(r["time"] for r in posts) - started
             done = home / "done"
             wait_until(
-                lambda: count_entries(done) >= files, timeout=3600, what=f"{files} files in done/"
+                lambda: count_entries(done) >= files,
+                timeout=3600,
+                what=f"{files} files in done/",
+                every=SLOW_POLL,
             )
             seconds = time.time() - started
             rss = peak_rss_mib(agent.pid)
@@ -751,6 +807,7 @@ def stop_planning(work: Path, sim: SimulatorControl, url: str, files: int) -> fl
             lambda: journal_count(home, "waiting") >= files,
             timeout=600,
             what=f"{files} files waiting",
+            every=SLOW_POLL,
         )
         sim.clear_request_log()
         sim.clear_faults()  # the next poll (matching.poll_seconds) gets the jobs
@@ -758,6 +815,12 @@ def stop_planning(work: Path, sim: SimulatorControl, url: str, files: int) -> fl
             lambda: [r for r in list_calls(sim.request_log()) if r["fault"] is None],
             timeout=60,
             what="a list call answered with the jobs",
+            every=SLOW_POLL,
+        )
+        # The pass has begun once it claimed a file; a stop before that (while the answer is
+        # still being read) would not be one during the pass.
+        wait_until(
+            lambda: journal_count(home, "claimed"), timeout=120, what="the first claim"
         )
         return cold_stop(agent)
 
@@ -863,6 +926,11 @@ def main() -> int:
         type=int,
         help="stop: jobs and waiting files for the planning-pass case (default: --files)",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="sample every agent process with py-spy into this folder (collapsed stacks)",
+    )
     parser.add_argument("--workdir", type=Path, help="where to work (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument(
@@ -876,6 +944,10 @@ def main() -> int:
         parser.error(f"unknown phases {sorted(phases - set(PHASES))}; use {', '.join(PHASES)}")
     if "large" in phases and not Path(CURL).exists():
         raise SystemExit(f"bench: {CURL} is needed for the reference upload")
+    if args.profile is not None:
+        global PROFILE_DIR
+        PROFILE_DIR = args.profile.resolve()
+        PROFILE_DIR.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="pushagent-bench-", dir=args.workdir))
     print(f"work folder: {work}", file=sys.stderr)
     rows: list[Row] = []

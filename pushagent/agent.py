@@ -29,7 +29,7 @@ from pushagent.conditions import Cause, Conditions
 from pushagent.config import AgentConfig
 from pushagent.droplock import LOCK_NAME
 from pushagent.errors import ExchangeError, ExchangeUnavailable, JournalUnavailable
-from pushagent.exchange import ExchangeClient, Job, JobCategory, JobStatus
+from pushagent.exchange import ExchangeClient, JobCategory, JobStatus
 from pushagent.exchange.outcome import Outcome, classify
 from pushagent.exchange.retry import backoff
 from pushagent.journal import FileRow, Journal
@@ -44,7 +44,7 @@ from pushagent.outcomes import (
 from pushagent.placement import Placer
 from pushagent.pool import Finished, WorkerPool
 from pushagent.readiness import Candidate, ReadinessTracker
-from pushagent.router import JobIndex, PendingFile, SegmentRouter, plan_assignments
+from pushagent.router import JobIndex, ListedJob, PendingFile, SegmentRouter, plan_assignments
 from pushagent.uploader import Deliverer, DeliveryResult, DeliverySettings, Verdict
 from pushagent.watcher import DropWatcher, WatchEvent, scan_drop_folder
 
@@ -68,7 +68,7 @@ class _Stop:
 
 @dataclass(frozen=True)
 class _Polled:
-    finished: Finished[list[Job]]
+    finished: Finished[list[ListedJob]]
 
 
 @dataclass
@@ -168,7 +168,7 @@ class Agent:
         self._uploads: WorkerPool[DeliveryResult] = WorkerPool(
             size=config.upload.workers, report=self._inbox.put, name="upload"
         )
-        self._lister: WorkerPool[list[Job]] = WorkerPool(
+        self._lister: WorkerPool[list[ListedJob]] = WorkerPool(
             size=1, report=lambda done: self._inbox.put(_Polled(done)), name="list"
         )
         self._segments: dict[Path, str | None] = {}  # settling drop paths -> segment
@@ -180,7 +180,7 @@ class Agent:
         self._in_flight: set[int] = set()
         self._reasons: dict[int, str] = {}
         self._streaks: dict[int, int] = {}
-        self._jobs: dict[str, Job] = {}
+        self._jobs: dict[str, ListedJob] = {}
         self._to_claim: deque[tuple[int, list[str]]] = deque()
         self._placed: deque[tuple[FileRow, Path, Path | None, DeliveryResult]] = deque()
         self._job_index = JobIndex([])
@@ -510,14 +510,15 @@ class Agent:
         self._fresh_files = False
         self._last_poll = now
         endpoint = self.config.exchange.endpoint_id
-        self._lister.submit(0, lambda: self._client.list_jobs(
+        self._lister.submit(0, lambda: self._client.list_jobs_as(
+            ListedJob.of,
             JobCategory.SEGMENT_EXPORT,
             endpoint_id=endpoint,
             status=JobStatus.WAITING_TO_RECEIVE_DATA,
             include_producer_segment_id_string=True,
         ))
 
-    def _polled(self, finished: Finished[list[Job]]) -> None:
+    def _polled(self, finished: Finished[list[ListedJob]]) -> None:
         now = self._clock()
         if finished.result is None:
             self._poll_failed(now, finished.error)
@@ -548,9 +549,7 @@ class Agent:
         if set(idle) != self._idle_written:
             self._idle_written = set(idle)
             listing = [
-                {"job_id": job_id,
-                 "segment": job.producer_segment_id_string or str(job.producer_segment_id),
-                 "since": self._idle_since[job_id]}
+                {"job_id": job_id, "segment": job.label, "since": self._idle_since[job_id]}
                 for job_id, job in sorted(idle.items())[:JOBS_WITHOUT_FILE_SHOWN]
             ]
             self._journal.set_meta("jobs_without_file", json.dumps(listing))

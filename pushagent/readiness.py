@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
+# Files last written longer ago than this are not asked whether a writer holds them open.
+WRITER_CHECK_MAX_AGE_SECONDS = 60.0
 # How long a create event waits for the open-for-write that tells a writer from a rename.
 RENAME_GRACE_SECONDS = 0.1
 
@@ -40,6 +42,7 @@ class _Tracked:
     # Its live heap entry (sequence number, due time), None while it has none: not yet pushed
     # back after being looked at, or waiting for its trigger.
     entry: tuple[int, float] | None = None
+    held: bool = False  # once found open by a writer, asked again before it may be ready
 
 
 @dataclass(frozen=True)
@@ -235,9 +238,14 @@ class ReadinessTracker:
         if odd is None and (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns):
             self._record(path, st, "written", now, push=False)
             return None
-        if odd is None and self._being_written(path):
+        # A file untouched for a minute is not asked: asking opens the file, which costs two
+        # more events (thousands, for a folder of old files at a start). A fresh one is, even
+        # when a scan found it: a dropper may hold it open across the agent's restart.
+        fresh = self._wall() - st.st_mtime < WRITER_CHECK_MAX_AGE_SECONDS
+        if odd is None and (fresh or seen.held) and self._being_written(path):
             # Renamed in but still held open by its writer: what it writes next must not miss
             # the upload. Its close is a "written" event; failing that, the settle time decides.
+            seen.held = True
             self._record(path, st, "written", now)
             return None
         if odd is None and self._trigger and not self._trigger_exists(path):

@@ -8,12 +8,38 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Protocol
 
+from pushagent.exchange import Job
+
 
 class WaitingJob(Protocol):
     @property
     def job_id(self) -> int: ...
 
     def segment_keys(self) -> frozenset[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ListedJob:
+    """What the agent keeps of a waiting job between list calls: its id, the names of its
+    segment, the columns it maps. A few hundred bytes, where the whole answer's model of a job
+    takes kilobytes: 20,000 waiting jobs stay within the agent's memory budget."""
+
+    job_id: int
+    keys: frozenset[str]
+    columns: tuple[str, ...]
+    label: str  # the segment as a person would name it, for ``pushagent status``
+    is_waiting: bool
+
+    @classmethod
+    def of(cls, job: Job) -> ListedJob:
+        label = job.producer_segment_id_string or str(job.producer_segment_id)
+        return cls(job.job_id, job.segment_keys(), job.required_columns(), label, job.is_waiting)
+
+    def segment_keys(self) -> frozenset[str]:
+        return self.keys
+
+    def required_columns(self) -> tuple[str, ...]:
+        return self.columns
 
 
 class SegmentRouter:

@@ -31,6 +31,7 @@ from pushagent.exchange.outcome import Outcome, classify, counts_as_attempt, is_
 from pushagent.journal import FileRow, Journal
 from pushagent.lifecycle import OPEN_DELIVERIES, DeliveryState
 from pushagent.metrics import AgentMetrics
+from pushagent.router import ListedJob
 from pushagent.validator import CSVReport, missing_columns, validate_csv
 
 # A job that left the waiting state for one of these did not get our data.
@@ -108,7 +109,7 @@ class Deliverer:
         self._user = user
         self._stat = stat
 
-    def deliver(self, file: FileRow, known_jobs: Mapping[str, Job]) -> DeliveryResult:
+    def deliver(self, file: FileRow, known_jobs: Mapping[str, ListedJob]) -> DeliveryResult:
         try:
             report = self._read(file)
             for delivery in self._journal.deliveries(file.id):
@@ -205,10 +206,10 @@ class Deliverer:
 
     def _deliver_one(
         self, file: FileRow, job_id: str, state: DeliveryState, report: CSVReport,
-        known: Mapping[str, Job],
+        known: Mapping[str, ListedJob],
     ) -> None:
         log = logger.bind(file=file.rel_path, segment=file.segment, job=job_id)
-        job = known.get(job_id)
+        job: Job | ListedJob | None = known.get(job_id)
         if state is DeliveryState.UPLOADING or job is None:
             # An earlier attempt may have reached the server: its status is the only witness.
             job = self._current_job(job_id)

@@ -107,6 +107,14 @@ class FakeExchange:
     def _set_status(self, job_id: str, status: JobStatus) -> None:
         self.jobs[job_id] = dataclasses.replace(self.jobs[job_id], status=status)
 
+    def list_jobs_as(
+        self,
+        convert: Callable[[Job], Any],
+        category: JobCategory | str,
+        **filters: Any,
+    ) -> list[Any]:
+        return [convert(job) for job in self.list_jobs(category, **filters)]
+
     def list_jobs(
         self,
         category: JobCategory | str,

@@ -117,6 +117,16 @@ DROPPER_HINT = "the dropper must finish writing before renaming it into the drop
 # --- small pure helpers ---------------------------------------------------------------------
 
 
+def _same(job: Job) -> Job:
+    return job
+
+
+def _skip_space(text: str, position: int) -> int:
+    while position < len(text) and text[position] in " \t\r\n":
+        position += 1
+    return position
+
+
 def _clean(text: str, limit: int) -> str:
     """One line, no control characters, no registered secret, at most ``limit`` characters."""
     text = logs.mask(_SPACES.sub(" ", _CONTROL.sub(" ", text)).strip())
@@ -564,6 +574,23 @@ class ExchangeClient:
         extra_fields: bool = False,
         include_producer_segment_id_string: bool = False,
     ) -> list[Job]:
+        return self.list_jobs_as(
+            _same, category, endpoint_id=endpoint_id, status=status, extra_fields=extra_fields,
+            include_producer_segment_id_string=include_producer_segment_id_string,
+        )
+
+    def list_jobs_as(
+        self,
+        convert: Callable[[Job], T],
+        category: JobCategory | str,
+        *,
+        endpoint_id: int | str | None = None,
+        status: JobStatus | str | None = None,
+        extra_fields: bool = False,
+        include_producer_segment_id_string: bool = False,
+    ) -> list[T]:
+        """``list_jobs``, each job passed through ``convert`` as soon as it is parsed: a caller
+        that keeps a few fields of thousands of jobs never holds them all as whole models."""
         path = f"/v1/jobs/{_segment(_category_text(category), 'category')}"
         params: dict[str, str] = {}
         if endpoint_id is not None:
@@ -574,8 +601,10 @@ class ExchangeClient:
             params["extraFields"] = "true"
         if include_producer_segment_id_string:
             params["includeProducerSegmentIDString"] = "true"
-        data = self._call(lambda: self._get_json(path, params))
-        return self._parse_items(data, Job.from_json, path, "job")
+        text, status_code = self._call(lambda: self._get_text(path, params))
+        return self._decode_items(
+            text, lambda item: convert(Job.from_json(item)), path, "job", status_code
+        )
 
     def get_job(self, category: JobCategory | str, job_id: int | str) -> Job:
         """The server answers an array holding the job; a bare object is accepted too."""
@@ -583,11 +612,12 @@ class ExchangeClient:
         path = f"/v1/jobs/{category_segment}/{_segment(job_id, 'job_id')}"
         data = self._call(lambda: self._get_json(path, {}))
         wanted = _id_text(job_id, "job_id")
+        empty = not data
         jobs = self._parse_items(data, Job.from_json, path, "job")
         for job in jobs:
             if str(job.job_id) == wanted:
                 return job
-        if not data:
+        if empty:
             raise NotFound(
                 "the answer held no job: the job is unknown to the Exchange (or not visible to "
                 "this key)",
@@ -926,8 +956,54 @@ class ExchangeClient:
                 server_message=server_message(content),
             ) from e
 
+    def _get_text(self, path: str, params: Mapping[str, str]) -> tuple[str, int]:
+        response = self._send("GET", path, params=params or None)
+        with response:
+            return response.content.decode("utf-8", errors="replace"), response.status_code
+
+    def _decode_items(
+        self,
+        text: str,
+        parse: Callable[[dict[str, Any]], T],
+        path: str,
+        what: str,
+        status_code: int,
+    ) -> list[T]:
+        """A JSON array answer, decoded one element at a time and each parsed at once: the
+        answer for 20,000 jobs is never held as 20,000 dicts (a bare object or an empty answer
+        are taken as for ``_parse_items``)."""
+        decoder = json.JSONDecoder(parse_float=Decimal)
+        try:
+            start = _skip_space(text, 0)
+            if start == len(text) or text[start] != "[":
+                return self._parse_items(json.loads(text, parse_float=Decimal) if text.strip()
+                                         else None, parse, path, what)
+            parsed: list[T] = []
+            index, position = 0, _skip_space(text, start + 1)
+            while position < len(text) and text[position] != "]":
+                item, end = decoder.raw_decode(text, position)
+                parsed.extend(self._parse_items([item], parse, path, what, first=index))
+                index += 1
+                position = _skip_space(text, end)
+                if position < len(text) and text[position] == ",":
+                    position = _skip_space(text, position + 1)
+                elif position < len(text) and text[position] != "]":
+                    raise ValueError(f"expected ',' or ']' at character {position}")
+            if position >= len(text):
+                raise ValueError("the array is not closed")
+            return parsed
+        except ValueError as e:
+            raise UnexpectedResponse(
+                "the answer is not JSON",
+                method="GET",
+                url=path,
+                status=status_code,
+                server_message=server_message(text[:2000].encode()),
+            ) from e
+
     def _parse_items(
-        self, data: Any, parse: Callable[[dict[str, Any]], T], path: str, what: str
+        self, data: Any, parse: Callable[[dict[str, Any]], T], path: str, what: str,
+        *, first: int = 0,
     ) -> list[T]:
         if data is None:
             items: list[Any] = []
@@ -942,7 +1018,7 @@ class ExchangeClient:
                 url=path,
             )
         parsed: list[T] = []
-        for index, item in enumerate(items):
+        for index, item in enumerate(items, start=first):
             if not isinstance(item, dict):
                 logger.warning("GET {}: skipping {} #{}: not a JSON object", path, what, index)
                 continue
