@@ -6,6 +6,8 @@ stderr and the exit code below, so an expected failure never prints a traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -88,25 +90,9 @@ class ExchangeUnavailable(ExchangeError):
     retryable = True
     exit_code = EXIT_UNAVAILABLE
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        method: str,
-        url: str,
-        status: int | None = None,
-        server_message: str | None = None,
-        retry_after: float | None = None,
-        body_sent: bool = False,
-    ) -> None:
-        super().__init__(
-            message,
-            method=method,
-            url=url,
-            status=status,
-            server_message=server_message,
-            retry_after=retry_after,
-        )
+    def __init__(self, message: str, *, body_sent: bool = False, **call: Any) -> None:
+        """``call``: ``ExchangeError``'s keywords (method, url, status...)."""
+        super().__init__(message, **call)
         self.body_sent = body_sent
 
 

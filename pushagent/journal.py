@@ -585,14 +585,6 @@ class Journal:
             values,
         )
 
-    def finished_since(self, since: float) -> list[FileRow]:
-        marks, values = _marks((FileState.DONE, FileState.FAILED))
-        return self._select(
-            f"SELECT * FROM files WHERE state IN ({marks}) AND finished_at >= ? "
-            "ORDER BY finished_at, id",
-            (*values, since),
-        )
-
     def recently_finished(self, *, limit: int) -> list[FileRow]:
         marks, values = _marks((FileState.DONE, FileState.FAILED))
         return self._select(

@@ -119,20 +119,6 @@ def report_path_for(target: Path) -> Path | None:
     return None
 
 
-def move_without_overwrite(
-    src: Path, folder: Path, relative: PurePath, *, name_max: Callable[[Path], int] = name_limit
-) -> Path:
-    """Move ``src`` to a free name under ``folder`` keeping ``relative``; returns where it went."""
-    while True:
-        target = unique_target(folder, relative, name_max=name_max)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            move_to(src, target, name_max=name_max)
-        except FileExistsError:
-            continue
-        return target
-
-
 def move_to(
     src: Path,
     target: Path,

@@ -130,7 +130,7 @@ def test_a_crash_inside_the_move_to_done_leaves_one_copy(tmp_path: Path, sim: Si
             drop_atomically(home.drop, "45311.csv", data)
             wait_for(lambda: "cannot move the file" in home.log(), what="the failed move")
             home.kill9()
-        # The state a kill -9 leaves right after move_without_overwrite's os.link: both names.
+        # The state a kill -9 leaves right after move_to's os.link: both names.
         (claimed,) = journal(home, "SELECT path FROM files WHERE rel_path = '45311.csv'")
         os.link(claimed["path"], home.done / "45311.csv")
         home.start()

@@ -12,12 +12,19 @@ from pushagent.outcomes import (
     error_report_path,
     fallback_report_path,
     move_to,
-    move_without_overwrite,
     name_limit,
     report_path_for,
     unique_target,
     write_error_report,
 )
+
+
+def move_unique(src: Path, folder: Path, relative: PurePath) -> Path:
+    """What the agent does with a finished file: a free name, then a move to exactly it."""
+    target = unique_target(folder, relative)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    move_to(src, target)
+    return target
 
 
 def test_moves_keep_the_name_and_never_overwrite(tmp_path: Path) -> None:
@@ -26,7 +33,7 @@ def test_moves_keep_the_name_and_never_overwrite(tmp_path: Path) -> None:
     (done / "45311.csv").write_text("older\n")
     src = tmp_path / "45311.csv"
     src.write_text("newer\n")
-    target = move_without_overwrite(src, done, PurePath("45311.csv"))
+    target = move_unique(src, done, PurePath("45311.csv"))
     assert target == done / "45311-2.csv"
     assert target.read_text() == "newer\n"
     assert (done / "45311.csv").read_text() == "older\n"
@@ -39,7 +46,7 @@ def test_a_symlink_moves_as_a_link_and_its_target_stays(tmp_path: Path) -> None:
     link = tmp_path / "drop.csv"
     os.symlink(secret, link)
     failed = tmp_path / "failed"
-    target = move_without_overwrite(link, failed, PurePath("drop.csv"))
+    target = move_unique(link, failed, PurePath("drop.csv"))
     assert target.is_symlink() and os.readlink(target) == str(secret)
     assert secret.read_text() == "s3cret\n"
 
@@ -48,7 +55,7 @@ def test_a_directory_named_like_a_csv_moves_whole(tmp_path: Path) -> None:
     odd = tmp_path / "x.csv"
     odd.mkdir()
     (odd / "inner").write_text("1")
-    target = move_without_overwrite(odd, tmp_path / "failed", PurePath("x.csv"))
+    target = move_unique(odd, tmp_path / "failed", PurePath("x.csv"))
     assert (target / "inner").read_text() == "1"
 
 
@@ -84,7 +91,7 @@ def test_a_254_byte_name_dropped_twice_fits_with_its_report(tmp_path: Path) -> N
     for content in ("first\n", "second\n"):
         src = tmp_path / name
         src.write_text(content)
-        target = move_without_overwrite(src, failed, PurePath(name))
+        target = move_unique(src, failed, PurePath(name))
         report = write_error_report(target, {"file": name, "reason": "bad"})
         assert report == error_report_path(target), "the usual report name fits"
         assert size(report.name) <= 255 and size(f".{report.name}.partial") > 255
