@@ -118,13 +118,13 @@ def wait_until(
 
 @contextmanager
 def profiled(process: subprocess.Popen[bytes], out: Path) -> Iterator[None]:
-    """py-spy sampling ``process`` (and its threads, idle ones left out) until it exits or the
-    block ends; collapsed stacks in ``out`` (``--profile``; py-spy must be on the PATH or
-    beside this Python)."""
+    """py-spy sampling ``process`` (the thread holding the GIL: where Python's CPU goes) until
+    it exits or the block ends; collapsed stacks in ``out`` (``--profile``; py-spy must be on
+    the PATH or beside this Python)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     with open(out.with_suffix(".log"), "wb") as log:
         sampler = subprocess.Popen(
-            [spy, "record", "--pid", str(process.pid), "--format", "raw", "--rate", "200",
+            [spy, "record", "--pid", str(process.pid), "--format", "raw", "--rate", "200", "--gil",
              "--output", str(out)],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -43,7 +43,7 @@ from pushagent.outcomes import (
 )
 from pushagent.placement import Placer
 from pushagent.pool import Finished, WorkerPool
-from pushagent.readiness import Candidate, ReadinessTracker
+from pushagent.readiness import Candidate, ReadinessTracker, open_for_writing
 from pushagent.router import JobIndex, ListedJob, PendingFile, SegmentRouter, plan_assignments
 from pushagent.uploader import Deliverer, DeliveryResult, DeliverySettings, Verdict
 from pushagent.watcher import DropWatcher, WatchEvent, scan_drop_folder
@@ -143,6 +143,9 @@ class Agent:
             ignore=config.watch.ignore,
             trigger_suffix=config.watch.trigger_suffix,
             clock=clock,
+            # Asking opens the file, an event in a watched folder: the drop folder's files are
+            # asked once claimed (by the deliverer), where nobody watches.
+            being_written=self._writer_holds_claimed,
         )
         self._placer = Placer(
             journal=journal,
@@ -379,6 +382,9 @@ class Agent:
         seen = [path for path in new if self._observe(path, "scan")]
         # One transaction for the lot: a start with 20,000 files present records them at once.
         self._journal.note_settling_many((str(self._relative(path)), path) for path in seen)
+
+    def _writer_holds_claimed(self, path: Path) -> bool:
+        return path in self._resettling and open_for_writing(path)
 
     def _ignored(self, relative: PurePath) -> bool:
         """The configured ignore patterns, and the drop-folder lock whatever they say."""

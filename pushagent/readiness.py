@@ -5,8 +5,9 @@ A file is ready when:
   an open-for-write always follows a create, a rename never does), and has not changed since;
 - or its size and mtime have not changed for ``settle_seconds`` (for a file found by a scan, such
   as one present at start, its mtime counts toward that time);
-- and no process holds it open for writing, where Linux can tell (a dropper that renames a file
-  in and writes on through its open handle);
+- and no process holds it open for writing, for the paths ``being_written`` is asked about
+  (the agent asks in its claim area, where opening a file to ask raises no event; see
+  ``open_for_writing``);
 - and, when ``trigger_suffix`` is set, only once ``<name><suffix>`` exists beside it.
 
 Any open or modify event on a tracked file puts it back under the settle rule.
@@ -26,8 +27,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
-# Files last written longer ago than this are not asked whether a writer holds them open.
-WRITER_CHECK_MAX_AGE_SECONDS = 60.0
 # How long a create event waits for the open-for-write that tells a writer from a rename.
 RENAME_GRACE_SECONDS = 0.1
 
@@ -42,7 +41,6 @@ class _Tracked:
     # Its live heap entry (sequence number, due time), None while it has none: not yet pushed
     # back after being looked at, or waiting for its trigger.
     entry: tuple[int, float] | None = None
-    held: bool = False  # once found open by a writer, asked again before it may be ready
 
 
 @dataclass(frozen=True)
@@ -238,14 +236,9 @@ class ReadinessTracker:
         if odd is None and (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns):
             self._record(path, st, "written", now, push=False)
             return None
-        # A file untouched for a minute is not asked: asking opens the file, which costs two
-        # more events (thousands, for a folder of old files at a start). A fresh one is, even
-        # when a scan found it: a dropper may hold it open across the agent's restart.
-        fresh = self._wall() - st.st_mtime < WRITER_CHECK_MAX_AGE_SECONDS
-        if odd is None and (fresh or seen.held) and self._being_written(path):
-            # Renamed in but still held open by its writer: what it writes next must not miss
-            # the upload. Its close is a "written" event; failing that, the settle time decides.
-            seen.held = True
+        if odd is None and self._being_written(path):
+            # Still held open by its writer: what it writes next must not miss the upload. Its
+            # close is a "written" event (in a watched folder); else the settle time decides.
             self._record(path, st, "written", now)
             return None
         if odd is None and self._trigger and not self._trigger_exists(path):

@@ -31,6 +31,7 @@ from pushagent.exchange.outcome import Outcome, classify, counts_as_attempt, is_
 from pushagent.journal import FileRow, Journal
 from pushagent.lifecycle import OPEN_DELIVERIES, DeliveryState
 from pushagent.metrics import AgentMetrics
+from pushagent.readiness import open_for_writing
 from pushagent.router import ListedJob
 from pushagent.validator import CSVReport, missing_columns, validate_csv
 
@@ -99,6 +100,7 @@ class Deliverer:
         validate: Callable[..., CSVReport] = validate_csv,
         user: Callable[[], str] = getpass.getuser,
         stat: Callable[[Path], os.stat_result] = os.stat,
+        being_written: Callable[[Path], bool] = open_for_writing,
     ) -> None:
         self._client = client
         self._journal = journal
@@ -108,6 +110,7 @@ class Deliverer:
         self._validate = validate
         self._user = user
         self._stat = stat
+        self._being_written = being_written
 
     def deliver(self, file: FileRow, known_jobs: Mapping[str, ListedJob]) -> DeliveryResult:
         try:
@@ -151,6 +154,10 @@ class Deliverer:
     def _read(self, file: FileRow) -> CSVReport:
         """Validate the file as it is now; raises _Stop or _Retry when it cannot be sent."""
         log = logger.bind(file=file.rel_path, segment=file.segment)
+        if self._being_written(Path(file.path)):
+            # Renamed in (or found at a start) while its writer still holds it open: it waits,
+            # in its claim folder, until the writer is done.
+            self._changed(file, "its writer still holds it open")
         try:
             report = self._validate(Path(file.path), max_bytes=self._settings.max_bytes)
         except FileNotFoundError:
@@ -235,7 +242,7 @@ class Deliverer:
         assert report.sha256 is not None
         expected = ExpectedBody(size=report.size, sha256=report.sha256, mtime_ns=report.mtime_ns)
         started = self._clock()
-        log.info("uploading {} bytes to job {}", report.size, job_id)
+        log.debug("uploading {} bytes to job {}", report.size, job_id)
         try:
             result = self._client.upload_data(
                 job_id, file.path, content_type=self._settings.content_type, retry=False,

@@ -565,6 +565,22 @@ def test_a_report_that_saw_the_file_change_resettles(tmp_path: Path) -> None:
     assert rig.client.fails == []
 
 
+def test_a_claimed_file_its_writer_still_holds_open_waits_unread(tmp_path: Path) -> None:
+    rig = make(tmp_path, FakeClient())
+    with rig.path.open("ab") as writer:  # a dropper that renamed it in and writes on
+        result = rig.deliver()
+        writer.write(b"b@example.com,B\n")
+    assert result.verdict is Verdict.RESETTLE
+    assert result.reason is not None and "holds it open" in result.reason
+    assert rig.states() == {"1": ASSIGNED}
+    assert rig.client.uploads == [] and rig.client.fails == []
+    again = rig.deliver()  # once it is closed (and settled again, the agent's part)
+    assert again.verdict is Verdict.DELIVERED
+    (upload,) = rig.client.uploads
+    assert upload.expected is not None
+    assert upload.expected.sha256 == sha256(rig.path.read_bytes()), "the final bytes went out"
+
+
 def test_a_change_after_one_job_took_it_releases_the_others(tmp_path: Path) -> None:
     rig: Rig
 
