@@ -147,6 +147,22 @@ def test_jobs_upload_json_reports_the_result(sim: Simulator, tmp_path: Path) -> 
     }
 
 
+def test_a_definite_answer_is_not_called_maybe_delivered_but_silence_is(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    job = waiting_job(sim)
+    path = csv_file(tmp_path)
+    sim.add_fault(method="POST", path=rf"^/v1/jobs/{job}/data$", status=503, count=1)
+    refused = api(sim, "jobs", "upload", str(job), str(path))
+    assert refused.code == 5 and "HTTP 503" in refused.err
+    assert "may or may not" not in refused.err
+    sim.add_fault(method="POST", path=rf"^/v1/jobs/{job}/data$", drop_after=True, count=1)
+    silent = api(sim, "jobs", "upload", str(job), str(path))
+    assert silent.code == 5
+    assert "may or may not have reached the Exchange" in silent.err
+    assert sim.upload_data(job, 0) == VALID.encode(), "the silent upload did land"
+
+
 def test_an_invalid_file_is_not_sent(sim: Simulator, tmp_path: Path) -> None:
     job = waiting_job(sim)
     path = csv_file(tmp_path, "Email,firstName\nana@example.com\n")

@@ -24,11 +24,12 @@ from pushagent.errors import (
     EXIT_USAGE,
     ConfigError,
     CSVValidationError,
-    ExchangeUnavailable,
+    ExchangeError,
     PushAgentError,
-    ServerError,
 )
 from pushagent.exchange import ExchangeClient, Job, JobCategory, JobStatus, RetryPolicy
+from pushagent.exchange.models import ExpectedBody
+from pushagent.exchange.outcome import Outcome, classify
 from pushagent.output import add_json_flag, print_fields, print_json, print_table
 from pushagent.progress import progress_bar
 from pushagent.runtime import build_client
@@ -313,7 +314,8 @@ def show_job(args: argparse.Namespace, env: Environment) -> int:
 
 def _check_upload(
     client: ExchangeClient, args: argparse.Namespace, config: AgentConfig | None
-) -> None:
+) -> ExpectedBody | None:
+    """Validate the file for the job; returns the bytes validated, which are what is sent."""
     max_bytes = (config.validation.max_bytes or None) if config is not None else None
     try:
         report = validate_csv(args.file, max_bytes=max_bytes)
@@ -334,6 +336,9 @@ def _check_upload(
         raise CSVValidationError(str(args.file), problems)
     logger.debug("{}: valid, {} data rows, has the columns job {} maps",
                  args.file, report.data_rows, args.job_id)
+    if report.sha256 is None:
+        return None
+    return ExpectedBody(size=report.size, sha256=report.sha256, mtime_ns=report.mtime_ns)
 
 
 def upload_job(args: argparse.Namespace, env: Environment) -> int:
@@ -344,18 +349,20 @@ def upload_job(args: argparse.Namespace, env: Environment) -> int:
         config.upload.content_type if config is not None else "text/csv"
     )
     with usage_errors(), build_command_client(args, env, config) as client:
-        if not args.no_validate:
-            _check_upload(client, args, config)
+        expected = None if args.no_validate else _check_upload(client, args, config)
         bar = progress_bar(env, label=f"job {args.job_id}", total=args.file.stat().st_size)
         try:
             result = client.upload_data(
-                args.job_id, args.file, content_type=content_type, retry=False, progress=bar
+                args.job_id, args.file, content_type=content_type, retry=False, progress=bar,
+                expected=expected,
             )
-        except (ExchangeUnavailable, ServerError):
-            logger.warning(
-                "the upload may or may not have reached the Exchange; check the job with "
-                "'pushagent jobs show {} {}' before sending it again", args.category, args.job_id,
-            )
+        except ExchangeError as error:
+            if classify(error) is Outcome.AMBIGUOUS:
+                logger.warning(
+                    "the upload may or may not have reached the Exchange; check the job with "
+                    "'pushagent jobs show {} {}' before sending it again",
+                    args.category, args.job_id,
+                )
             raise
         finally:
             if bar is not None:
