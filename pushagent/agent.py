@@ -505,8 +505,7 @@ class Agent:
             return float("inf")
         if self._waiting and self._fresh_files:
             # A file ready just after a list call waits for the gap, not for the next poll.
-            return max(self._last_poll + MIN_POLL_GAP_SECONDS, min(self._next_poll,
-                       self._last_poll + MIN_POLL_GAP_SECONDS))
+            return self._last_poll + MIN_POLL_GAP_SECONDS
         return self._next_poll
 
     def _poll_if_due(self, now: float) -> None:
@@ -542,13 +541,13 @@ class Agent:
         waiting = [job for job in finished.result if job.is_waiting]
         self._jobs = {str(job.job_id): job for job in waiting}
         self._job_index = JobIndex(waiting)
-        self._assign()
-        self._note_jobs_without_file()
+        reserved = self._journal.reserved_jobs()
+        self._assign(reserved)
+        self._note_jobs_without_file(reserved)
 
-    def _note_jobs_without_file(self) -> None:
+    def _note_jobs_without_file(self, reserved: set[str]) -> None:
         """Jobs that wait with no file: the first sign of a dropper that stopped, or of a typo
         in a segment name. Kept for ``pushagent status``, written only when the set changes."""
-        reserved = self._journal.reserved_jobs()
         idle = {job_id: job for job_id, job in self._jobs.items() if job_id not in reserved}
         now = self._wall()
         self._idle_since = {job_id: self._idle_since.get(job_id, now) for job_id in idle}
@@ -585,7 +584,9 @@ class Agent:
         for row in self._waiting.values():
             self._note_reason(row.id, what)
 
-    def _assign(self) -> None:
+    def _assign(self, busy: set[str]) -> None:
+        """Plans which file each free job gets (``busy``: jobs the journal holds for a file);
+        the claims themselves are taken a few at a time by ``_claim_some``."""
         if self.conditions.blocks_claims:
             return
         older_settling = self._oldest_settling_by_segment()
@@ -594,7 +595,6 @@ class Agent:
             for row in self._waiting.values()
             if older_settling.get(row.segment or "", float("inf")) >= (row.mtime or 0.0)
         ]
-        busy = self._journal.reserved_jobs()
         plan = plan_assignments(pending, self._job_index, busy_jobs=busy)
         self._to_claim = deque(
             (int(a.file.key), [str(job.job_id) for job in a.jobs]) for a in plan

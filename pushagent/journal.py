@@ -322,68 +322,53 @@ class Journal:
 
     # --- files in the drop folder -------------------------------------------------------------
 
+    def _open_or_new(
+        self, db: sqlite3.Connection, rel_path: str, path: Path, *, size: int,
+        mtime: float | None,
+    ) -> tuple[int, bool]:
+        """The row of the file at ``path`` in the drop folder, or a new settling one; True when
+        it is new."""
+        marks, states = _marks(IN_DROP_FOLDER)
+        row = db.execute(
+            f"SELECT id FROM files WHERE path = ? AND state IN ({marks})", (str(path), *states)
+        ).fetchone()
+        if row is not None:
+            return int(row["id"]), False
+        cursor = db.execute(
+            "INSERT INTO files (rel_path, state, path, size, mtime, seen_at, reason) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'settling: still being written')",
+            (rel_path, FileState.SETTLING.value, str(path), size, mtime, self._clock()),
+        )
+        return int(cursor.lastrowid or 0), True
+
     def note_settling(
         self, rel_path: str, path: Path, *, size: int, mtime: float | None = None
     ) -> int:
         """Record a file seen in the drop folder; keeps its first-seen time across restarts."""
-        marks, states = _marks(IN_DROP_FOLDER)
         with self._tx() as db:
-            row = db.execute(
-                f"SELECT id FROM files WHERE path = ? AND state IN ({marks})",
-                (str(path), *states),
-            ).fetchone()
-            if row:
+            file_id, new = self._open_or_new(db, rel_path, path, size=size, mtime=mtime)
+            if not new:
                 db.execute(
-                    "UPDATE files SET size = ?, mtime = ? WHERE id = ?", (size, mtime, row["id"])
+                    "UPDATE files SET size = ?, mtime = ? WHERE id = ?", (size, mtime, file_id)
                 )
-                return int(row["id"])
-            cursor = db.execute(
-                "INSERT INTO files (rel_path, state, path, size, mtime, seen_at, reason) "
-                "VALUES (?, ?, ?, ?, ?, ?, 'settling: still being written')",
-                (rel_path, FileState.SETTLING.value, str(path), size, mtime, self._clock()),
-            )
-            return int(cursor.lastrowid or 0)
+            return file_id
 
     def note_settling_many(self, files: Iterable[tuple[str, Path]]) -> None:
         """Record files first seen by a scan, in one transaction (thousands at a start)."""
-        marks, states = _marks(IN_DROP_FOLDER)
-        now = self._clock()
         with self._tx() as db:
             for rel_path, path in files:
-                known = db.execute(
-                    f"SELECT 1 FROM files WHERE path = ? AND state IN ({marks})",
-                    (str(path), *states),
-                ).fetchone()
-                if not known:
-                    db.execute(
-                        "INSERT INTO files (rel_path, state, path, size, mtime, seen_at, reason) "
-                        "VALUES (?, ?, ?, 0, 0.0, ?, 'settling: still being written')",
-                        (rel_path, FileState.SETTLING.value, str(path), now),
-                    )
+                self._open_or_new(db, rel_path, path, size=0, mtime=0.0)
 
     def admit_many(
         self, files: Iterable[tuple[str, Path, int, float, str]]
     ) -> list[FileRow]:
         """Ready files (rel_path, path, size, mtime, segment) to WAITING, in one transaction;
         a file not recorded yet is recorded first. Returns their rows."""
-        marks, states = _marks(IN_DROP_FOLDER)
         now = self._clock()
         ids: list[int] = []
         with self._tx() as db:
             for rel_path, path, size, mtime, segment in files:
-                row = db.execute(
-                    f"SELECT id FROM files WHERE path = ? AND state IN ({marks})",
-                    (str(path), *states),
-                ).fetchone()
-                if row is None:
-                    cursor = db.execute(
-                        "INSERT INTO files (rel_path, state, path, size, mtime, seen_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        (rel_path, FileState.SETTLING.value, str(path), size, mtime, now),
-                    )
-                    file_id = int(cursor.lastrowid or 0)
-                else:
-                    file_id = int(row["id"])
+                file_id, _ = self._open_or_new(db, rel_path, path, size=size, mtime=mtime)
                 self._move(
                     db, file_id, FileState.WAITING,
                     "segment = ?, reason = ?, ready_at = COALESCE(ready_at, ?), size = ?, "
@@ -393,15 +378,13 @@ class Journal:
                 ids.append(file_id)
         return [self.file(file_id) for file_id in ids]
 
-    def mark_waiting(self, file_id: int, *, segment: str, reason: str,
-                     size: int | None = None, mtime: float | None = None) -> FileRow:
+    def mark_waiting(self, file_id: int, *, segment: str, reason: str) -> FileRow:
         """Ready (from the drop folder), or back to waiting in its claim folder (jobs gone)."""
         with self._tx() as db:
             self._move(
                 db, file_id, FileState.WAITING,
-                "segment = ?, reason = ?, ready_at = COALESCE(ready_at, ?), "
-                "size = COALESCE(?, size), mtime = COALESCE(?, mtime)",
-                (segment, reason, self._clock(), size, mtime),
+                "segment = ?, reason = ?, ready_at = COALESCE(ready_at, ?)",
+                (segment, reason, self._clock()),
             )
         return self.file(file_id)
 

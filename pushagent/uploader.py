@@ -28,7 +28,7 @@ from pushagent.errors import ExchangeError, SourceChanged
 from pushagent.exchange import ExchangeClient, Job, JobCategory, JobStatus
 from pushagent.exchange.models import ExpectedBody
 from pushagent.exchange.outcome import Outcome, classify, counts_as_attempt, is_redirect
-from pushagent.journal import FileRow, Journal
+from pushagent.journal import DeliveryRow, FileRow, Journal
 from pushagent.lifecycle import OPEN_DELIVERIES, DeliveryState
 from pushagent.metrics import AgentMetrics
 from pushagent.readiness import open_for_writing
@@ -329,12 +329,8 @@ class Deliverer:
 
     def _fail_open_jobs(self, file: FileRow, reason: str) -> None:
         for delivery in self._journal.deliveries(file.id):
-            if delivery.state in OPEN_DELIVERIES:
+            if delivery.state in OPEN_DELIVERIES and not self._landed_before(file, delivery):
                 if delivery.state is DeliveryState.UPLOADING:
-                    job = self._current_job(delivery.job_id)
-                    if not job.is_waiting:
-                        self._settle_stopped_job(file, delivery.job_id, delivery.state, job.status)
-                        continue
                     self._journal.delivery_ended(file.id, delivery.job_id,
                                                  DeliveryState.ASSIGNED)
                 self._fail_job(file, delivery.job_id, reason)
@@ -361,14 +357,20 @@ class Deliverer:
         """Jobs this file will not reach, for a reason that is not its content: left waiting.
         An upload a crash cut short may have landed: its job's status decides first."""
         for delivery in self._journal.deliveries(file.id):
-            if delivery.state is DeliveryState.UPLOADING:
-                job = self._current_job(delivery.job_id)
-                if not job.is_waiting:
-                    self._settle_stopped_job(file, delivery.job_id, delivery.state, job.status)
-                    continue
-            if delivery.state in OPEN_DELIVERIES:
+            if delivery.state in OPEN_DELIVERIES and not self._landed_before(file, delivery):
                 self._journal.delivery_ended(file.id, delivery.job_id, DeliveryState.RELEASED,
                                              error=reason)
+
+    def _landed_before(self, file: FileRow, delivery: DeliveryRow) -> bool:
+        """For an upload a crash or silence cut short: True when the job's status settled it
+        (it stopped waiting); False for any delivery the job may still take."""
+        if delivery.state is not DeliveryState.UPLOADING:
+            return False
+        job = self._current_job(delivery.job_id)
+        if job.is_waiting:
+            return False
+        self._settle_stopped_job(file, delivery.job_id, delivery.state, job.status)
+        return True
 
     # --- outcome ----------------------------------------------------------------------------------
 
