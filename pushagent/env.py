@@ -21,9 +21,5 @@ class Environment:
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
 
     @property
-    def stdout_isatty(self) -> bool:
-        return _isatty(self.stdout)
-
-    @property
     def stderr_isatty(self) -> bool:
         return _isatty(self.stderr)

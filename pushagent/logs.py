@@ -25,19 +25,40 @@ if TYPE_CHECKING:
 MASK = "****"
 HUMAN_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {message}{extra[context]}"
 
-_secrets: set[str] = set()
+# Each secret with how many holders registered it: a client releases its key when closed, so a
+# process that makes many clients (a test run, a library user) does not keep every key forever.
+_secrets: dict[str, int] = {}
 _secrets_lock = threading.Lock()
 
 
 def register_secret(value: str | None) -> None:
-    """From now on ``value`` is replaced by ``****`` in every log record."""
+    """From now on ``value`` is replaced by ``****`` in every log record (until released)."""
     if value:
         with _secrets_lock:
-            _secrets.add(value)
+            _secrets[value] = _secrets.get(value, 0) + 1
+
+
+def release_secret(value: str | None) -> None:
+    """One holder of ``value`` is done with it; masking stops when the last one is."""
+    if value:
+        with _secrets_lock:
+            count = _secrets.get(value, 0) - 1
+            if count > 0:
+                _secrets[value] = count
+            else:
+                _secrets.pop(value, None)
+
+
+def secrets_held() -> int:
+    """How many distinct secrets are masked now (for tests of the release)."""
+    with _secrets_lock:
+        return len(_secrets)
 
 
 def mask(text: str) -> str:
-    for secret in sorted(_secrets, key=len, reverse=True):
+    with _secrets_lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for secret in secrets:
         if secret in text:
             text = text.replace(secret, MASK)
     return text

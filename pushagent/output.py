@@ -16,9 +16,16 @@ from enum import Enum
 from pathlib import PurePath
 from typing import Any, TextIO
 
+from pushagent.units import format_bytes
+
 MAX_CELL = 60
 ELLIPSIS = "…"
 NONE = "-"
+
+__all__ = [
+    "add_json_flag", "cell", "format_age", "format_bytes", "format_time", "print_fields",
+    "print_json", "print_table", "to_json",
+]
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
@@ -84,18 +91,6 @@ def print_fields(pairs: Iterable[tuple[str, Any]], out: TextIO) -> None:
     width = max((len(name) for name, _ in shown), default=0)
     for name, value in shown:
         print(f"{name + ':':<{width + 1}} {cell(value, limit=1000)}", file=out)
-
-
-def format_bytes(count: float) -> str:
-    """``512 B``, ``1.5 KiB``, ``3.2 MiB``..."""
-    if count < 1024:
-        return f"{int(count)} B"
-    value = float(count)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        value /= 1024
-        if value < 1024 or unit == "TiB":
-            break
-    return f"{value:.1f} {unit}"
 
 
 def format_age(seconds: float) -> str:

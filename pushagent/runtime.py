@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pushagent import logs
 from pushagent.config import AgentConfig, ExchangeSettings, LoggingSettings
 from pushagent.env import Environment
-from pushagent.exchange import ExchangeClient, RetryPolicy
+from pushagent.exchange import ExchangeClient
 
 
 def build_client(
@@ -17,16 +17,10 @@ def build_client(
     verify: bool | str = settings.verify_tls
     if settings.verify_tls and settings.ca_bundle is not None:
         verify = str(settings.ca_bundle)
-    retry = settings.retry
     return ExchangeClient(
         settings.base_url,
         settings.api_key,
-        retry=RetryPolicy(
-            max_attempts=retry.max_attempts,
-            max_total_seconds=retry.max_total_seconds,
-            initial_backoff=retry.initial_backoff,
-            max_backoff=retry.max_backoff,
-        ),
+        retry=settings.retry,
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
         verify=verify,

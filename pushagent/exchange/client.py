@@ -276,7 +276,6 @@ def _validated_key(api_key: str) -> str:
     if not isinstance(api_key, str):
         raise ConfigError("the API key must be text")
     key = api_key.strip()
-    logs.register_secret(key)
     if not key:
         raise ConfigError("the API key is empty: set the key Exchange issued for the account")
     # requests would otherwise raise InvalidHeader with the whole header value in its message.
@@ -521,11 +520,18 @@ class ExchangeClient:
         user_agent: str = pushagent.USER_AGENT,
     ) -> None:
         key = _validated_key(api_key)
-        self._base_url = _normalise_base_url(base_url, allow_insecure_http=allow_insecure_http)
-        if connect_timeout <= 0 or read_timeout <= 0:
-            raise ConfigError("connect_timeout and read_timeout must be positive seconds")
-        if isinstance(verify, str) and not os.path.exists(verify):
-            raise ConfigError(f"CA bundle {verify} does not exist; fix the verify setting")
+        # Masked while this client lives: released by close(), or now if the checks below fail.
+        logs.register_secret(key)
+        try:
+            self._base_url = _normalise_base_url(base_url, allow_insecure_http=allow_insecure_http)
+            if connect_timeout <= 0 or read_timeout <= 0:
+                raise ConfigError("connect_timeout and read_timeout must be positive seconds")
+            if isinstance(verify, str) and not os.path.exists(verify):
+                raise ConfigError(f"CA bundle {verify} does not exist; fix the verify setting")
+        except ConfigError:
+            logs.release_secret(key)
+            raise
+        self._key_held: str | None = key
         if verify is False:
             logger.warning(
                 "TLS certificate verification is OFF for {}: anyone on the path can read the key",
@@ -548,9 +554,12 @@ class ExchangeClient:
         return self._base_url
 
     def close(self) -> None:
-        """Close the session if this client created it (an injected one belongs to the caller)."""
+        """Close the session if this client created it (an injected one belongs to the caller),
+        and stop masking its key unless another holder registered it too."""
         if self._owns_session:
             self._session.close()
+        logs.release_secret(self._key_held)
+        self._key_held = None
 
     def __enter__(self) -> ExchangeClient:
         return self
