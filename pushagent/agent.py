@@ -45,6 +45,7 @@ from pushagent.placement import Placer
 from pushagent.pool import Finished, WorkerPool
 from pushagent.readiness import Candidate, ReadinessTracker, open_for_writing
 from pushagent.router import JobIndex, ListedJob, PendingFile, SegmentRouter, plan_assignments
+from pushagent.segments import SegmentCatalogue
 from pushagent.uploader import Deliverer, DeliveryResult, DeliverySettings, Verdict
 from pushagent.watcher import DropWatcher, WatchEvent, scan_drop_folder
 
@@ -156,6 +157,8 @@ class Agent:
             wall=wall,
         )
         self._router = SegmentRouter(names=config.segments, pattern=config.watch.filename_pattern)
+        self._catalogue = SegmentCatalogue(config.segments)
+        self._doubted: set[int] = set()  # waiting files already warned about their segment
         self._deliverer = Deliverer(
             client=client,
             journal=journal,
@@ -473,6 +476,9 @@ class Agent:
         for row in self._journal.admit_many(matched):
             self._add_waiting(row)
             logger.bind(file=row.rel_path, segment=row.segment).info("ready")
+            # Before the first list of jobs, which id strings exist is not known yet.
+            if self._polled_once and self._catalogue.doubt(row.segment or "") is not None:
+                self._note_reason(row.id, self._waiting_reason(row))
 
     def _add_waiting(self, row: FileRow) -> None:
         if row.reason:
@@ -482,6 +488,7 @@ class Agent:
         self._fresh_files = True
 
     def _forget_waiting(self, file_id: int) -> None:
+        self._doubted.discard(file_id)
         row = self._waiting.pop(file_id, None)
         if row is not None:
             self._waiting_paths.pop(Path(row.path), None)
@@ -541,6 +548,7 @@ class Agent:
         waiting = [job for job in finished.result if job.is_waiting]
         self._jobs = {str(job.job_id): job for job in waiting}
         self._job_index = JobIndex(waiting)
+        self._catalogue.learn(self._job_index.segments())
         reserved = self._journal.reserved_jobs()
         self._assign(reserved)
         self._note_jobs_without_file(reserved)
@@ -602,7 +610,18 @@ class Agent:
         planned = {file_id for file_id, _ in self._to_claim}
         for row in self._waiting.values():
             if row.id not in planned:
-                self._note_reason(row.id, f"waiting for a job for segment {row.segment}")
+                self._note_reason(row.id, self._waiting_reason(row))
+
+    def _waiting_reason(self, row: FileRow) -> str:
+        """Why a file waits; a segment that looks mistyped is warned about once per file."""
+        reason = f"waiting for a job for segment {row.segment}"
+        doubt = self._catalogue.doubt(row.segment or "")
+        if doubt is None:
+            return reason
+        if row.id not in self._doubted:
+            self._doubted.add(row.id)
+            logger.bind(file=row.rel_path).warning("{}", doubt)
+        return f"{reason}: {doubt}"
 
     def _claim_some(self) -> None:
         """Claims from the last plan, a few at a time: each is a move and a journal write, so a

@@ -13,6 +13,7 @@ import difflib
 import math
 import os
 import re
+import shlex
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,8 @@ class ExchangeSettings:
     read_timeout: float = 300.0
     # The client's own policy type: its defaults are the documented ones (jitter is not set here).
     retry: RetryPolicy = RetryPolicy()  # noqa: RUF009 (frozen, so one shared default is safe)
+    # Where the key was read from, when it came from api_key_file (its permissions are checked).
+    api_key_file: Path | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,9 +126,14 @@ class AgentConfig:
     metrics: MetricsSettings = MetricsSettings()
 
 
-def load_config(path: Path, *, environ: Mapping[str, str]) -> AgentConfig:
-    """Read, check and resolve ``path``; any problem raises ``ConfigError`` naming file and line."""
-    return _Reader(Path(path), environ).read()
+def load_config(path: Path, *, environ: Mapping[str, str], need_key: bool = True) -> AgentConfig:
+    """Read, check and resolve ``path``; any problem raises ``ConfigError`` naming file and line.
+
+    ``need_key=False`` is for commands that never call the Exchange (``status``, ``validate``):
+    a key that cannot be read (its variable unset, its file unreadable) leaves ``api_key`` empty
+    instead of failing.
+    """
+    return _Reader(Path(path), environ, need_key=need_key).read()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,7 +196,8 @@ class _Section:
 
 
 class _Reader:
-    def __init__(self, path: Path, environ: Mapping[str, str]) -> None:
+    def __init__(self, path: Path, environ: Mapping[str, str], *, need_key: bool = True) -> None:
+        self.need_key = need_key
         self.path = Path(os.path.abspath(path))
         self.shown = str(path)
         self.base = self.path.parent
@@ -365,8 +374,19 @@ class _Reader:
         if self.is_null(node):
             self.fail(node, key, "expected a mapping with base_url, api_key and endpoint_id; "
                       "see agent.yaml.example")
-        api_key = self.api_key(section)
-        return ExchangeSettings(api_key=api_key, **self.fill(ExchangeSettings, section, parsers))
+        try:
+            api_key = self.api_key(section)
+        except ConfigError:
+            if self.need_key:
+                raise
+            api_key = ""
+        key_file = section.get("api_key_file")
+        return ExchangeSettings(
+            api_key=api_key,
+            api_key_file=None if key_file is None else self.path_value(
+                key_file, section.key("api_key_file")),
+            **self.fill(ExchangeSettings, section, parsers),
+        )
 
     def api_key(self, section: _Section) -> str:
         inline, from_file = section.get("api_key"), section.get("api_key_file")
@@ -413,9 +433,25 @@ class _Reader:
         if self.is_null(node):
             self.fail(node, key, "expected a mapping with drop, done and failed; "
                       "see agent.yaml.example")
+        self.missing_folders(section)
         folders = Folders(**self.fill(Folders, section, parsers))
         self.folder_nodes = section.values
         return folders
+
+    def missing_folders(self, section: _Section) -> None:
+        """Every missing folder in one error, so a new install is fixed in one go."""
+        missing: list[tuple[Node, str, Path]] = []
+        for name, node in section.values.items():
+            path = self.path_value(node, section.key(name))
+            if not path.exists():
+                missing.append((node, section.key(name), path))
+        if len(missing) < 2:
+            return  # none, or one: existing_dir says it in the usual words
+        lines = "; ".join(f"line {node.start_mark.line + 1} {key}: {path}"
+                          for node, key, path in missing)
+        paths = " ".join(shlex.quote(str(path)) for _, _, path in missing)
+        raise ConfigError(f"{self.shown}: {len(missing)} folders do not exist ({lines}); "
+                          f"create them (mkdir -p {paths}) or fix the paths")
 
     def state_dir(self, node: Node, key: str) -> Path:
         path = self.path_value(node, key)

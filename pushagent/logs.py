@@ -65,7 +65,11 @@ def mask(text: str) -> str:
 
 
 def _context(extra: dict[str, Any]) -> str:
-    fields = [f"{key}={value}" for key, value in extra.items() if key != "context"]
+    # A field with no value (a rejected file has no segment) is left out, not shown as None.
+    fields = [
+        f"{key}={value}" for key, value in extra.items()
+        if key != "context" and value is not None
+    ]
     return (" | " + " ".join(fields)) if fields else ""
 
 

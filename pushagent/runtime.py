@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from collections.abc import Callable
 
@@ -27,6 +29,23 @@ def build_client(
         allow_insecure_http=settings.allow_insecure_http,
         sleep=sleep,
     )
+
+
+def key_file_exposure(settings: ExchangeSettings) -> str | None:
+    """A warning when the key's file may be read by its group or by everyone, else None."""
+    path = settings.api_key_file
+    if path is None:
+        return None
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # it was read a moment ago; a vanished file is the loader's to report
+    if not mode & (stat.S_IRGRP | stat.S_IROTH):
+        return None
+    who = " and ".join(name for bit, name in ((stat.S_IRGRP, "its group"), (stat.S_IROTH,
+                       "every user")) if mode & bit)
+    return (f"the key file {path} is readable by {who} (mode {stat.S_IMODE(mode):04o}); "
+            f"make it readable by the agent's user only: chmod 600 {path}")
 
 
 def configure_logging(config: AgentConfig, *, env: Environment, verbosity: int) -> None:
