@@ -87,7 +87,7 @@ def configure_stderr(*, env: Environment, verbosity: int = 0, level: str | None 
     """Reset loguru to one stderr sink; colour only on a terminal (journald gets plain lines)."""
     logger.remove()
     logger.configure(patcher=_patch, extra={"context": ""})
-    chosen = level or ("DEBUG" if verbosity > 0 else "INFO")
+    chosen = level or ("DEBUG" if verbosity > 0 else "WARNING" if verbosity < 0 else "INFO")
     logger.add(
         env.stderr,
         level=chosen,
@@ -96,6 +96,10 @@ def configure_stderr(*, env: Environment, verbosity: int = 0, level: str | None 
         backtrace=False,
         diagnose=False,
     )
+
+
+def level_no(name: str) -> int:
+    return logger.level(name).no
 
 
 def add_file_sink(

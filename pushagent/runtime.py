@@ -52,7 +52,11 @@ def configure_logging(config: AgentConfig, *, env: Environment, verbosity: int) 
     """The config's logging section, on top of the CLI's stderr defaults."""
     settings: LoggingSettings = config.logging
     logs.register_secret(config.exchange.api_key)
-    level = "DEBUG" if verbosity > 0 else settings.level
+    level = settings.level
+    if verbosity > 0:
+        level = "DEBUG"
+    elif verbosity < 0 and logs.level_no(level) < logs.level_no("WARNING"):
+        level = "WARNING"  # -q: only what needs a person; a stricter configured level stays
     if settings.json:
         logs.add_json_stderr(env=env, level=level)
     else:

@@ -15,7 +15,7 @@ import pushagent
 from pushagent import logs
 from pushagent.exchange import ExchangeClient
 from pushagent.simulator import Simulator
-from tests.e2e import KEY
+from tests.e2e import ENDPOINT, KEY, AgentHome, drop_atomically, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,3 +93,104 @@ def test_the_validator_and_simulator_do_not_reach_into_the_cli_layers() -> None:
     assert "pushagent.output" not in validator
     for path in (ROOT / "pushagent" / "simulator").glob("*.py"):
         assert "import ConfigError" not in path.read_text(), path.name
+
+
+# --- mistakes caught early -----------------------------------------------------------------------
+
+
+def agent_home(tmp_path: Path, sim: Simulator, **options: object) -> AgentHome:
+    (tmp_path / "agent" / "state").mkdir(parents=True, exist_ok=True)
+    return AgentHome(tmp_path / "agent", sim.url, **options)  # type: ignore[arg-type]
+
+
+def test_a_typo_in_a_segment_name_is_warned_at_once_and_shown_in_status(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    home = agent_home(tmp_path, sim)
+    sim.add_job(producerEndpointID=ENDPOINT, producerSegmentID=777,
+                producerSegmentIDString="churn_risk")
+    home.start()
+    try:
+        drop_atomically(home.drop, "vip_customer.csv", b"Email\na@example.com\n")
+        drop_atomically(home.drop, "churn_risk.csv", b"Email\na@example.com\n")
+        drop_atomically(home.drop, "churn_rsk.csv", b"Email\na@example.com\n")
+        wait_for(lambda: "did you mean 'churn_risk'?" in home.log(), what="the churn warning")
+        wait_for(lambda: "did you mean 'vip_customers'?" in home.log(), what="the vip warning")
+        warnings = [line for line in home.log().splitlines() if "| WARNING |" in line]
+        assert any("segment 'vip_customer' is not a number" in line
+                   and "file=vip_customer.csv" in line for line in warnings), warnings
+        assert not any("churn_risk.csv" in line for line in warnings)  # a known id string
+        status = pushagent_cli("status", "-c", str(home.config), "--wide")
+        assert status.returncode == 0, status.stderr
+        row = next(line for line in status.stdout.splitlines() if "vip_customer.csv" in line)
+        assert "waiting for a job for segment vip_customer: segment 'vip_customer' is not" in row
+        assert "did you mean 'vip_customers'?" in row
+    finally:
+        home.stop()
+    assert "segment=None" not in home.log()
+
+
+def test_check_lists_the_segments_waiting_and_names_matching_none(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    home = agent_home(tmp_path, sim, extra="")
+    home.config.write_text(home.config.read_text().replace(
+        "  vip_customers: 45311\n", "  vip_customers: 45311\n  churn: 99\n"))
+    sim.add_job(producerEndpointID=ENDPOINT, producerSegmentID=45311)
+    sim.add_job(producerEndpointID=ENDPOINT, producerSegmentID=45311)
+    sim.add_job(producerEndpointID=ENDPOINT, producerSegmentID=12,
+                producerSegmentIDString="winback")
+    done = pushagent_cli("check", "-c", str(home.config), env={"E2E_EXCHANGE_KEY": KEY})
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert ("ok   segments: jobs wait for segment 45311 (vip_customers): 2 job(s), "
+            "winback: 1 job(s)") in lines
+    assert any(line.startswith("warn segments: churn (99) under segments: match no waiting job")
+               for line in lines), lines
+
+
+def test_check_warns_when_the_endpoint_has_no_job(tmp_path: Path, sim: Simulator) -> None:
+    home = agent_home(tmp_path, sim)
+    sim.add_job(producerEndpointID=ENDPOINT + 1, producerSegmentID=45311)
+    done = pushagent_cli("check", "-c", str(home.config), env={"E2E_EXCHANGE_KEY": KEY})
+    assert done.returncode == 0, done.stdout + done.stderr  # a warning, not a failure
+    warning = next(line for line in done.stdout.splitlines() if line.startswith("warn jobs:"))
+    assert f"no SEGMENT_EXPORT job is waiting for data on endpoint {ENDPOINT}" in warning
+    assert f"1 wait on other endpoints ({ENDPOINT + 1})" in warning
+    assert "pushagent jobs list SEGMENT_EXPORT -c" in warning
+
+
+def test_a_key_file_others_may_read_is_warned_in_check_and_at_start(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    home = agent_home(tmp_path, sim)
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY + "\n")
+    key_file.chmod(0o644)
+    home.config.write_text(home.config.read_text().replace(
+        "api_key: ${E2E_EXCHANGE_KEY}", f"api_key_file: {key_file}"))
+    done = pushagent_cli("check", "-c", str(home.config))
+    assert f"warn key file: the key file {key_file} is readable by its group and every user " \
+           f"(mode 0644); make it readable by the agent's user only: chmod 600 {key_file}" \
+        in done.stdout.splitlines(), done.stdout
+    once = pushagent_cli("run", "-c", str(home.config), "--once")
+    assert f"the key file {key_file} is readable by its group and every user" in once.stderr
+    key_file.chmod(0o600)
+    assert "key file" not in pushagent_cli("check", "-c", str(home.config)).stdout
+    assert KEY not in done.stdout + done.stderr + once.stdout + once.stderr
+
+
+def test_every_missing_folder_is_reported_at_once(tmp_path: Path) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        "exchange: {base_url: 'http://127.0.0.1:9', api_key: k, endpoint_id: 1}\n"
+        "folders: {drop: ./in, done: ./ok, failed: ./bad}\n"
+        "state_dir: ./state\n"
+    )
+    done = pushagent_cli("check", "-c", str(config))
+    assert done.returncode == 2
+    assert "3 folders do not exist" in done.stderr
+    for name in ("in", "ok", "bad"):
+        assert str(tmp_path / name) in done.stderr
+    assert f"mkdir -p {tmp_path / 'in'} {tmp_path / 'ok'} {tmp_path / 'bad'}" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -97,11 +97,13 @@ def connection_parent() -> argparse.ArgumentParser:
     return parent
 
 
-def load_config_arg(args: argparse.Namespace, env: Environment) -> AgentConfig | None:
+def load_config_arg(
+    args: argparse.Namespace, env: Environment, *, need_key: bool = True
+) -> AgentConfig | None:
     path: Path | None = args.config
     if path is None:
         return None
-    config = load_config(path, environ=env.environ)
+    config = load_config(path, environ=env.environ, need_key=need_key)
     logs.register_secret(config.exchange.api_key)
     return config
 

@@ -18,7 +18,7 @@ from pushagent.health import HealthServer
 from pushagent.journal import Journal, StateLock
 from pushagent.lifecycle import PENDING
 from pushagent.names import printable
-from pushagent.runtime import build_client, configure_logging
+from pushagent.runtime import build_client, configure_logging, key_file_exposure
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -44,7 +44,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def run(args: argparse.Namespace, env: Environment) -> int:
     config = load_config(args.config, environ=env.environ)
-    configure_logging(config, env=env, verbosity=args.verbose)
+    configure_logging(config, env=env, verbosity=args.verbosity)
+    exposure = key_file_exposure(config.exchange)
+    if exposure is not None:
+        logger.warning("{}", exposure)
     lock = StateLock(config.state_dir)
     lock.acquire()
     drop_lock = DropFolderLock(config.folders.drop, state_dir=config.state_dir)
