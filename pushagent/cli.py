@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "pushagent.commands.check",
     "pushagent.commands.validate",
     "pushagent.commands.status",
+    "pushagent.commands.retry",
     "pushagent.commands.api",
 )
 

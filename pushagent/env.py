@@ -16,9 +16,14 @@ def _isatty(stream: TextIO) -> bool:
 
 @dataclass
 class Environment:
+    stdin: TextIO = field(default_factory=lambda: sys.stdin)
     stdout: TextIO = field(default_factory=lambda: sys.stdout)
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+
+    @property
+    def stdin_isatty(self) -> bool:
+        return _isatty(self.stdin)
 
     @property
     def stderr_isatty(self) -> bool:

@@ -156,6 +156,25 @@ def usage_errors() -> Iterator[None]:
 Handler = Callable[[argparse.Namespace, Environment], int]
 
 
+def add_yes_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-y", "--yes", action="store_true",
+                        help="do it without asking (required when stdin is not a terminal)")
+
+
+def confirm(args: argparse.Namespace, env: Environment, action: str) -> None:
+    """A call that cannot be undone asks first on a terminal; a script must say --yes."""
+    if args.yes:
+        return
+    if not env.stdin_isatty:
+        raise ConfigError(f"this would {action}, which cannot be undone; pass --yes to do it "
+                          "(there is no terminal to ask)")
+    print(f"{action[0].upper()}{action[1:]}? This cannot be undone. [y/N] ", end="",
+          file=env.stderr, flush=True)
+    answer = env.stdin.readline().strip().lower()
+    if answer not in ("y", "yes"):
+        raise PushAgentError("not confirmed; nothing was done")
+
+
 def _group_help(parser: argparse.ArgumentParser) -> Handler:
     def handler(args: argparse.Namespace, env: Environment) -> int:
         parser.print_help(env.stderr)
@@ -253,6 +272,7 @@ def _register_jobs(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     fail.add_argument("job_id", type=job_id_arg, metavar="ID")
     fail.add_argument("--message", "-m", required=True, metavar="TEXT")
+    add_yes_flag(fail)
 
     complete = _subcommand(
         group, "complete", help="mark a job complete (deletes its remaining files)",
@@ -261,6 +281,7 @@ def _register_jobs(subparsers: argparse._SubParsersAction[Any]) -> None:
                     "mark it complete; the Exchange deletes the files not yet deleted.",
     )
     complete.add_argument("job_id", type=job_id_arg, metavar="ID")
+    add_yes_flag(complete)
 
 
 def _segment_text(job: Job) -> str | None:
@@ -379,12 +400,15 @@ def upload_job(args: argparse.Namespace, env: Environment) -> int:
 
 
 def fail_job(args: argparse.Namespace, env: Environment) -> int:
+    confirm(args, env, f"mark job {args.job_id} failed")
     with exchange_client(args, env) as client:
         client.fail_job(args.job_id, args.message)
     return _done(args, env, f"job {args.job_id} marked failed", job_id=args.job_id)
 
 
 def complete_job(args: argparse.Namespace, env: Environment) -> int:
+    confirm(args, env, f"mark job {args.job_id} complete (the Exchange deletes its remaining "
+                       "files)")
     with exchange_client(args, env) as client:
         client.complete_job(args.job_id)
     return _done(args, env, f"job {args.job_id} marked complete", job_id=args.job_id)
@@ -419,6 +443,7 @@ def _register_files(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     delete.add_argument("job_id", type=job_id_arg, metavar="JOB_ID")
     delete.add_argument("name", metavar="NAME")
+    add_yes_flag(delete)
 
 
 def get_file(args: argparse.Namespace, env: Environment) -> int:
@@ -443,6 +468,7 @@ def get_file(args: argparse.Namespace, env: Environment) -> int:
 
 
 def delete_file(args: argparse.Namespace, env: Environment) -> int:
+    confirm(args, env, f"delete {args.name} of job {args.job_id} from the Exchange")
     with exchange_client(args, env) as client:
         client.delete_segment_file(args.job_id, args.name)
     return _done(args, env, f"deleted {args.name} of job {args.job_id}",
@@ -475,6 +501,7 @@ def _register_scheduled(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="DELETE /v1/scheduledjobs/{scheduledJobId}.",
     )
     delete.add_argument("job_id", type=job_id_arg, metavar="ID")
+    add_yes_flag(delete)
 
 
 def list_scheduled(args: argparse.Namespace, env: Environment) -> int:
@@ -497,6 +524,7 @@ def list_scheduled(args: argparse.Namespace, env: Environment) -> int:
 
 
 def delete_scheduled(args: argparse.Namespace, env: Environment) -> int:
+    confirm(args, env, f"delete scheduled job {args.job_id}")
     with exchange_client(args, env) as client:
         client.delete_scheduled_job(args.job_id)
     return _done(args, env, f"scheduled job {args.job_id} deleted", job_id=args.job_id)
