@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+import argcomplete
 from loguru import logger
 
 from pushagent import __version__, logs
@@ -25,6 +26,7 @@ COMMAND_MODULES = (
     "pushagent.commands.validate",
     "pushagent.commands.status",
     "pushagent.commands.retry",
+    "pushagent.commands.completion",
     "pushagent.commands.api",
 )
 
@@ -77,6 +79,8 @@ def _subcommand_parsers(parser: argparse.ArgumentParser) -> list[argparse.Argume
 def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
     env = env or Environment()
     parser = build_parser()
+    # Asked by a completion script (`pushagent completion`): print the candidates and exit.
+    argcomplete.autocomplete(parser)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:

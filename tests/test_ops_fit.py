@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import pty
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -194,3 +197,178 @@ def test_every_missing_folder_is_reported_at_once(tmp_path: Path) -> None:
         assert str(tmp_path / name) in done.stderr
     assert f"mkdir -p {tmp_path / 'in'} {tmp_path / 'ok'} {tmp_path / 'bad'}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --- commands that fit habits --------------------------------------------------------------------
+
+
+def test_verbosity_and_json_options_work_after_the_command(tmp_path: Path, sim: Simulator) -> None:
+    home = agent_home(tmp_path, sim)
+    env = {"E2E_EXCHANGE_KEY": KEY}
+    verbose = pushagent_cli("run", "-c", str(home.config), "--once", "-v", env=env)
+    assert verbose.returncode == 0, verbose.stderr
+    assert "| DEBUG   |" in verbose.stderr
+    quiet = pushagent_cli("run", "-c", str(home.config), "--once", "-q", env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "| INFO    |" not in quiet.stderr and "pushagent watching" not in quiet.stderr
+    before = pushagent_cli("--json", "status", "-c", str(home.config))
+    after = pushagent_cli("status", "-c", str(home.config), "--json")
+    assert before.returncode == after.returncode == 0, before.stderr + after.stderr
+    assert json.loads(before.stdout)["state_dir"] == json.loads(after.stdout)["state_dir"]
+    no_json = pushagent_cli("--json", "run", "-c", str(home.config), "--once", env=env)
+    assert no_json.returncode == 2
+    assert "--json: 'run' prints no JSON" in no_json.stderr
+
+
+def test_status_and_validate_need_no_key_variable(tmp_path: Path, sim: Simulator) -> None:
+    home = agent_home(tmp_path, sim)
+    csv = tmp_path / "ok.csv"
+    csv.write_text("Email\na@example.com\n")
+    env = {k: v for k, v in os.environ.items() if k != "E2E_EXCHANGE_KEY"}
+    for argv in (("status", "-c", str(home.config)), ("validate", "-c", str(home.config),
+                                                      str(csv))):
+        done = subprocess.run([sys.executable, "-m", "pushagent", *argv], capture_output=True,
+                              text=True, env=env, timeout=60)
+        assert done.returncode == 0, done.stderr
+    # Calling the Exchange still needs it, and says so.
+    job = sim.add_job(producerEndpointID=ENDPOINT, producerSegmentID=45311)
+    done = subprocess.run(
+        [sys.executable, "-m", "pushagent", "validate", "-c", str(home.config), str(csv),
+         "--job", str(job["jobId"])], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 2 and "E2E_EXCHANGE_KEY is not set" in done.stderr
+
+
+def test_retry_moves_failed_files_back_and_the_agent_delivers_them(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    home = agent_home(tmp_path, sim)
+    env = {"E2E_EXCHANGE_KEY": KEY}
+    (home.drop / "45311").mkdir()
+    (home.drop / "45311" / "vip.csv").write_text("Email\na@example.com\n")
+    (home.drop / "other.csv").write_text("Email\nb@example.com\n")
+    home.config.write_text(home.config.read_text().replace("max_wait_seconds: 3600",
+                                                           "max_wait_seconds: 0.5"))
+
+    def failed_for_want_of_a_job() -> bool:
+        pushagent_cli("run", "-c", str(home.config), "--once", env=env)
+        return (home.failed / "45311" / "vip.csv.error.json").exists()
+
+    wait_for(failed_for_want_of_a_job, timeout=30, what="vip.csv to fail for want of a job")
+    assert (home.failed / "45311" / "vip.csv").exists()
+    assert (home.failed / "other.csv.error.json").exists()
+
+    done = pushagent_cli("retry", "-c", str(home.config), "45311/vip.csv")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (f"retried  {home.failed / '45311' / 'vip.csv'} -> "
+                                   f"{home.drop / '45311' / 'vip.csv'}")
+    assert (home.drop / "45311" / "vip.csv").read_text() == "Email\na@example.com\n"
+    assert not (home.failed / "45311" / "vip.csv").exists()
+    assert not (home.failed / "45311" / "vip.csv.error.json").exists()
+    status = json.loads(pushagent_cli("status", "-c", str(home.config), "--json").stdout)
+    (noted,) = [row for row in status["recent"] if row["rel_path"] == "45311/vip.csv"]
+    assert noted["reason"].startswith("retried at ")
+    assert "moved back to the drop folder as 45311/vip.csv; it had failed: no job" \
+        in noted["reason"]
+
+    job = sim.add_job(producerEndpointID=ENDPOINT, producerSegmentID=45311)
+    delivered = pushagent_cli("run", "-c", str(home.config), "--once", env=env)
+    assert "done     45311/vip.csv" in delivered.stdout, delivered.stdout + delivered.stderr
+    assert sim.upload_data(int(job["jobId"]), 0) == b"Email\na@example.com\n"
+
+    every = pushagent_cli("retry", "-c", str(home.config), "--all", "--json")
+    assert every.returncode == 0, every.stderr
+    assert [Path(f["now_at"]).name for f in json.loads(every.stdout)["files"]] == ["other.csv"]
+    assert sorted(p.name for p in home.failed.rglob("*") if p.is_file()) == []
+
+
+def test_retry_refuses_a_file_outside_failed(tmp_path: Path, sim: Simulator) -> None:
+    home = agent_home(tmp_path, sim)
+    stray = tmp_path / "stray.csv"
+    stray.write_text("x\n")
+    done = pushagent_cli("retry", "-c", str(home.config), str(stray))
+    assert done.returncode == 2
+    assert "is not in the failed folder" in done.stderr
+    assert stray.exists()
+
+
+def run_on_a_terminal(argv: list[str], env: dict[str, str], answer: str) -> tuple[int, str]:
+    """The command with a real pseudo-terminal as stdin, answering ``answer`` to its question."""
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pushagent", *argv], stdin=terminal,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **env},
+        )
+        os.write(controller, answer.encode() + b"\n")
+        out, err = process.communicate(timeout=60)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    return process.returncode, out + err
+
+
+@pytest.mark.parametrize("action", [
+    ["jobs", "complete", "{job}"],
+    ["jobs", "fail", "{job}", "-m", "export broke"],
+    ["files", "delete", "{job}", "part1.csv"],
+    ["scheduled", "delete", "{scheduled}"],
+])
+def test_destructive_calls_ask_on_a_terminal_and_need_yes_without_one(
+    sim: Simulator, action: list[str]
+) -> None:
+    status = "WAITING_TO_RECIEVE_DATA" if "fail" in action else "READY_FOR_DOWNLOAD"
+    job = sim.add_job(producerEndpointID=ENDPOINT, status=status,
+                      segmentDataFiles=["part1.csv"])["jobId"]
+    scheduled = sim.add_scheduled_job()["jobId"]
+    argv = [part.format(job=job, scheduled=scheduled) for part in action]
+    env = {"EXCHANGE_API_KEY": KEY, "EXCHANGE_BASE_URL": sim.url}
+    calls = len(sim.request_log())
+
+    refused = pushagent_cli(*argv, env=env)  # no terminal (stdin is a pipe), no --yes
+    assert refused.returncode == 2
+    assert "cannot be undone; pass --yes to do it" in refused.stderr
+    code, said = run_on_a_terminal(argv, env, "n")
+    assert code == 1 and "This cannot be undone. [y/N]" in said
+    assert "not confirmed; nothing was done" in said
+    assert len(sim.request_log()) == calls  # neither touched the Exchange
+
+    code, said = run_on_a_terminal(argv, env, "y")
+    assert code == 0, said
+    assert len(sim.request_log()) > calls
+
+
+def test_yes_skips_the_question(sim: Simulator) -> None:
+    job = sim.add_job(producerEndpointID=ENDPOINT, status="READY_FOR_DOWNLOAD")["jobId"]
+    done = pushagent_cli("jobs", "complete", str(job), "--yes",
+                         env={"EXCHANGE_API_KEY": KEY, "EXCHANGE_BASE_URL": sim.url})
+    assert done.returncode == 0, done.stderr
+    assert sim.job(int(job))["status"] == "COMPLETE"
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_scripts_are_generated(shell: str) -> None:
+    done = pushagent_cli("completion", shell)
+    assert done.returncode == 0, done.stderr
+    assert "pushagent" in done.stdout and "_ARGCOMPLETE" in done.stdout
+
+
+def test_completion_answers_from_the_parser(tmp_path: Path) -> None:
+    answers = tmp_path / "answers"
+    for line, expected in (("pushagent st", "status"), ("pushagent jobs li", "list"),
+                           ("pushagent retry --a", "--all"), ("pushagent completion f", "fish")):
+        done = pushagent_cli(env={
+            "_ARGCOMPLETE": "1", "COMP_LINE": line, "COMP_POINT": str(len(line)),
+            "_ARGCOMPLETE_STDOUT_FILENAME": str(answers),
+        })
+        assert done.returncode == 0, done.stderr
+        assert expected in answers.read_text().split(), (line, answers.read_text())
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash here")
+def test_the_bash_script_registers_the_completion() -> None:
+    script = pushagent_cli("completion", "bash").stdout
+    done = subprocess.run(["bash", "-c", f"{script}\ncomplete -p pushagent"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "pushagent" in done.stdout

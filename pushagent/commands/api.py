@@ -348,7 +348,8 @@ def _check_upload(
     if not job.is_waiting:
         raise PushAgentError(
             f"job {args.job_id} is {job.status_raw}, not {JobStatus.WAITING_TO_RECEIVE_DATA.value}:"
-            " it takes no data now; nothing was sent (--no-validate sends anyway)"
+            " it takes no data now, so nothing was sent; find a waiting job with `pushagent jobs "
+            f"list {args.category} --status WAITING_TO_RECIEVE_DATA`"
         )
     problems = list(report.problems)
     check_columns = config is None or config.validation.check_mapped_columns
@@ -356,6 +357,8 @@ def _check_upload(
         problems += missing_columns(report.header, job.required_columns(),
                                     source=f"job {args.job_id}")
     if problems:
+        # Only here can --no-validate help: the Exchange may take what this check refuses.
+        logger.info("nothing was sent; --no-validate sends the file as it is")
         raise CSVValidationError(str(args.file), problems)
     logger.debug("{}: valid, {} data rows, has the columns job {} maps",
                  args.file, report.data_rows, args.job_id)
