@@ -17,6 +17,7 @@ import pytest
 import pushagent
 from pushagent import logs
 from pushagent.exchange import ExchangeClient
+from pushagent.journal import Journal
 from pushagent.simulator import Simulator
 from tests.e2e import ENDPOINT, KEY, AgentHome, drop_atomically, wait_for
 
@@ -372,3 +373,47 @@ def test_the_bash_script_registers_the_completion() -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "pushagent" in done.stdout
+
+
+# --- less noise ----------------------------------------------------------------------------------
+
+
+LONG_REASON = ("waiting for a job for segment 45311: the Exchange answered 503 three times "
+               "in a row and then went quiet; retrying")
+
+
+def journal_with_a_long_reason(state: Path, drop: Path) -> None:
+    journal = Journal.for_state_dir(state)
+    try:
+        row = journal.note_settling("45311.csv", drop / "45311.csv", size=10)
+        journal.mark_waiting(row, segment="45311", reason=LONG_REASON)
+    finally:
+        journal.close()
+
+
+def test_status_shows_whole_reasons_when_the_terminal_is_wide_enough(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    home = agent_home(tmp_path, sim)
+    journal_with_a_long_reason(tmp_path / "agent" / "state", home.drop)
+    wide = pushagent_cli("status", "-c", str(home.config), env={"COLUMNS": "250"})
+    assert wide.returncode == 0, wide.stderr
+    assert LONG_REASON in wide.stdout
+    narrow = pushagent_cli("status", "-c", str(home.config), env={"COLUMNS": "100"})
+    assert LONG_REASON not in narrow.stdout and LONG_REASON[:40] in narrow.stdout
+    assert "…" in narrow.stdout
+    forced = pushagent_cli("status", "-c", str(home.config), "--wide", env={"COLUMNS": "100"})
+    assert LONG_REASON in forced.stdout
+
+
+def test_a_rejected_file_logs_no_segment_none_and_its_reason_once(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    home = agent_home(tmp_path, sim)
+    (home.drop / "notes.txt").write_text("hello\n")  # no segment: rejected unread
+    done = pushagent_cli("run", "-c", str(home.config), "--once",
+                         env={"E2E_EXCHANGE_KEY": KEY})
+    assert "segment=None" not in done.stderr
+    (summary,) = [line for line in done.stdout.splitlines() if "notes.txt" in line]
+    assert summary.startswith("failed   notes.txt: cannot tell which segment")
+    assert summary.count("notes.txt") == 1
