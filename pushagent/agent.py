@@ -26,16 +26,17 @@ from pathlib import Path, PurePath
 from loguru import logger
 
 from pushagent.conditions import Cause, Conditions
-from pushagent.config import AgentConfig
+from pushagent.config import AgentConfig, NotifySettings
 from pushagent.droplock import LOCK_NAME
 from pushagent.errors import ExchangeError, ExchangeUnavailable, JournalUnavailable
 from pushagent.exchange import ExchangeClient, JobCategory, JobStatus
 from pushagent.exchange.outcome import Outcome, classify
 from pushagent.exchange.retry import backoff
 from pushagent.journal import FileRow, Journal
-from pushagent.lifecycle import FileState
+from pushagent.lifecycle import DeliveryState, FileState
 from pushagent.metrics import AgentMetrics
 from pushagent.names import printable
+from pushagent.notify import Notifier
 from pushagent.outcomes import (
     report_path_for,
     same_entry,
@@ -120,8 +121,10 @@ class Agent:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         stop_event: threading.Event | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
+        self._notifier = notifier or Notifier(NotifySettings())  # none given: does nothing
         # Set on the first stop request; the client sleeps on it between retries, so a stop
         # never waits out a backoff.
         self.stop_event = stop_event or threading.Event()
@@ -546,6 +549,7 @@ class Agent:
         self.metrics.last_successful_poll.set(self.last_contact)
         self.conditions.clear(Cause.KEY_REFUSED)
         self.conditions.clear(Cause.UNREACHABLE)
+        self._notifier.exchange_ok()
         self._journal.set_meta("last_contact", str(self.last_contact))
         waiting = [job for job in finished.result if job.is_waiting]
         self._jobs = {str(job.job_id): job for job in waiting}
@@ -591,6 +595,7 @@ class Agent:
         # Each failed poll is one line: polls back off, so an outage of days stays readable.
         logger.error("cannot list the waiting jobs: {}", what)
         self.conditions.raise_(cause, what, log=False)
+        self._notifier.exchange_failing(what)
         for row in self._waiting.values():
             self._note_reason(row.id, what)
 
@@ -781,6 +786,15 @@ class Agent:
             self.outcomes.failed.append((row.rel_path, result.reason or "failed"))
             self.metrics.files_failed.inc()
             log.warning("failed: moved to {}: {}", target, result.reason)
+            if self._notifier.enabled:
+                self._notify_failed(row, result.reason or "failed")
+
+    def _notify_failed(self, row: FileRow, reason: str) -> None:
+        failed_jobs = [delivery.job_id for delivery in self._journal.deliveries(row.id)
+                       if delivery.state is DeliveryState.REJECTED]
+        self._notifier.file_failed(row.rel_path, reason, failed_jobs=failed_jobs)
+        for job_id in failed_jobs:
+            self._notifier.job_failed(job_id, file=row.rel_path, reason=reason)
 
     def _refresh_gauges(self) -> None:
         pending = len(self._waiting) + len(self._schedule) + len(self._in_flight)

@@ -88,6 +88,7 @@ class UploadSettings:
     initial_backoff: float = 1.0
     max_backoff: float = 300.0
     shutdown_grace_seconds: float = 30.0
+    max_bytes_per_second: int = 0  # all workers together; 0 = no cap
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,6 +108,22 @@ class MetricsSettings:
     healthy_within_seconds: float = 300.0
 
 
+NOTIFY_FORMATS = ("json", "slack", "teams")
+
+
+def _no_headers() -> Mapping[str, str]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, kw_only=True)
+class NotifySettings:
+    webhook_url: str | None = None  # None: no notifications
+    headers: Mapping[str, str] = field(default_factory=_no_headers, repr=False)
+    format: str = "json"
+    after_seconds: float = 300.0  # Exchange unreachable or key refused this long: one post
+    max_attempts: int = 5
+
+
 def _no_segments() -> Mapping[str, str]:
     return MappingProxyType({})
 
@@ -124,6 +141,7 @@ class AgentConfig:
     upload: UploadSettings = UploadSettings()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
+    notify: NotifySettings = NotifySettings()
 
 
 def load_config(path: Path, *, environ: Mapping[str, str], need_key: bool = True) -> AgentConfig:
@@ -298,6 +316,7 @@ class _Reader:
                 "initial_backoff": self.number(),
                 "max_backoff": self.number(),
                 "shutdown_grace_seconds": self.number(minimum=0.0),
+                "max_bytes_per_second": self.integer(minimum=0),
             }, check=self.backoffs),
             "logging": self.section_of(LoggingSettings, {
                 "level": self.level,
@@ -311,6 +330,13 @@ class _Reader:
                 "host": self.string(),
                 "port": self.integer(minimum=0, maximum=65535),
                 "healthy_within_seconds": self.number(),
+            }),
+            "notify": self.section_of(NotifySettings, {
+                "webhook_url": self.optional(self.webhook_url),
+                "headers": self.headers,
+                "format": self.choice(NOTIFY_FORMATS),
+                "after_seconds": self.number(minimum=0.0),
+                "max_attempts": self.integer(minimum=1),
             }),
         }
         kwargs = self.fill(AgentConfig, top, parsers)
@@ -668,6 +694,41 @@ class _Reader:
             self.fail(node, key, "needs a named group (?P<segment>...) that captures the segment "
                       r"name or id, e.g. '(?P<segment>\d+)_.*\.csv'")
         return pattern
+
+    def webhook_url(self, node: Node, key: str) -> str:
+        value = self.string(secret=True)(node, key).strip()  # a Slack URL is itself a secret
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self.fail(node, key, "expected an http(s) URL, e.g. https://hooks.slack.com/services/"
+                      "...; paste the webhook's URL")
+        self.secrets.append(value)
+        return value
+
+    def choice(self, allowed: tuple[str, ...]) -> Parser:
+        def parse(node: Node, key: str) -> str:
+            value = self.string()(node, key).strip().lower()
+            if value not in allowed:
+                self.fail(node, key, f"unknown value {value!r}; use one of {', '.join(allowed)}")
+            return value
+        return parse
+
+    def headers(self, node: Node, key: str) -> Mapping[str, str]:
+        """HTTP headers for a webhook; their values may hold a token, so they are masked."""
+        if self.is_null(node):
+            return MappingProxyType({})
+        if not isinstance(node, MappingNode):
+            self.fail(node, key, f"expected a mapping of header: value, got "
+                      f"{self.describe(node)}; e.g. 'Authorization: Bearer ${{HOOK_TOKEN}}'")
+        self.flatten(node, key)
+        headers: dict[str, str] = {}
+        for key_node, value_node in node.value:
+            name = self.key_name(key_node, key, word="header name")
+            value = self.string(secret=True)(value_node, f"{key}.{name}")
+            if any(c in name + value for c in "\r\n"):
+                self.fail(value_node, f"{key}.{name}", "must be one line")
+            self.secrets.append(value)
+            headers[name] = value
+        return MappingProxyType(headers)
 
     def level(self, node: Node, key: str) -> str:
         value = self.string()(node, key).strip().upper()

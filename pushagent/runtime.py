@@ -11,10 +11,12 @@ from pushagent import logs
 from pushagent.config import AgentConfig, ExchangeSettings, LoggingSettings
 from pushagent.env import Environment
 from pushagent.exchange import ExchangeClient
+from pushagent.throttle import Throttle
 
 
 def build_client(
-    settings: ExchangeSettings, *, sleep: Callable[[float], None] = time.sleep
+    settings: ExchangeSettings, *, sleep: Callable[[float], None] = time.sleep,
+    throttle: Throttle | None = None,
 ) -> ExchangeClient:
     verify: bool | str = settings.verify_tls
     if settings.verify_tls and settings.ca_bundle is not None:
@@ -28,6 +30,7 @@ def build_client(
         verify=verify,
         allow_insecure_http=settings.allow_insecure_http,
         sleep=sleep,
+        throttle=throttle,
     )
 
 

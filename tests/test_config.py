@@ -16,6 +16,7 @@ from pushagent.config import (
     LoggingSettings,
     MatchingSettings,
     MetricsSettings,
+    NotifySettings,
     UploadSettings,
     ValidationSettings,
     WatchSettings,
@@ -449,7 +450,7 @@ def test_the_example_documents_every_default(tmp_path: Path) -> None:
         (config.exchange.retry, RetryPolicy), (config.watch, WatchSettings),
         (config.matching, MatchingSettings), (config.validation, ValidationSettings),
         (config.upload, UploadSettings), (config.logging, LoggingSettings),
-        (config.metrics, MetricsSettings),
+        (config.metrics, MetricsSettings), (config.notify, NotifySettings),
     ]:
         assert section == cls(), cls.__name__
     required = {"base_url", "api_key", "endpoint_id"}
@@ -459,7 +460,8 @@ def test_the_example_documents_every_default(tmp_path: Path) -> None:
     # Every key the loader knows appears in the example, so none goes undocumented.
     text = EXAMPLE.read_text()
     for cls in (AgentConfig, ExchangeSettings, RetryPolicy, WatchSettings, MatchingSettings,
-                ValidationSettings, UploadSettings, LoggingSettings, MetricsSettings):
+                ValidationSettings, UploadSettings, LoggingSettings, MetricsSettings,
+                NotifySettings):
         for f in dataclasses.fields(cls):
             if f.name not in ("source", "jitter"):  # jitter is the client's, not a setting
                 assert re.search(rf"^\s*#?\s*{f.name}:", text, re.MULTILINE), f.name

@@ -61,6 +61,7 @@ from pushagent.exchange.models import (
     UploadResult,
 )
 from pushagent.exchange.retry import RetryPolicy, build_retrying
+from pushagent.throttle import Throttle, throttled
 
 T = TypeVar("T")
 Progress = Callable[[int], None]
@@ -518,6 +519,7 @@ class ExchangeClient:
         allow_insecure_http: bool = False,
         sleep: Callable[[float], None] = time.sleep,
         user_agent: str = pushagent.USER_AGENT,
+        throttle: Throttle | None = None,
     ) -> None:
         key = _validated_key(api_key)
         # Masked while this client lives: released by close(), or now if the checks below fail.
@@ -544,6 +546,7 @@ class ExchangeClient:
         self._timeout = (connect_timeout, read_timeout)
         self._verify = verify
         self._user_agent = user_agent
+        self._throttle = throttle  # the bandwidth cap all uploads of this client share
 
     def __repr__(self) -> str:
         return f"ExchangeClient(base_url={self._base_url!r})"
@@ -674,6 +677,7 @@ class ExchangeClient:
             raise TypeError("upload_data(expected=...) needs a path: the file is checked as opened")
         if retry and not body.repeatable:
             logger.debug("POST {}: the source cannot be rewound, so one attempt only", path)
+        progress = throttled(progress, self._throttle)
 
         def attempt() -> UploadResult:
             with body.open() as (stream, length):
