@@ -45,10 +45,10 @@ class JournalUnavailable(PushAgentError):
 class CSVValidationError(PushAgentError):
     """A file failed validation; ``problems`` holds one line per problem, each naming its line."""
 
-    def __init__(self, path: str, problems: list[str]) -> None:
+    def __init__(self, path: str, problems: list[str], *, hint: str | None = None) -> None:
         self.path = path
         self.problems = list(problems)
-        super().__init__(f"{path}: " + "; ".join(self.problems))
+        super().__init__(f"{path}: " + "; ".join(self.problems) + (f"; {hint}" if hint else ""))
 
 
 class ExchangeError(PushAgentError):

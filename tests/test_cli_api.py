@@ -169,7 +169,8 @@ def test_an_invalid_file_is_not_sent(sim: Simulator, tmp_path: Path) -> None:
     result = api(sim, "jobs", "upload", str(job), str(path))
     assert result.code == 1
     assert result.err == (
-        f"pushagent: error: {path}: line 2: expected 2 fields, found 1\n"
+        f"pushagent: error: {path}: line 2: expected 2 fields, found 1; nothing was sent "
+        "(--no-validate sends it as it is)\n"
     )
     assert sim.uploads(job) == []
 
@@ -188,6 +189,9 @@ def test_a_job_not_waiting_gets_nothing(sim: Simulator, tmp_path: Path) -> None:
     result = api(sim, "jobs", "upload", str(job), str(csv_file(tmp_path)))
     assert result.code == 1
     assert f"job {job} is CANCELLED, not WAITING_TO_RECIEVE_DATA" in result.err
+    # Sending anyway would get 409: the hint is where to find a waiting job, not --no-validate.
+    assert "--no-validate" not in result.err
+    assert "pushagent jobs list SEGMENT_EXPORT --status WAITING_TO_RECIEVE_DATA" in result.err
     assert sim.uploads(job) == []
 
 

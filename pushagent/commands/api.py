@@ -183,6 +183,15 @@ def _group_help(parser: argparse.ArgumentParser) -> Handler:
     return handler
 
 
+def _group(
+    subparsers: argparse._SubParsersAction[Any], name: str, *, help: str, description: str,
+) -> argparse._SubParsersAction[Any]:
+    """``pushagent NAME ACTION``: the group's parser prints its help when ACTION is missing."""
+    parser = subparsers.add_parser(name, help=help, description=description)
+    parser.set_defaults(handler=_group_help(parser))
+    return parser.add_subparsers(dest=f"{name}_command", metavar="ACTION")
+
+
 def _subcommand(
     group: argparse._SubParsersAction[Any], name: str, *, help: str, description: str,
     handler: Handler,
@@ -214,12 +223,8 @@ def _done(args: argparse.Namespace, env: Environment, text: str, **fields: Any) 
 
 
 def _register_jobs(subparsers: argparse._SubParsersAction[Any]) -> None:
-    jobs = subparsers.add_parser(
-        "jobs", help="list, show, upload to, fail or complete Exchange jobs",
-        description="The jobs API: list, show, upload, fail, complete.",
-    )
-    jobs.set_defaults(handler=_group_help(jobs))
-    group = jobs.add_subparsers(dest="jobs_command", metavar="ACTION")
+    group = _group(subparsers, "jobs", help="list, show, upload to, fail or complete Exchange jobs",
+                   description="The jobs API: list, show, upload, fail, complete.")
 
     listing = _subcommand(
         group, "list", help="list the jobs of a category", handler=list_jobs,
@@ -358,8 +363,8 @@ def _check_upload(
                                     source=f"job {args.job_id}")
     if problems:
         # Only here can --no-validate help: the Exchange may take what this check refuses.
-        logger.info("nothing was sent; --no-validate sends the file as it is")
-        raise CSVValidationError(str(args.file), problems)
+        raise CSVValidationError(str(args.file), problems,
+                                 hint="nothing was sent (--no-validate sends it as it is)")
     logger.debug("{}: valid, {} data rows, has the columns job {} maps",
                  args.file, report.data_rows, args.job_id)
     if report.sha256 is None:
@@ -421,12 +426,8 @@ def complete_job(args: argparse.Namespace, env: Environment) -> int:
 
 
 def _register_files(subparsers: argparse._SubParsersAction[Any]) -> None:
-    files = subparsers.add_parser(
-        "files", help="download or delete a job's segment data files",
-        description="The segment data files of a job ready for download.",
-    )
-    files.set_defaults(handler=_group_help(files))
-    group = files.add_subparsers(dest="files_command", metavar="ACTION")
+    group = _group(subparsers, "files", help="download or delete a job's segment data files",
+                   description="The segment data files of a job ready for download.")
 
     get = _subcommand(
         group, "get", help="download one segment data file", handler=get_file,
@@ -482,12 +483,8 @@ def delete_file(args: argparse.Namespace, env: Environment) -> int:
 
 
 def _register_scheduled(subparsers: argparse._SubParsersAction[Any]) -> None:
-    scheduled = subparsers.add_parser(
-        "scheduled", help="list or delete scheduled jobs",
-        description="The scheduled jobs API: list, delete.",
-    )
-    scheduled.set_defaults(handler=_group_help(scheduled))
-    group = scheduled.add_subparsers(dest="scheduled_command", metavar="ACTION")
+    group = _group(subparsers, "scheduled", help="list or delete scheduled jobs",
+                   description="The scheduled jobs API: list, delete.")
 
     listing = _subcommand(
         group, "list", help="list the scheduled jobs of a category", handler=list_scheduled,
