@@ -29,6 +29,22 @@ from yaml.resolver import Resolver
 from pushagent.errors import ConfigError
 from pushagent.exchange.retry import RetryPolicy
 
+__all__ = [
+    "LOG_LEVELS",
+    "NOTIFY_FORMATS",
+    "AgentConfig",
+    "ExchangeSettings",
+    "Folders",
+    "LoggingSettings",
+    "MatchingSettings",
+    "MetricsSettings",
+    "NotifySettings",
+    "UploadSettings",
+    "ValidationSettings",
+    "WatchSettings",
+    "load_config",
+]
+
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
 

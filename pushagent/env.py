@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TextIO
 
+__all__ = ["Environment"]
+
 
 def _isatty(stream: TextIO) -> bool:
     isatty = getattr(stream, "isatty", None)

@@ -8,6 +8,36 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = [
+    "EXIT_AUTH",
+    "EXIT_FAILURE",
+    "EXIT_NOT_FOUND",
+    "EXIT_OK",
+    "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
+    "BadRequest",
+    "CSVValidationError",
+    "ConfigError",
+    "Conflict",
+    "ExchangeError",
+    "ExchangeHTTPError",
+    "ExchangeUnavailable",
+    "InsecureTransportError",
+    "JournalUnavailable",
+    "NotAuthenticated",
+    "NotAuthorised",
+    "NotFound",
+    "OperationRefused",
+    "PushAgentError",
+    "RateLimited",
+    "Refused",
+    "RetryLater",
+    "ServerError",
+    "SourceChanged",
+    "StateLockedError",
+    "UnexpectedResponse",
+]
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2

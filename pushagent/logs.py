@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
     from pushagent.env import Environment
 
+__all__ = ["HUMAN_FORMAT", "MASK", "add_file_sink", "add_json_stderr", "configure_stderr",
+    "emit_error", "level_no", "mask", "register_secret", "release_secret", "secrets_held"]
+
 MASK = "****"
 HUMAN_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {message}{extra[context]}"
 

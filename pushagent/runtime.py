@@ -13,6 +13,8 @@ from pushagent.env import Environment
 from pushagent.exchange import ExchangeClient
 from pushagent.throttle import Throttle
 
+__all__ = ["build_client", "configure_logging", "key_file_exposure"]
+
 
 def build_client(
     settings: ExchangeSettings, *, sleep: Callable[[float], None] = time.sleep,

@@ -75,7 +75,8 @@ def test_one_version_source() -> None:
 
 @pytest.mark.parametrize("module", [
     "pushagent", "pushagent.exchange", "pushagent.simulator", "pushagent.output",
-    "pushagent.units", "pushagent.notify", "pushagent.throttle",
+    "pushagent.units", "pushagent.notify", "pushagent.throttle", "pushagent.config",
+    "pushagent.errors", "pushagent.router", "pushagent.segments", "pushagent.logs",
 ])
 def test_public_modules_declare_all(module: str) -> None:
     imported = __import__(module, fromlist=["__all__"])
