@@ -418,3 +418,10 @@ def test_a_rejected_file_logs_no_segment_none_and_its_reason_once(
     (summary,) = [line for line in done.stdout.splitlines() if "notes.txt" in line]
     assert summary.startswith("failed   notes.txt: cannot tell which segment")
     assert summary.count("notes.txt") == 1
+
+
+def test_the_demo_says_nothing_of_zero_uploads() -> None:
+    done = pushagent_cli("demo", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 upload" not in done.stdout + done.stderr
+    assert "stopping: no upload in progress" in done.stderr
