@@ -95,7 +95,8 @@ class Notifier:
     ) -> None:
         self._settings = settings
         self.enabled = settings.webhook_url is not None
-        self._session = session or requests.Session()
+        self._session = session if session is not None else (
+            requests.Session() if self.enabled else None)
         self._clock = clock
         self._wall = wall
         self._host = host or socket.gethostname()
@@ -196,7 +197,7 @@ class Notifier:
 
     def _post(self, notice: Notice) -> None:
         url = self._settings.webhook_url
-        assert url is not None
+        assert url is not None and self._session is not None  # only posted when enabled
         masked = Notice(notice.event, logs.mask(notice.text),
                         {key: _masked(value) for key, value in notice.fields.items()})
         body = body_for(masked, fmt=self._settings.format, host=self._host, when=self._wall())
