@@ -133,7 +133,8 @@ def _no_headers() -> Mapping[str, str]:
 
 @dataclass(frozen=True, kw_only=True)
 class NotifySettings:
-    webhook_url: str | None = None  # None: no notifications
+    # None: no notifications. Not in repr: a Slack or Teams webhook URL is itself a secret.
+    webhook_url: str | None = field(default=None, repr=False)
     headers: Mapping[str, str] = field(default_factory=_no_headers, repr=False)
     format: str = "json"
     after_seconds: float = 300.0  # Exchange unreachable or key refused this long: one post

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from pushagent import logs
-from pushagent.config import NotifySettings
+from pushagent.config import NotifySettings, load_config
 from pushagent.notify import Notice, Notifier, body_for
 from pushagent.simulator import Simulator
 from tests.e2e import ENDPOINT, KEY, AgentHome, drop_atomically, wait_for
@@ -201,3 +201,20 @@ def test_the_agent_posts_failures_and_the_outage(tmp_path: Path, hook: Hook) -> 
             home.stop()
     assert KEY not in json.dumps(hook.posts) + home.log()
     assert all(headers["X-Token"] == KEY for headers in hook.headers)  # sent, never logged
+
+
+def test_the_readme_notify_block_loads_as_written(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("### Notifications\n\n```yaml\n", 1)[1].split("```", 1)[0]
+    for name in ("drop", "done", "failed"):
+        (tmp_path / name).mkdir()
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        "exchange: {base_url: 'https://exchange.example.com', api_key: k, endpoint_id: 1}\n"
+        "folders: {drop: ./drop, done: ./done, failed: ./failed}\nstate_dir: ./state\n" + block
+    )
+    loaded = load_config(config, environ={"HOOK_TOKEN": "t-123"}).notify
+    assert loaded.format == "slack" and loaded.after_seconds == 300
+    assert loaded.webhook_url is not None and loaded.webhook_url.startswith("https://hooks.")
+    assert dict(loaded.headers) == {"Authorization": "Bearer t-123"}
+    assert "t-123" not in repr(loaded) and "hooks." not in repr(loaded)
