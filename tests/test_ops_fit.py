@@ -165,6 +165,19 @@ def test_check_warns_when_the_endpoint_has_no_job(tmp_path: Path, sim: Simulator
     assert "pushagent jobs list SEGMENT_EXPORT -c" in warning
 
 
+def test_an_endpoint_key_with_no_job_gets_the_warning_not_a_failure(tmp_path: Path) -> None:
+    endpoint_key = "endpoint-85-key"
+    with Simulator(account_key=KEY, endpoint_keys={endpoint_key: ENDPOINT},
+                   data_dir=tmp_path / "sim") as sim:
+        home = agent_home(tmp_path, sim)
+        sim.add_job(producerEndpointID=ENDPOINT + 1, producerSegmentID=45311)
+        done = pushagent_cli("check", "-c", str(home.config),
+                             env={"E2E_EXCHANGE_KEY": endpoint_key})
+    assert done.returncode == 0, done.stdout + done.stderr
+    warning = next(line for line in done.stdout.splitlines() if line.startswith("warn jobs:"))
+    assert f"no SEGMENT_EXPORT job is waiting for data on endpoint {ENDPOINT};" in warning
+
+
 def test_a_key_file_others_may_read_is_warned_in_check_and_at_start(
     tmp_path: Path, sim: Simulator
 ) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from pushagent.config import AgentConfig, load_config
 from pushagent.env import Environment
 from pushagent.errors import EXIT_FAILURE, EXIT_OK, PushAgentError
-from pushagent.exchange import Job, JobCategory, JobStatus
+from pushagent.exchange import ExchangeClient, Job, JobCategory, JobStatus
 from pushagent.logs import register_secret
 from pushagent.output import add_json_flag, print_json
 from pushagent.runtime import build_client, key_file_exposure
@@ -179,9 +179,7 @@ def check_exchange(config: AgentConfig) -> list[Finding]:
                 JobCategory.SEGMENT_EXPORT, endpoint_id=endpoint,
                 status=JobStatus.WAITING_TO_RECEIVE_DATA, include_producer_segment_id_string=True,
             ) if job.is_waiting]
-            elsewhere = [] if jobs else [job for job in client.list_jobs(
-                JobCategory.SEGMENT_EXPORT, status=JobStatus.WAITING_TO_RECEIVE_DATA,
-            ) if job.is_waiting]
+            elsewhere = [] if jobs else _waiting_anywhere(client)
     except PushAgentError as error:
         return [Finding(FAIL, subject, str(error), error.exit_code)]
     findings = [Finding(
@@ -209,6 +207,18 @@ def check_exchange(config: AgentConfig) -> list[Finding]:
             "until one comes (a typo, or their export is not triggered yet)",
         ))
     return findings
+
+
+def _waiting_anywhere(client: ExchangeClient) -> list[Job]:
+    """The waiting jobs of every endpoint the key sees, to tell a wrong endpoint_id; an
+    endpoint-level key may not list them (403), which only leaves the hint out."""
+    try:
+        jobs = client.list_jobs(
+            JobCategory.SEGMENT_EXPORT, status=JobStatus.WAITING_TO_RECEIVE_DATA
+        )
+    except PushAgentError:
+        return []
+    return [job for job in jobs if job.is_waiting]
 
 
 def _segments_waiting(config: AgentConfig, jobs: list[Job]) -> Finding:
