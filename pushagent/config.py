@@ -348,13 +348,13 @@ class _Reader:
                 "port": self.integer(minimum=0, maximum=65535),
                 "healthy_within_seconds": self.number(),
             }),
-            "notify": self.section_of(NotifySettings, {
+            "notify": self.needs_secrets(self.section_of(NotifySettings, {
                 "webhook_url": self.optional(self.webhook_url),
                 "headers": self.headers,
                 "format": self.choice(NOTIFY_FORMATS),
                 "after_seconds": self.number(minimum=0.0),
                 "max_attempts": self.integer(minimum=1),
-            }),
+            }), NotifySettings()),
         }
         kwargs = self.fill(AgentConfig, top, parsers)
         config = AgentConfig(source=self.path, **kwargs)
@@ -711,6 +711,18 @@ class _Reader:
             self.fail(node, key, "needs a named group (?P<segment>...) that captures the segment "
                       r"name or id, e.g. '(?P<segment>\d+)_.*\.csv'")
         return pattern
+
+    def needs_secrets(self, parse: Parser, fallback: Any) -> Parser:
+        """A section only the running agent uses, which may name secrets (``${HOOK_TOKEN}``):
+        without ``need_key`` it falls back to ``fallback`` instead of failing."""
+        def parse_or_fallback(node: Node, key: str) -> Any:
+            try:
+                return parse(node, key)
+            except ConfigError:
+                if self.need_key:
+                    raise
+                return fallback
+        return parse_or_fallback
 
     def webhook_url(self, node: Node, key: str) -> str:
         value = self.string(secret=True)(node, key).strip()  # a Slack URL is itself a secret

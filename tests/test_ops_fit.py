@@ -236,7 +236,7 @@ def test_verbosity_and_json_options_work_after_the_command(tmp_path: Path, sim: 
 
 
 def test_status_and_validate_need_no_key_variable(tmp_path: Path, sim: Simulator) -> None:
-    home = agent_home(tmp_path, sim)
+    home = agent_home(tmp_path, sim, extra="notify:\n  headers: {X-Token: '${HOOK_TOKEN}'}\n")
     csv = tmp_path / "ok.csv"
     csv.write_text("Email\na@example.com\n")
     env = {k: v for k, v in os.environ.items() if k != "E2E_EXCHANGE_KEY"}
