@@ -351,14 +351,14 @@ class Agent:
             logger.warning(
                 "second stop signal: leaving now; unfinished uploads resume at next start"
             )
-        elif self._in_flight:
-            logger.info(
-                "stopping: no new files; waiting up to {:g} s for {} upload{} in progress",
-                grace, len(self._in_flight), "" if len(self._in_flight) == 1 else "s",
-            )
-            self._stop_deadline = self._clock() + grace
         else:
-            logger.info("stopping: no upload in progress")
+            if self._in_flight:
+                logger.info(
+                    "stopping: no new files; waiting up to {:g} s for {} upload{} in progress",
+                    grace, len(self._in_flight), "" if len(self._in_flight) == 1 else "s",
+                )
+            else:
+                logger.info("stopping: no upload in progress")
             self._stop_deadline = self._clock() + grace
         self._stopping = stop
 
