@@ -26,16 +26,17 @@ from pathlib import Path, PurePath
 from loguru import logger
 
 from pushagent.conditions import Cause, Conditions
-from pushagent.config import AgentConfig
+from pushagent.config import AgentConfig, NotifySettings
 from pushagent.droplock import LOCK_NAME
 from pushagent.errors import ExchangeError, ExchangeUnavailable, JournalUnavailable
 from pushagent.exchange import ExchangeClient, JobCategory, JobStatus
 from pushagent.exchange.outcome import Outcome, classify
 from pushagent.exchange.retry import backoff
 from pushagent.journal import FileRow, Journal
-from pushagent.lifecycle import FileState
+from pushagent.lifecycle import DeliveryState, FileState
 from pushagent.metrics import AgentMetrics
 from pushagent.names import printable
+from pushagent.notify import Notifier
 from pushagent.outcomes import (
     report_path_for,
     same_entry,
@@ -52,6 +53,7 @@ from pushagent.router import (
     WaitingJob,
     plan_assignments,
 )
+from pushagent.segments import SegmentCatalogue
 from pushagent.uploader import Deliverer, DeliveryResult, DeliverySettings, Verdict
 from pushagent.watcher import DropWatcher, WatchEvent, scan_drop_folder
 
@@ -126,8 +128,10 @@ class Agent:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         stop_event: threading.Event | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
+        self._notifier = notifier or Notifier(NotifySettings())  # none given: does nothing
         # Set on the first stop request; the client sleeps on it between retries, so a stop
         # never waits out a backoff.
         self.stop_event = stop_event or threading.Event()
@@ -163,6 +167,8 @@ class Agent:
             wall=wall,
         )
         self._router = SegmentRouter(names=config.segments, pattern=config.watch.filename_pattern)
+        self._catalogue = SegmentCatalogue(config.segments)
+        self._doubted: set[int] = set()  # waiting files already warned about their segment
         self._deliverer = Deliverer(
             client=client,
             journal=journal,
@@ -354,11 +360,13 @@ class Agent:
                 "second stop signal: leaving now; unfinished uploads resume at next start"
             )
         else:
-            logger.info(
-                "stopping: no new files; waiting up to {:g} s for {} upload(s) in progress",
-                grace,
-                len(self._in_flight),
-            )
+            if self._in_flight:
+                logger.info(
+                    "stopping: no new files; waiting up to {:g} s for {} upload{} in progress",
+                    grace, len(self._in_flight), "" if len(self._in_flight) == 1 else "s",
+                )
+            else:
+                logger.info("stopping: no upload in progress")
             self._stop_deadline = self._clock() + grace
         self._stopping = stop
 
@@ -486,6 +494,9 @@ class Agent:
         for row in self._journal.admit_many(matched):
             self._add_waiting(row)
             logger.bind(file=row.rel_path, segment=row.segment).info("ready")
+            # Before the first list of jobs, which id strings exist is not known yet.
+            if self._polled_once and self._catalogue.doubt(row.segment or "") is not None:
+                self._note_reason(row.id, self._waiting_reason(row))
 
     def _add_waiting(self, row: FileRow) -> None:
         if row.reason:
@@ -495,6 +506,7 @@ class Agent:
         self._fresh_files = True
 
     def _forget_waiting(self, file_id: int) -> None:
+        self._doubted.discard(file_id)
         row = self._waiting.pop(file_id, None)
         if row is not None:
             self._waiting_paths.pop(row.path, None)
@@ -550,10 +562,12 @@ class Agent:
         self.metrics.last_successful_poll.set(self.last_contact)
         self.conditions.clear(Cause.KEY_REFUSED)
         self.conditions.clear(Cause.UNREACHABLE)
+        self._notifier.exchange_ok()
         self._journal.set_meta("last_contact", str(self.last_contact))
         waiting = [job for job in finished.result if job.is_waiting]
         self._jobs = {str(job.job_id): job for job in waiting}
         self._job_index = JobIndex(waiting)
+        self._catalogue.learn(self._job_index.segments())
         reserved = self._journal.reserved_jobs()
         self._assign(reserved)
         self._note_jobs_without_file(reserved)
@@ -594,6 +608,7 @@ class Agent:
         # Each failed poll is one line: polls back off, so an outage of days stays readable.
         logger.error("cannot list the waiting jobs: {}", what)
         self.conditions.raise_(cause, what, log=False)
+        self._notifier.exchange_failing(what)
         for row in self._waiting.values():
             self._note_reason(row.id, what)
 
@@ -613,7 +628,18 @@ class Agent:
         planned = {file_id for file_id, _ in self._to_claim}
         for row in self._waiting.values():
             if row.id not in planned:
-                self._note_reason(row.id, f"waiting for a job for segment {row.segment}")
+                self._note_reason(row.id, self._waiting_reason(row))
+
+    def _waiting_reason(self, row: FileRow) -> str:
+        """Why a file waits; a segment that looks mistyped is warned about once per file."""
+        reason = f"waiting for a job for segment {row.segment}"
+        doubt = self._catalogue.doubt(row.segment or "")
+        if doubt is None:
+            return reason
+        if row.id not in self._doubted:
+            self._doubted.add(row.id)
+            logger.bind(file=row.rel_path).warning("{}", doubt)
+        return f"{reason}: {doubt}"
 
     def _claim_some(self) -> None:
         """Claims from the last plan, a few at a time: each is a move and a journal write, so a
@@ -771,6 +797,15 @@ class Agent:
             self.outcomes.failed.append((row.rel_path, result.reason or "failed"))
             self.metrics.files_failed.inc()
             log.warning("failed: moved to {}: {}", target, result.reason)
+            if self._notifier.enabled:
+                self._notify_failed(row, result.reason or "failed")
+
+    def _notify_failed(self, row: FileRow, reason: str) -> None:
+        failed_jobs = [delivery.job_id for delivery in self._journal.deliveries(row.id)
+                       if delivery.state is DeliveryState.REJECTED]
+        self._notifier.file_failed(row.rel_path, reason, failed_jobs=failed_jobs)
+        for job_id in failed_jobs:
+            self._notifier.job_failed(job_id, file=row.rel_path, reason=reason)
 
     def _refresh_gauges(self) -> None:
         pending = len(self._waiting) + len(self._schedule) + len(self._in_flight)

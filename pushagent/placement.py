@@ -101,7 +101,7 @@ class Placer:
         """A name that is not UTF-8 cannot enter the journal: straight to failed/, with its
         report. Returns the name as shown and the reason; raises OSError when it cannot."""
         shown = printable(os.fsencode(path.name).decode("utf-8", "surrogateescape"))
-        reason = f"{shown}: the file name is not valid UTF-8; rename it and drop it again"
+        reason = "the file name is not valid UTF-8; rename it and drop it again"
         target = unique_target(self._failed, PurePath(path.name))
         target.parent.mkdir(parents=True, exist_ok=True)
         write_error_report(target, {"file": shown, "reason": reason, "time": self._now_iso()})

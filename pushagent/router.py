@@ -10,6 +10,9 @@ from typing import Protocol
 
 from pushagent.exchange import Job
 
+__all__ = ["Assignment", "JobIndex", "ListedJob", "PendingFile", "SegmentRouter", "WaitingJob",
+    "plan_assignments"]
+
 
 class WaitingJob(Protocol):
     @property

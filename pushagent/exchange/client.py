@@ -64,6 +64,7 @@ from pushagent.exchange.models import (
     UploadResult,
 )
 from pushagent.exchange.retry import RetryPolicy, build_retrying
+from pushagent.throttle import Throttle, throttled
 
 T = TypeVar("T")
 Progress = Callable[[int], None]
@@ -289,7 +290,6 @@ def _validated_key(api_key: str) -> str:
     if not isinstance(api_key, str):
         raise ConfigError("the API key must be text")
     key = api_key.strip()
-    logs.register_secret(key)
     if not key:
         raise ConfigError("the API key is empty: set the key Exchange issued for the account")
     # requests would otherwise raise InvalidHeader with the whole header value in its message.
@@ -532,13 +532,21 @@ class ExchangeClient:
         allow_insecure_http: bool = False,
         sleep: Callable[[float], None] = time.sleep,
         user_agent: str = pushagent.USER_AGENT,
+        throttle: Throttle | None = None,
     ) -> None:
         key = _validated_key(api_key)
-        self._base_url = _normalise_base_url(base_url, allow_insecure_http=allow_insecure_http)
-        if connect_timeout <= 0 or read_timeout <= 0:
-            raise ConfigError("connect_timeout and read_timeout must be positive seconds")
-        if isinstance(verify, str) and not os.path.exists(verify):
-            raise ConfigError(f"CA bundle {verify} does not exist; fix the verify setting")
+        # Masked while this client lives: released by close(), or now if the checks below fail.
+        logs.register_secret(key)
+        try:
+            self._base_url = _normalise_base_url(base_url, allow_insecure_http=allow_insecure_http)
+            if connect_timeout <= 0 or read_timeout <= 0:
+                raise ConfigError("connect_timeout and read_timeout must be positive seconds")
+            if isinstance(verify, str) and not os.path.exists(verify):
+                raise ConfigError(f"CA bundle {verify} does not exist; fix the verify setting")
+        except ConfigError:
+            logs.release_secret(key)
+            raise
+        self._key_held: str | None = key
         if verify is False:
             logger.warning(
                 "TLS certificate verification is OFF for {}: anyone on the path can read the key",
@@ -553,6 +561,7 @@ class ExchangeClient:
         self._timeout = (connect_timeout, read_timeout)
         self._verify = verify
         self._user_agent = user_agent
+        self._throttle = throttle  # the bandwidth cap all uploads of this client share
 
     def __repr__(self) -> str:
         return f"ExchangeClient(base_url={self._base_url!r})"
@@ -563,9 +572,12 @@ class ExchangeClient:
         return self._base_url
 
     def close(self) -> None:
-        """Close the session if this client created it (an injected one belongs to the caller)."""
+        """Close the session if this client created it (an injected one belongs to the caller),
+        and stop masking its key unless another holder registered it too."""
         if self._owns_session:
             self._session.close()
+        logs.release_secret(self._key_held)
+        self._key_held = None
 
     def __enter__(self) -> ExchangeClient:
         return self
@@ -679,6 +691,7 @@ class ExchangeClient:
             raise TypeError("upload_data(expected=...) needs a path: the file is checked as opened")
         if retry and not body.repeatable:
             logger.debug("POST {}: the source cannot be rewound, so one attempt only", path)
+        progress = throttled(progress, self._throttle)
 
         def attempt() -> UploadResult:
             with body.open() as (stream, length):
