@@ -30,6 +30,9 @@ from yaml.resolver import Resolver
 from pushagent.errors import ConfigError
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+# The job categories that wait in WAITING_TO_RECIEVE_DATA for a push producer's file (the third,
+# SEGMENT_POPULATE_DB, never waits for data).
+PUSH_CATEGORIES = ("SEGMENT_EXPORT", "IDENTITY_IMPORT")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,6 +80,8 @@ class MatchingSettings:
     # /healthz and ``status`` true to the Exchange and the key, and shows jobs with no file.
     idle_poll_seconds: float = 60.0
     max_wait_seconds: float = 86400.0
+    # Each is its own list call per poll (the category is a path parameter).
+    categories: tuple[str, ...] = PUSH_CATEGORIES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -285,6 +290,7 @@ class _Reader:
                 "poll_seconds": self.number(),
                 "idle_poll_seconds": self.number(),
                 "max_wait_seconds": self.number(),
+                "categories": self.categories,
             }),
             "validation": self.section_of(ValidationSettings, {
                 "max_bytes": self.integer(minimum=0),
@@ -640,6 +646,21 @@ class _Reader:
             self.fail(node, key, "needs a named group (?P<segment>...) that captures the segment "
                       r"name or id, e.g. '(?P<segment>\d+)_.*\.csv'")
         return pattern
+
+    def categories(self, node: Node, key: str) -> tuple[str, ...]:
+        if not isinstance(node, SequenceNode) or not node.value:
+            self.fail(node, key, f"expected a list of job categories, got {self.describe(node)}; "
+                      f"e.g. [{', '.join(PUSH_CATEGORIES)}]")
+        chosen: list[str] = []
+        for n, item in enumerate(node.value):
+            value = self.string()(item, f"{key}[{n}]").strip().upper()
+            if value not in PUSH_CATEGORIES:
+                self.fail(item, f"{key}[{n}]", f"{value!r} is not a category whose jobs wait for a "
+                          f"push producer's data; use {' or '.join(PUSH_CATEGORIES)}")
+            if value in chosen:
+                self.fail(item, f"{key}[{n}]", f"{value} is given twice; keep one")
+            chosen.append(value)
+        return tuple(chosen)
 
     def level(self, node: Node, key: str) -> str:
         value = self.string()(node, key).strip().upper()

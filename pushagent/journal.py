@@ -22,7 +22,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +41,7 @@ from pushagent.lifecycle import (
     sources_of,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -74,6 +74,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     bytes INTEGER,
     error TEXT,
     sha256 TEXT,                     -- of the bytes sent
+    category TEXT,                   -- the job category, NULL (version 1 rows) for SEGMENT_EXPORT
     PRIMARY KEY (file_id, job_id)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS one_upload_per_job ON deliveries(job_id)
@@ -97,6 +98,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE files ADD COLUMN report_path TEXT",
         "ALTER TABLE deliveries ADD COLUMN sha256 TEXT",
     ),
+    # Jobs of every push category: a status check after a crash must ask the job's own category.
+    2: ("ALTER TABLE deliveries ADD COLUMN category TEXT",),
 }
 
 RESERVE_SECONDS = 7 * 86400
@@ -145,6 +148,7 @@ class DeliveryRow:
     bytes: int | None
     error: str | None
     sha256: str | None
+    category: str | None = None  # None: SEGMENT_EXPORT (written before categories were kept)
 
     @classmethod
     def of(cls, row: sqlite3.Row) -> DeliveryRow:
@@ -414,17 +418,23 @@ class Journal:
 
     # --- claimed files and their deliveries -----------------------------------------------------
 
-    def claim(self, file_id: int, *, path: Path, job_ids: Iterable[str]) -> None:
+    def claim(
+        self, file_id: int, *, path: Path, job_ids: Iterable[str],
+        categories: Mapping[str, str] | None = None,
+    ) -> None:
+        """``categories``: job id -> its category (a job left out is SEGMENT_EXPORT)."""
+        categories = categories or {}
         with self._tx() as db:
             self._move(db, file_id, FileState.CLAIMED,
                        "path = ?, claimed_at = COALESCE(claimed_at, ?), reason = 'uploading'",
                        (str(path), self._clock()))
             db.executemany(
-                "INSERT INTO deliveries (file_id, job_id, state) VALUES (?, ?, ?) "
+                "INSERT INTO deliveries (file_id, job_id, state, category) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (file_id, job_id) DO UPDATE SET state = excluded.state, "
                 "error = NULL WHERE state = ?",
                 [
-                    (file_id, job_id, DeliveryState.ASSIGNED.value, DeliveryState.GONE.value)
+                    (file_id, job_id, DeliveryState.ASSIGNED.value, categories.get(job_id),
+                     DeliveryState.GONE.value)
                     for job_id in job_ids
                 ],
             )

@@ -31,6 +31,24 @@ class AgentMetrics:
             "Unix time of the last successful list of waiting jobs",
             registry=r,
         )
+        self.job_uploads = Counter(
+            "pushagent_job_uploads",
+            "Uploads accepted by the Exchange, one per job, by job category",
+            ["category"],
+            registry=r,
+        )
+        self.jobs_failed = Counter(
+            "pushagent_jobs_failed",
+            "Jobs the agent failed with a reason, by job category",
+            ["category"],
+            registry=r,
+        )
+        self.jobs_waiting = Gauge(
+            "pushagent_jobs_waiting",
+            "Jobs waiting for data at the last list call, by job category",
+            ["category"],
+            registry=r,
+        )
         self.api_errors = Counter(
             "pushagent_api_errors",
             "Failed calls to the Exchange, by HTTP status ('none' when unreachable)",

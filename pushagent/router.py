@@ -29,11 +29,14 @@ class ListedJob:
     columns: tuple[str, ...]
     label: str  # the segment as a person would name it, for ``pushagent status``
     is_waiting: bool
+    category: str = "SEGMENT_EXPORT"
 
     @classmethod
-    def of(cls, job: Job) -> ListedJob:
+    def of(cls, job: Job, *, category: str | None = None) -> ListedJob:
+        """``category``: the list call's, which a job that omits ``jobCategory`` still has."""
         label = job.producer_segment_id_string or str(job.producer_segment_id)
-        return cls(job.job_id, job.segment_keys(), job.required_columns(), label, job.is_waiting)
+        return cls(job.job_id, job.segment_keys(), job.required_columns(), label, job.is_waiting,
+                   category or job.job_category or "SEGMENT_EXPORT")
 
     def segment_keys(self) -> frozenset[str]:
         return self.keys

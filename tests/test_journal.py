@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from pushagent.errors import JournalUnavailable, StateLockedError
-from pushagent.journal import SCHEMA_VERSION, Journal, StateLock
+from pushagent.journal import MIGRATIONS, SCHEMA_VERSION, Journal, StateLock
 from pushagent.lifecycle import (
     DELIVERY_MOVES,
     FILE_MOVES,
@@ -128,6 +128,36 @@ def test_a_journal_of_the_first_release_is_migrated_in_place(tmp_path: Path) -> 
     assert (row.state, row.sha256, row.path) == (FileState.CLAIMED, None, "/s/claimed/1/a.csv")
     assert [d.state for d in journal.deliveries(1)] == [DeliveryState.UPLOADING]
     journal.delivery_ended(1, "9", DeliveryState.UPLOADED, sha256="cd")
+    journal.close()
+    again = sqlite3.connect(tmp_path / "journal.sqlite3")
+    assert again.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_a_journal_of_version_1_keeps_its_deliveries_and_learns_categories(
+    tmp_path: Path,
+) -> None:
+    db = sqlite3.connect(tmp_path / "journal.sqlite3")
+    db.executescript(V0_SCHEMA)
+    for statement in MIGRATIONS[1]:
+        db.execute(statement)
+    db.execute("PRAGMA user_version = 1")
+    db.execute(
+        "INSERT INTO files (id, rel_path, segment, state, path, size, mtime, seen_at, "
+        "claimed_at, reason) VALUES (1, 'a.csv', '45311', 'claimed', '/s/claimed/1/a.csv', 5, "
+        "1.0, 1.0, 2.0, 'uploading')"
+    )
+    db.execute("INSERT INTO deliveries (file_id, job_id, state) VALUES (1, '9', 'uploading')")
+    db.commit()
+    db.close()
+    journal = Journal.for_state_dir(tmp_path)
+    # A delivery written before categories were kept was to a SEGMENT_EXPORT job.
+    assert [(d.job_id, d.category) for d in journal.deliveries(1)] == [("9", None)]
+    second = journal.note_settling("b.csv", tmp_path / "b.csv", size=1, mtime=1.0)
+    journal.mark_waiting(second, segment="45311", reason="waiting")
+    journal.claim(second, path=tmp_path / "claimed" / "b.csv", job_ids=["10", "11"],
+                  categories={"10": "IDENTITY_IMPORT"})
+    assert [(d.job_id, d.category) for d in journal.deliveries(second)] == [
+        ("10", "IDENTITY_IMPORT"), ("11", None)]
     journal.close()
     again = sqlite3.connect(tmp_path / "journal.sqlite3")
     assert again.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

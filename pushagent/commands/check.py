@@ -18,7 +18,7 @@ from typing import Any
 from pushagent.config import AgentConfig, load_config
 from pushagent.env import Environment
 from pushagent.errors import EXIT_FAILURE, EXIT_OK, PushAgentError
-from pushagent.exchange import JobCategory, JobStatus
+from pushagent.exchange import JobStatus
 from pushagent.logs import register_secret
 from pushagent.output import add_json_flag, print_json
 from pushagent.runtime import build_client
@@ -50,8 +50,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             "Load the config, then check that each folder exists and is writable (a file is "
             "created and removed, so run this as the agent's user), that the folders share one "
             "filesystem (else moves are copies, not atomic renames: a warning), and that the "
-            "key and endpoint work (one list of the endpoint's waiting SEGMENT_EXPORT jobs, no "
-            "retries). Prints one verdict per item."
+            "key and endpoint work (one list of the endpoint's waiting jobs per category in "
+            "matching.categories, no retries). Prints one verdict per item."
         ),
         epilog=(
             "Exit codes: 0 every check passed (warnings allowed); 1 a folder check failed, or "
@@ -160,17 +160,18 @@ def check_exchange(config: AgentConfig) -> Finding:
     # One attempt: a check must answer now, not after the agent's retry budget.
     quick = dataclasses.replace(settings, retry=dataclasses.replace(settings.retry, max_attempts=1))
     subject = f"exchange {settings.base_url}"
+    counts: list[str] = []
     try:
         with build_client(quick) as client:
-            jobs = client.list_jobs(
-                JobCategory.SEGMENT_EXPORT, endpoint_id=settings.endpoint_id,
-                status=JobStatus.WAITING_TO_RECEIVE_DATA,
-            )
+            for category in config.matching.categories:
+                jobs = client.list_jobs(
+                    category, endpoint_id=settings.endpoint_id,
+                    status=JobStatus.WAITING_TO_RECEIVE_DATA,
+                )
+                counts.append(f"{sum(1 for job in jobs if job.is_waiting)} {category} job(s)")
     except PushAgentError as error:
         return Finding(FAIL, subject, str(error), error.exit_code)
-    waiting = sum(1 for job in jobs if job.is_waiting)
     return Finding(
         OK, subject,
-        f"key accepted for endpoint {settings.endpoint_id}; {waiting} SEGMENT_EXPORT job(s) "
-        "waiting for data",
+        f"key accepted for endpoint {settings.endpoint_id}; {', '.join(counts)} waiting for data",
     )

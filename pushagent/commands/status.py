@@ -163,7 +163,14 @@ def as_json(snapshot: Snapshot, *, now: float) -> dict[str, Any]:
 
 
 def _jobs(deliveries: list[DeliveryRow]) -> str:
-    return ", ".join(f"{d.job_id} ({d.state.value})" for d in deliveries) or "-"
+    return ", ".join(
+        f"{_category(d.category)}/{d.job_id} ({d.state.value})" for d in deliveries
+    ) or "-"
+
+
+def _category(category: str | None) -> str:
+    """Journals of before categories hold SEGMENT_EXPORT jobs only."""
+    return category or "SEGMENT_EXPORT"
 
 
 def _next_attempt(row: FileRow, now: float) -> str | None:
@@ -214,7 +221,8 @@ def render(snapshot: Snapshot, env: Environment, *, now: float) -> None:
     print(f"\njobs waiting with no file ({len(snapshot.idle_jobs)}):", file=out)
     print_table(
         ("JOB", "SEGMENT", "WAITING FOR"),
-        [(job["job_id"], job["segment"], format_age(now - job["since"]))
+        [(f"{_category(job.get('category'))}/{job['job_id']}", job["segment"],
+          format_age(now - job["since"]))
          for job in snapshot.idle_jobs],
         out, empty="(none)",
     )

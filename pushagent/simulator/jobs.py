@@ -65,6 +65,12 @@ _JOB_DEFAULTS: dict[str, Any] = {
     "destinationRecordCount": None,
 }
 
+# An identity import uploads to the Exchange identity store only: no destination endpoint.
+_CATEGORY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "IDENTITY_IMPORT": {"jobName": "IDENTITY_IMPORT", "destinationEndpointID": None},
+    "SEGMENT_POPULATE_DB": {"jobName": "SEGMENT_POPULATE_DB"},
+}
+
 _SCHEDULED_DEFAULTS: dict[str, Any] = {
     "state": "SCHEDULED",
     "jobCategory": "SEGMENT_EXPORT",
@@ -130,7 +136,9 @@ def normalise_job(
         raise ConfigError(f"{SEGMENT_DATA_KEY} must map file names to CSV text")
     if not isinstance(sample_rows, int) or isinstance(sample_rows, bool) or sample_rows < 0:
         raise ConfigError(f"{SAMPLE_ROWS_KEY} must be a whole number >= 0, not {sample_rows!r}")
-    wire = {"jobId": job_id, **_JOB_DEFAULTS, **given}
+    category = given.get("jobCategory")
+    defaults = _CATEGORY_DEFAULTS.get(category, {}) if isinstance(category, str) else {}
+    wire = {"jobId": job_id, **_JOB_DEFAULTS, **defaults, **given}
     wire["jobId"] = job_id
     if wire["jobCategory"] not in CATEGORIES:
         raise ConfigError(
