@@ -137,7 +137,9 @@ class Agent:
         self._inbox: queue.Queue[WatchEvent | Finished[DeliveryResult] | _Polled | _Stop] = (
             queue.Queue()
         )
-        self._drop = config.folders.drop
+        folders, self._endpoint = config.push_side()
+        self._folders = folders
+        self._drop = folders.drop
         self._watcher = DropWatcher(self._drop, self._inbox.put, polling=config.watch.polling)
         self._readiness = ReadinessTracker(
             settle_seconds=config.watch.settle_seconds,
@@ -150,8 +152,8 @@ class Agent:
         )
         self._placer = Placer(
             journal=journal,
-            done=config.folders.done,
-            failed=config.folders.failed,
+            done=folders.done,
+            failed=folders.failed,
             claimed=config.state_dir / "claimed",
             trigger_suffix=config.watch.trigger_suffix,
             wall=wall,
@@ -517,7 +519,7 @@ class Agent:
         self._last_poll = now
         self._lister.submit(0, functools.partial(
             list_waiting, self._client, categories=self.config.matching.categories,
-            endpoint_id=self.config.exchange.endpoint_id,
+            endpoint_id=self._endpoint,
         ))
 
     def _polled(self, finished: Finished[Listing]) -> None:
@@ -823,7 +825,7 @@ class Agent:
             final = Path(row.final_path) if row.final_path else None
             if final is not None and os.path.lexists(final):
                 # A journal of the first release: stopped after the final move.
-                done = final.is_relative_to(self.config.folders.done)
+                done = final.is_relative_to(self._folders.done)
                 if not done and report_path_for(final) is None:
                     write_error_report(final, self._placer.report(row, row.reason))
                 state = FileState.DELIVERED if done else FileState.REJECTED

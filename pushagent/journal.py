@@ -41,7 +41,7 @@ from pushagent.lifecycle import (
     sources_of,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -92,6 +92,33 @@ CREATE UNIQUE INDEX IF NOT EXISTS files_open_path ON files(path)
 CREATE INDEX IF NOT EXISTS files_path ON files(path);
 """
 
+# The pull side's records (``pushagent.pulljournal``): one row per job READY_FOR_DOWNLOAD that
+# the agent took on, one per file of it. Kept apart from the push side's files and deliveries.
+PULL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pull_jobs (
+    job_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,             -- a lifecycle.PullJobState value
+    folder TEXT NOT NULL,            -- outbox/<jobId>
+    job_json TEXT NOT NULL,          -- the job as listed, for job.json
+    seen_at REAL NOT NULL,
+    finished_at REAL,
+    reason TEXT,                     -- why it waits (the last failure), or why it is gone
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL
+);
+CREATE INDEX IF NOT EXISTS pull_jobs_state ON pull_jobs(state);
+CREATE TABLE IF NOT EXISTS pull_files (
+    job_id TEXT NOT NULL REFERENCES pull_jobs(job_id),
+    name TEXT NOT NULL,              -- as the Exchange names it
+    local_name TEXT NOT NULL,        -- the sanitized name in the job's folder
+    state TEXT NOT NULL,             -- a lifecycle.PullFileState value
+    size INTEGER,
+    sha256 TEXT,
+    problems TEXT,                   -- what validation found, kept with the file
+    PRIMARY KEY (job_id, name)
+);
+"""
+
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         "ALTER TABLE files ADD COLUMN sha256 TEXT",
@@ -100,6 +127,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # Jobs of every push category: a status check after a crash must ask the job's own category.
     2: ("ALTER TABLE deliveries ADD COLUMN category TEXT",),
+    # The pull side: new tables only, made by PULL_SCHEMA for old and new journals alike.
+    3: (),
 }
 
 RESERVE_SECONDS = 7 * 86400
@@ -234,7 +263,7 @@ class Journal:
                 for step in range(version + 1, SCHEMA_VERSION + 1):
                     for statement in MIGRATIONS.get(step, ()):
                         self._db.execute(statement)
-            for statement in (SCHEMA + INDEXES_V1).split(";"):
+            for statement in (SCHEMA + INDEXES_V1 + PULL_SCHEMA).split(";"):
                 if statement.strip():
                     self._db.execute(statement)
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

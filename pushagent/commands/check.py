@@ -18,7 +18,7 @@ from typing import Any
 from pushagent.config import AgentConfig, load_config
 from pushagent.env import Environment
 from pushagent.errors import EXIT_FAILURE, EXIT_OK, PushAgentError
-from pushagent.exchange import JobStatus
+from pushagent.exchange import JobCategory, JobStatus
 from pushagent.logs import register_secret
 from pushagent.output import add_json_flag, print_json
 from pushagent.runtime import build_client
@@ -68,7 +68,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 def run(args: argparse.Namespace, env: Environment) -> int:
     config = load_config(args.config, environ=env.environ)
     register_secret(config.exchange.api_key)
-    findings = [*check_folders(config), check_exchange(config)]
+    findings = check_folders(config)
+    if config.folders is not None:
+        findings.append(check_exchange(config))
+    if config.pull is not None:
+        register_secret(config.pull.api_key)
+        findings.extend([check_writable("pull outbox", config.pull.outbox),
+                         check_pull_exchange(config)])
     failed = [finding for finding in findings if finding.status == FAIL]
     if args.json:
         print_json(
@@ -93,10 +99,11 @@ def exit_code(findings: Iterable[Finding]) -> int:
 
 def _folders(config: AgentConfig) -> list[tuple[str, Path]]:
     folders = config.folders
-    named = [
+    named = [] if folders is None else [
         ("drop folder", folders.drop), ("done folder", folders.done),
-        ("failed folder", folders.failed), ("state_dir", config.state_dir),
+        ("failed folder", folders.failed),
     ]
+    named.append(("state_dir", config.state_dir))
     log_file = config.logging.file
     if log_file is not None:
         named.append(("log folder", Path(log_file).parent))
@@ -175,3 +182,23 @@ def check_exchange(config: AgentConfig) -> Finding:
         OK, subject,
         f"key accepted for endpoint {settings.endpoint_id}; {', '.join(counts)} waiting for data",
     )
+
+
+def check_pull_exchange(config: AgentConfig) -> Finding:
+    """The pull side's one call per poll, with its own key when it has one."""
+    assert config.pull is not None
+    pull = config.pull
+    settings = dataclasses.replace(
+        config.exchange, api_key=pull.api_key or config.exchange.api_key,
+        retry=dataclasses.replace(config.exchange.retry, max_attempts=1),
+    )
+    subject = f"pull {settings.base_url}"
+    try:
+        with build_client(settings) as client:
+            jobs = client.list_jobs(JobCategory.SEGMENT_EXPORT, endpoint_id=pull.endpoint_id,
+                                    status=JobStatus.READY_FOR_DOWNLOAD)
+    except PushAgentError as error:
+        return Finding(FAIL, subject, str(error), error.exit_code)
+    ready = sum(1 for job in jobs if job.status is JobStatus.READY_FOR_DOWNLOAD)
+    return Finding(OK, subject, f"key accepted for endpoint {pull.endpoint_id}; {ready} "
+                                "SEGMENT_EXPORT job(s) ready for download")

@@ -10,15 +10,16 @@ from typing import Any
 
 from loguru import logger
 
-from pushagent.agent import Agent
 from pushagent.config import load_config
 from pushagent.droplock import DropFolderLock
 from pushagent.env import Environment
 from pushagent.health import HealthServer
 from pushagent.journal import Journal, StateLock
-from pushagent.lifecycle import PENDING
+from pushagent.lifecycle import PENDING, PullJobState
 from pushagent.names import printable
-from pushagent.runtime import build_client, configure_logging
+from pushagent.pulljournal import PullJournal
+from pushagent.runtime import configure_logging
+from pushagent.service import Service, build_service
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -47,61 +48,69 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     configure_logging(config, env=env, verbosity=args.verbose)
     lock = StateLock(config.state_dir)
     lock.acquire()
-    drop_lock = DropFolderLock(config.folders.drop, state_dir=config.state_dir)
-    try:
-        drop_lock.acquire()
-    except BaseException:
-        lock.release()
-        raise
+    drop_lock = None
+    if config.folders is not None:
+        drop_lock = DropFolderLock(config.folders.drop, state_dir=config.state_dir)
+        try:
+            drop_lock.acquire()
+        except BaseException:
+            lock.release()
+            raise
     journal = Journal.for_state_dir(config.state_dir)
     health: HealthServer | None = None
     try:
-        stop = threading.Event()
-
-        def sleep_until_stopped(seconds: float) -> None:
-            stop.wait(seconds)
-
-        client = build_client(config.exchange, sleep=sleep_until_stopped)
-        agent = Agent(config, client=client, journal=journal, stop_event=stop)
+        service = build_service(config, journal=journal)
         if config.metrics.enabled:
-            health = HealthServer(agent, host=config.metrics.host, port=config.metrics.port)
+            health = HealthServer(service, host=config.metrics.host, port=config.metrics.port)
             health.start()
-        _stop_on_signals(agent)
-        logger.info(
-            "pushagent watching {} for endpoint {} at {}",
-            config.folders.drop,
-            config.exchange.endpoint_id,
-            config.exchange.base_url,
-        )
-        code = agent.run(once=args.once)
+        _stop_on_signals(service)
+        if config.folders is not None:
+            logger.info("pushagent watching {} for endpoint {} at {}", config.folders.drop,
+                        config.exchange.endpoint_id, config.exchange.base_url)
+        if config.pull is not None:
+            logger.info("pushagent downloading the jobs ready for endpoint {} to {} from {}",
+                        config.pull.endpoint_id, config.pull.outbox, config.exchange.base_url)
+        code = service.run(once=args.once)
         if args.once:
-            _print_summary(agent, journal, env)
+            _print_summary(service, journal, env)
         logger.info("pushagent stopped")
         return code
     finally:
         if health is not None:
             health.stop()
         journal.close()
-        drop_lock.release()
+        if drop_lock is not None:
+            drop_lock.release()
         lock.release()
 
 
-def _stop_on_signals(agent: Agent) -> None:
+def _stop_on_signals(service: Service) -> None:
     def handle(signum: int, _frame: object) -> None:
         # A signal handler must not take the inbox's lock the main thread may be holding.
-        threading.Thread(target=agent.request_stop, daemon=True).start()
+        threading.Thread(target=service.request_stop, daemon=True).start()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, handle)
 
 
-def _print_summary(agent: Agent, journal: Journal, env: Environment) -> None:
-    """Every file that finished in this run, then every file still pending, with its reason."""
+def _print_summary(service: Service, journal: Journal, env: Environment) -> None:
+    """Every file (and pull job) that finished in this run, then every one still pending, with
+    its reason."""
     out = env.stdout
-    for name in agent.outcomes.done:
-        print(f"done     {printable(name)}", file=out)
-    for name, reason in agent.outcomes.failed:
-        print(f"failed   {printable(name)}: {printable(reason)}", file=out)
-    for row in journal.files(*PENDING):
-        print(f"pending  {printable(row.rel_path)}: {printable(row.reason or row.state.value)}",
-              file=out)
+    if service.agent is not None:
+        agent = service.agent
+        for name in agent.outcomes.done:
+            print(f"done     {printable(name)}", file=out)
+        for name, reason in agent.outcomes.failed:
+            print(f"failed   {printable(name)}: {printable(reason)}", file=out)
+        for row in journal.files(*PENDING):
+            print(f"pending  {printable(row.rel_path)}: "
+                  f"{printable(row.reason or row.state.value)}", file=out)
+    if service.puller is not None:
+        for job_id in service.puller.outcomes.done:
+            print(f"pulled   job {job_id}", file=out)
+        for job_id, reason in service.puller.outcomes.gone:
+            print(f"gone     job {job_id}: {printable(reason)}", file=out)
+        for pull_row in PullJournal(journal).jobs(PullJobState.DOWNLOADING, PullJobState.ON_DISK):
+            print(f"pending  job {pull_row.job_id}: "
+                  f"{printable(pull_row.reason or pull_row.state.value)}", file=out)

@@ -1,0 +1,101 @@
+"""The sides one ``pushagent run`` serves: the push agent (folders:), the puller (pull:), or both.
+
+With both, the push loop keeps the main thread and the puller runs in a thread of its own, so a
+slow download never holds up a file. One stop request reaches both (warm, then cold); /healthz
+is green only while both are; ``--once`` returns the worse of the two exit codes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable
+
+from pushagent.agent import Agent
+from pushagent.config import AgentConfig
+from pushagent.journal import Journal
+from pushagent.metrics import AgentMetrics, PullMetrics
+from pushagent.pull import Puller
+from pushagent.runtime import build_client
+
+JOIN_STEP_SECONDS = 0.2
+
+
+class Service:
+    def __init__(self, *, agent: Agent | None, puller: Puller | None, metrics: AgentMetrics,
+                 grace_seconds: float) -> None:
+        if agent is None and puller is None:
+            raise ValueError("a service needs the push agent, the puller or both")
+        self.agent = agent
+        self.puller = puller
+        self.metrics = metrics
+        self._grace = grace_seconds
+        self._pull_code = 0
+
+    def run(self, *, once: bool = False) -> int:
+        if self.agent is None:
+            assert self.puller is not None
+            return self.puller.run(once=once)
+        if self.puller is None:
+            return self.agent.run(once=once)
+        puller = self.puller
+        thread = threading.Thread(target=self._run_puller, args=(once,), name="pull",
+                                  daemon=True)
+        thread.start()
+        code = self.agent.run(once=once)
+        if not once:
+            puller.stop_event.set()  # the agent returns only once asked to stop
+            thread.join(self._grace)
+            if thread.is_alive():  # a download outlasts the grace: the journal resumes it
+                puller.abort()
+                thread.join(JOIN_STEP_SECONDS * 10)
+            return code
+        while thread.is_alive():  # a short join: signals still reach the main thread
+            thread.join(JOIN_STEP_SECONDS)
+        return max(code, self._pull_code)
+
+    def _run_puller(self, once: bool) -> None:
+        assert self.puller is not None
+        self._pull_code = self.puller.run(once=once)
+
+    def request_stop(self) -> None:
+        if self.agent is not None:
+            self.agent.request_stop()
+        if self.puller is not None:
+            self.puller.request_stop()
+
+    def health(self) -> tuple[bool, str]:
+        answers = [side.health() for side in (self.agent, self.puller) if side is not None]
+        failing = [reason for healthy, reason in answers if not healthy]
+        return (False, "; ".join(failing)) if failing else (True, "ok")
+
+
+def build_service(config: AgentConfig, *, journal: Journal) -> Service:
+    """The sides ``config`` asks for, each with its own client (the pull side's key may be the
+    pull endpoint's own) whose retries sleep on that side's stop event."""
+    metrics = AgentMetrics()
+    agent: Agent | None = None
+    if config.folders is not None:
+        push_stop = threading.Event()
+        client = build_client(config.exchange, sleep=_sleeper(push_stop))
+        agent = Agent(config, client=client, journal=journal, metrics=metrics,
+                      stop_event=push_stop)
+    puller: Puller | None = None
+    if config.pull is not None:
+        pull_stop = threading.Event()
+        settings = dataclasses.replace(
+            config.exchange, api_key=config.pull.api_key or config.exchange.api_key)
+        puller = Puller(
+            config.pull, client=build_client(settings, sleep=_sleeper(pull_stop)), journal=journal,
+            metrics=PullMetrics(metrics.registry),
+            healthy_within=config.metrics.healthy_within_seconds, stop_event=pull_stop,
+        )
+    return Service(agent=agent, puller=puller, metrics=metrics,
+                   grace_seconds=config.upload.shutdown_grace_seconds)
+
+
+def _sleeper(stop: threading.Event) -> Callable[[float], None]:
+    """A sleep between retries that a stop request cuts short."""
+    def sleep(seconds: float) -> None:
+        stop.wait(seconds)
+    return sleep
