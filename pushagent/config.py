@@ -350,8 +350,8 @@ class _Reader:
                       "download), or both (see agent.yaml.example)")
         if config.folders is not None and config.exchange.endpoint_id is None:
             self.fail(top.values["exchange"], "exchange.endpoint_id",
-                      "missing; the push side (folders:) needs the push producer endpoint, "
-                      "e.g. endpoint_id: 85")
+                      "missing; add 'endpoint_id:' under 'exchange:' (the push side, folders:, "
+                      "needs the push producer endpoint)")
         self.check_layout(top, config)
         return config
 
