@@ -151,8 +151,8 @@ def parts(tmp_path: Path, *contents: bytes) -> list[Path]:
 
 
 def test_parts_merge_under_the_first_header_even_without_final_newlines(tmp_path: Path) -> None:
-    files = parts(tmp_path, b"\xef\xbb\xbfEmail,Note\r\na@x,1\r\n", b'Email,Note\r\nb@x,"two\r\nlines"',
-                  b"Email,Note\nc@x,3\n")
+    files = parts(tmp_path, b"\xef\xbb\xbfEmail,Note\r\na@x,1\r\n",
+                  b'Email,Note\r\nb@x,"two\r\nlines"', b"Email,Note\nc@x,3\n")
     target = tmp_path / "segment.csv"
     result = merge_parts(files, target)
     expected = b'\xef\xbb\xbfEmail,Note\r\na@x,1\r\nb@x,"two\r\nlines"\nc@x,3\n'
