@@ -76,7 +76,7 @@ class PullMetrics:
         )
         self.download_seconds = Histogram(
             "pushagent_pull_download_duration_seconds",
-            "Duration of one file's download, fsync included",
+            "Duration of one file's download, fsync included (validation and hashing not)",
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
             registry=r,
         )

@@ -185,6 +185,7 @@ class Puller:
         wall: Callable[[], float] = time.time,
         validate: Callable[..., CSVReport] = validate_csv,
         stop_event: threading.Event | None = None,
+        grace_seconds: float = 30.0,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -195,6 +196,8 @@ class Puller:
         self._abort = threading.Event()  # cold: a download in progress is cut short
         self._stop_requests = 0
         self._stop_lock = threading.Lock()
+        self._grace = grace_seconds
+        self._grace_timer: threading.Timer | None = None
         self._client = client
         self._journal = PullJournal(journal)
         self._healthy_within = healthy_within
@@ -230,6 +233,8 @@ class Puller:
             deadline = min([self._next_poll, *self._due.values()])
             self.stop_event.wait(min(max(0.0, deadline - self._clock()), IDLE_WAIT_SECONDS))
         self.metrics.jobs_pending.set(len(self._due))
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
         if not once:
             return 0
         if self._key_refused_first:
@@ -237,13 +242,24 @@ class Puller:
         return 1 if self._due or not self._poll_ok else 0
 
     def request_stop(self) -> None:
-        """Warm stop first (no new step; a download in progress finishes), cold when again."""
+        """Warm stop first, cold when called again."""
         with self._stop_lock:
             self._stop_requests += 1
             cold = self._stop_requests > 1
-        self.stop_event.set()
         if cold:
             self.abort()
+        else:
+            self.stop_warm()
+
+    def stop_warm(self) -> None:
+        """No new step; a download in progress may finish within the grace, then is cut short
+        (the journal resumes it at the next start). Asking again changes nothing."""
+        with self._stop_lock:
+            if self._grace_timer is None:
+                self._grace_timer = threading.Timer(self._grace, self.abort)
+                self._grace_timer.daemon = True
+                self._grace_timer.start()
+        self.stop_event.set()
 
     def abort(self) -> None:
         """Cut a download in progress short (it resumes from nothing at the next start)."""
@@ -377,8 +393,8 @@ class Puller:
             self._journal.finish(job_id, PullJobState.GONE, reason=reason)
             self.outcomes.gone.append((job_id, reason))
         except _Aborted:
-            log.warning("pull: job {}: a download was cut short by the stop; it resumes at the "
-                        "next start", job_id)
+            log.warning("pull: job {}: stopped before it was finished; it resumes at the next "
+                        "start", job_id)
             return
         except (JournalUnavailable, KeyboardInterrupt):
             raise
@@ -420,6 +436,8 @@ class Puller:
             raise _Retry(f"cannot make {folder} ({error.strerror or error})", step="local",
                          local=True) from error
         for file in self._journal.files(row.job_id):
+            if self.stop_event.is_set():
+                raise _Aborted()
             final = folder / file.local_name
             if file.state is PullFileState.DOWNLOADED and not os.path.lexists(final):
                 logger.bind(job=row.job_id, file=file.local_name).warning(
@@ -476,6 +494,7 @@ class Puller:
             if size != received:
                 raise _Retry(f"{file.name}: {size} bytes on disk after {received} received",
                              step="local", local=True)
+            fetched = self._clock()
             problems, sha256 = self._verify(temp, file.name)
             try:
                 os.replace(temp, final)
@@ -488,11 +507,12 @@ class Puller:
                 os.unlink(temp)
             raise
         self._journal.downloaded(job_id, file.name, size=size, sha256=sha256, problems=problems)
-        elapsed = self._clock() - started
+        download = fetched - started
         self.metrics.files_downloaded.inc()
         self.metrics.bytes_downloaded.inc(size)
-        self.metrics.download_seconds.observe(elapsed)
-        log.bind(bytes=size, duration=f"{elapsed:.3f}s").info("pull: downloaded to {}", final)
+        self.metrics.download_seconds.observe(download)
+        log.bind(bytes=size, download=f"{download:.3f}s",
+                 verify=f"{self._clock() - fetched:.3f}s").info("pull: downloaded to {}", final)
 
     def _adopt(self, job_id: str, file: PullFileRow, final: Path) -> None:
         try:

@@ -22,14 +22,13 @@ JOIN_STEP_SECONDS = 0.2
 
 
 class Service:
-    def __init__(self, *, agent: Agent | None, puller: Puller | None, metrics: AgentMetrics,
-                 grace_seconds: float) -> None:
+    def __init__(self, *, agent: Agent | None, puller: Puller | None,
+                 metrics: AgentMetrics) -> None:
         if agent is None and puller is None:
             raise ValueError("a service needs the push agent, the puller or both")
         self.agent = agent
         self.puller = puller
         self.metrics = metrics
-        self._grace = grace_seconds
         self._pull_code = 0
 
     def run(self, *, once: bool = False) -> int:
@@ -44,15 +43,10 @@ class Service:
         thread.start()
         code = self.agent.run(once=once)
         if not once:
-            puller.stop_event.set()  # the agent returns only once asked to stop
-            thread.join(self._grace)
-            if thread.is_alive():  # a download outlasts the grace: the journal resumes it
-                puller.abort()
-                thread.join(JOIN_STEP_SECONDS * 10)
-            return code
-        while thread.is_alive():  # a short join: signals still reach the main thread
+            puller.stop_warm()  # the agent returns only once asked to stop
+        while thread.is_alive():  # short joins: signals still reach the main thread
             thread.join(JOIN_STEP_SECONDS)
-        return max(code, self._pull_code)
+        return code if not once else max(code, self._pull_code)
 
     def _run_puller(self, once: bool) -> None:
         assert self.puller is not None
@@ -89,9 +83,9 @@ def build_service(config: AgentConfig, *, journal: Journal) -> Service:
             config.pull, client=build_client(settings, sleep=_sleeper(pull_stop)), journal=journal,
             metrics=PullMetrics(metrics.registry),
             healthy_within=config.metrics.healthy_within_seconds, stop_event=pull_stop,
+            grace_seconds=config.upload.shutdown_grace_seconds,
         )
-    return Service(agent=agent, puller=puller, metrics=metrics,
-                   grace_seconds=config.upload.shutdown_grace_seconds)
+    return Service(agent=agent, puller=puller, metrics=metrics)
 
 
 def _sleeper(stop: threading.Event) -> Callable[[float], None]:
