@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from loguru import logger
 
@@ -104,10 +105,9 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _header_end(stream: object, path: Path) -> tuple[bytes, int]:
+def _header_end(stream: BinaryIO, path: Path) -> tuple[bytes, int]:
     """The header record of a CSV part (an RFC 4180 quoted field may hold a newline) without its
     line ending or BOM, and the offset where the data after it starts."""
-    assert hasattr(stream, "read")
     data = b""
     quoted = False
     while len(data) < HEADER_LIMIT:
@@ -276,15 +276,23 @@ class Puller:
         return True, "ok"
 
     def _guarded(self, work: Callable[[], None]) -> None:
+        """A journal that cannot be written is a condition, and a bug is an ERROR: either way
+        the pull side waits a moment and carries on."""
         try:
             work()
         except JournalUnavailable as error:
             self.conditions.raise_(Cause.STATE_DIR, f"{error}; no pull step is taken meanwhile")
-            self._next_poll = max(self._next_poll, self._clock() + IDLE_WAIT_SECONDS)
-            for job_id in self._due:
-                self._due[job_id] = max(self._due[job_id], self._clock() + IDLE_WAIT_SECONDS)
+            self._pause()
+        except Exception as error:
+            logger.opt(exception=error).error("pull: unexpected error; carrying on")
+            self._pause()
         else:
             self.conditions.clear(Cause.STATE_DIR)
+
+    def _pause(self) -> None:
+        self._next_poll = max(self._next_poll, self._clock() + IDLE_WAIT_SECONDS)
+        for job_id in self._due:
+            self._due[job_id] = max(self._due[job_id], self._clock() + IDLE_WAIT_SECONDS)
 
     # --- restart -----------------------------------------------------------------------------
 

@@ -228,7 +228,7 @@ class Deliverer:
             missing = missing_columns(report.header, job.required_columns())
             if missing:
                 reason = "; ".join(missing)
-                log.warning("rejected for {} job {}: {}", category, job_id, reason)
+                log.warning("rejected for job {}: {}", job_id, reason)
                 self._fail_job(file, job_id, reason, category)
                 return
         if state is DeliveryState.ASSIGNED:
@@ -244,7 +244,7 @@ class Deliverer:
         assert report.sha256 is not None
         expected = ExpectedBody(size=report.size, sha256=report.sha256, mtime_ns=report.mtime_ns)
         started = self._clock()
-        log.debug("uploading {} bytes to {} job {}", report.size, category, job_id)
+        log.debug("uploading {} bytes to job {}", report.size, job_id)
         try:
             result = self._client.upload_data(
                 job_id, file.path, content_type=self._settings.content_type, retry=False,
@@ -265,7 +265,7 @@ class Deliverer:
         self._metrics.upload_seconds.observe(elapsed)
         self._metrics.job_uploads.labels(category=category).inc()
         log.bind(bytes=result.bytes_sent, duration=f"{elapsed:.3f}s").info(
-            "uploaded to {} job {}", category, job_id
+            "uploaded to job {}", job_id
         )
 
     def _upload_failed(
@@ -292,7 +292,7 @@ class Deliverer:
             self._journal.delivery_ended(file.id, job_id, DeliveryState.GONE, error=str(error))
         elif outcome is Outcome.REFUSED:
             reason = f"the Exchange refused the upload: {error.server_message or error}"
-            log.warning("rejected for {} job {}: {}", category, job_id, reason)
+            log.warning("rejected for job {}: {}", job_id, reason)
             self._journal.delivery_ended(file.id, job_id, DeliveryState.ASSIGNED,
                                          error=str(error))
             self._fail_job(file, job_id, reason, category)
@@ -352,10 +352,10 @@ class Deliverer:
                 return
             if outcome in (Outcome.RETRY, Outcome.KEY_REFUSED):
                 self._raise_retry(error)
-            log.error("the Exchange refused to fail {} job {}: {}", category, job_id, error)
+            log.error("the Exchange refused to fail job {}: {}", job_id, error)
         else:
             self._metrics.jobs_failed.labels(category=category).inc()
-            log.info("failed {} job {}: {}", category, job_id, reason)
+            log.info("failed job {}: {}", job_id, reason)
         self._journal.delivery_ended(file.id, job_id, DeliveryState.REJECTED, error=reason)
 
     def _release_open(self, file: FileRow, reason: str) -> None:

@@ -84,7 +84,9 @@ def test_an_identity_import_job_gets_the_file_of_its_segment_and_metrics_name_it
         assert labelled(text, "pushagent_job_uploads_total", "SEGMENT_EXPORT") == 1
     finally:
         assert home.stop() == 0
-    assert f"uploaded to IDENTITY_IMPORT job {identity}" in home.log()
+    # Every line about a job names its category.
+    assert any(f"uploaded to job {identity}" in line and "category=IDENTITY_IMPORT" in line
+               for line in home.log().splitlines())
     assert "Traceback" not in home.log()
 
 
@@ -127,7 +129,8 @@ def test_a_refused_file_fails_an_identity_import_job_and_the_report_names_the_ca
     state = sim.job(job)
     assert state["status"] == "ERROR"
     assert "Email" in state["errorDetails"]
-    assert f"failed IDENTITY_IMPORT job {job}" in home.log()
+    assert any(f"failed job {job}" in line and "category=IDENTITY_IMPORT" in line
+               for line in home.log().splitlines())
     wait_for(lambda: f"IDENTITY_IMPORT/{idle}" in run_cli(
         "status", "--state-dir", str(home.root / "state")).out,
         what="the job with no file in status, with its category")

@@ -324,3 +324,19 @@ def test_a_pull_only_config_without_an_outbox_is_refused_naming_the_key(tmp_path
     result = home.run_once()
     assert result.returncode == 2
     assert "pull.outbox" in result.stderr and "does not exist" in result.stderr
+
+
+def test_check_covers_the_outbox_and_the_pull_endpoint(home: PullHome, sim: Simulator) -> None:
+    ready_job(sim)
+    result = run_cli("check", "-c", str(home.config), environ=home.env())
+    lines = result.out.splitlines()
+    assert result.code == 0, result.out + result.err
+    assert f"ok   pull outbox {home.outbox}: writable" in lines
+    assert (f"ok   pull {sim.url}: key accepted for endpoint {PULL_ENDPOINT}; 1 SEGMENT_EXPORT "
+            "job(s) ready for download") in lines
+    assert not any("drop folder" in line for line in lines)  # a pull-only agent has none
+    bad = run_cli("check", "-c", str(home.config), environ={**home.env(),
+                                                            "E2E_EXCHANGE_KEY": "wrong"})
+    assert bad.code == 3
+    assert any(line.startswith("FAIL pull ") and "HTTP 401" in line
+               for line in bad.out.splitlines())

@@ -27,18 +27,21 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "run",
         help="run the drop-folder agent",
         description=(
-            "Watch the drop folder and upload each complete CSV file to the SEGMENT_EXPORT jobs "
-            "waiting for its segment, or fail those jobs with the reason. Runs until SIGTERM or "
-            "SIGINT (a second signal stops at once). Exit codes with --once: 0 ok, 1 a file "
-            "failed or is left retrying (Exchange unreachable, key refused), 2 configuration or "
-            "usage error, 3 the key was refused at the first call."
+            "Watch the drop folder and upload each complete CSV file to the jobs (SEGMENT_EXPORT, "
+            "IDENTITY_IMPORT) waiting for its segment, or fail those jobs with the reason; with "
+            "a pull: section, also download the jobs ready for the pull endpoint to the outbox. "
+            "Runs until SIGTERM or SIGINT (a second signal stops at once). Exit codes with "
+            "--once: 0 ok, 1 a file failed or a file or pull job is left retrying (Exchange "
+            "unreachable, key refused), 2 configuration or usage error, 3 the key was refused at "
+            "the first call."
         ),
     )
     parser.add_argument("-c", "--config", type=Path, required=True, help="the agent's YAML file")
     parser.add_argument(
         "--once",
         action="store_true",
-        help="handle the files in the folder now, then exit (files with no waiting job stay)",
+        help="handle the files in the folder (and the jobs ready for download) now, then exit "
+             "(files with no waiting job stay)",
     )
     parser.set_defaults(handler=run)
 
