@@ -241,6 +241,9 @@ def test_a_download_answered_404_is_reported_and_the_job_is_not_completed(
     assert pending["job_id"] == str(job) and pending["state"] == "downloading"
     assert "segment-1-part2.csv" in pending["reason"] and "404" in pending["reason"]
     assert pending["attempts"] >= 2
+    table = run_cli("status", "--state-dir", str(home.root / "state")).out
+    assert "pull jobs (downloading or finishing: 1):" in table
+    assert f"{job}  downloading  1/3" in table
     assert not (home.job_folder(job) / "job.json").exists()
     assert calls(sim, "PUT", job) == [] and calls(sim, "DELETE", job) == []
     assert sim.job(job)["status"] == "READY_FOR_DOWNLOAD"
