@@ -45,7 +45,14 @@ from pushagent.outcomes import (
 from pushagent.placement import Placer
 from pushagent.pool import Finished, WorkerPool
 from pushagent.readiness import Candidate, ReadinessTracker, open_for_writing
-from pushagent.router import JobIndex, ListedJob, PendingFile, SegmentRouter, plan_assignments
+from pushagent.router import (
+    JobIndex,
+    ListedJob,
+    PendingFile,
+    SegmentRouter,
+    WaitingJob,
+    plan_assignments,
+)
 from pushagent.uploader import Deliverer, DeliveryResult, DeliverySettings, Verdict
 from pushagent.watcher import DropWatcher, WatchEvent, scan_drop_folder
 
@@ -179,7 +186,8 @@ class Agent:
         )
         self._segments: dict[Path, str | None] = {}  # settling drop paths -> segment
         self._waiting: dict[int, FileRow] = {}
-        self._waiting_paths: dict[Path, int] = {}
+        # Keyed by the row's own path string: a Path per waiting file would add 300 bytes each.
+        self._waiting_paths: dict[str, int] = {}
         self._resettling: dict[Path, int] = {}  # claimed files settling again
         self._schedule = _Schedule()
         self._finishing: dict[int, DeliveryResult] = {}  # the final move is left to retry
@@ -187,7 +195,7 @@ class Agent:
         self._reasons: dict[int, str] = {}
         self._streaks: dict[int, int] = {}
         self._jobs: dict[str, ListedJob] = {}
-        self._to_claim: deque[tuple[int, list[str]]] = deque()
+        self._to_claim: deque[tuple[int, tuple[WaitingJob, ...]]] = deque()
         self._placed: deque[tuple[FileRow, Path, Path | None, DeliveryResult]] = deque()
         self._job_index = JobIndex([])
         self._idle_since: dict[str, float] = {}
@@ -378,10 +386,10 @@ class Agent:
             self._next_rescan = now + self.config.watch.rescan_seconds
 
     def _observe_all(self) -> None:
-        new = [
+        new = (
             path for path in scan_drop_folder(self._drop, ignored=self._ignored)
-            if path not in self._readiness and path not in self._waiting_paths
-        ]
+            if path not in self._readiness and str(path) not in self._waiting_paths
+        )
         seen = [path for path in new if self._observe(path, "scan")]
         # One transaction for the lot: a start with 20,000 files present records them at once.
         self._journal.note_settling_many((str(self._relative(path)), path) for path in seen)
@@ -405,10 +413,10 @@ class Agent:
             self._track(event.path, event.kind)
 
     def _track(self, path: Path, event: str) -> None:
-        if path in self._waiting_paths:
+        file_id = self._waiting_paths.get(str(path))
+        if file_id is not None:
             if event != "written":
                 return
-            file_id = self._waiting_paths[path]
             self._forget_waiting(file_id)
             self._journal.back_to_settling(file_id)
         if self._observe(path, event):
@@ -437,17 +445,22 @@ class Agent:
 
     def _sweep_vanished(self) -> None:
         """Forget files a dropper removed again before they were claimed."""
-        for row in self._journal.files(FileState.SETTLING, FileState.WAITING):
-            if not os.path.lexists(row.path):
-                if row.in_claim_area:
-                    self._journal.vanish(row.id, "removed from its claim folder by someone else")
-                else:
-                    logger.bind(file=row.rel_path).warning(
-                        "removed from the drop folder before upload"
-                    )
-                    self._journal.forget(row.id)
-                self._forget_waiting(row.id)
-                self._segments.pop(Path(row.path), None)
+        gone = [
+            (file_id, path, in_claim_area)
+            for file_id, path, in_claim_area in self._journal.paths(FileState.SETTLING,
+                                                                    FileState.WAITING)
+            if not os.path.lexists(path)
+        ]
+        for file_id, path, in_claim_area in gone:
+            if in_claim_area:
+                self._journal.vanish(file_id, "removed from its claim folder by someone else")
+            else:
+                logger.bind(file=os.path.relpath(path, self._drop)).warning(
+                    "removed from the drop folder before upload"
+                )
+                self._journal.forget(file_id)
+            self._forget_waiting(file_id)
+            self._segments.pop(Path(path), None)
 
     def _admit(self, ready: list[Candidate]) -> None:
         matched: list[tuple[str, Path, int, float, str]] = []
@@ -481,13 +494,13 @@ class Agent:
         if row.reason:
             self._reasons[row.id] = row.reason
         self._waiting[row.id] = row
-        self._waiting_paths[Path(row.path)] = row.id
+        self._waiting_paths[row.path] = row.id
         self._fresh_files = True
 
     def _forget_waiting(self, file_id: int) -> None:
         row = self._waiting.pop(file_id, None)
         if row is not None:
-            self._waiting_paths.pop(Path(row.path), None)
+            self._waiting_paths.pop(row.path, None)
 
     def _expire_waiting(self) -> None:
         limit = self.config.matching.max_wait_seconds
@@ -626,9 +639,7 @@ class Agent:
             if older_settling.get(row.segment or "", float("inf")) >= (row.mtime or 0.0)
         ]
         plan = plan_assignments(pending, self._job_index, busy_jobs=busy)
-        self._to_claim = deque(
-            (int(a.file.key), [str(job.job_id) for job in a.jobs]) for a in plan
-        )
+        self._to_claim = deque((int(a.file.key), a.jobs) for a in plan)
         planned = {file_id for file_id, _ in self._to_claim}
         for row in self._waiting.values():
             if row.id not in planned:
@@ -643,9 +654,9 @@ class Agent:
         while self._to_claim and room > 0 and self._clock() < deadline:
             if self.conditions.blocks_claims or self._stopping is not None:
                 return
-            file_id, job_ids = self._to_claim.popleft()
+            file_id, jobs = self._to_claim.popleft()
             row = self._waiting.get(file_id)
-            if row is not None and self._claim(row, job_ids):
+            if row is not None and self._claim(row, [str(job.job_id) for job in jobs]):
                 self._start(row.id)
                 room -= 1
 

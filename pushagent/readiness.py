@@ -31,7 +31,7 @@ from pathlib import Path, PurePath
 RENAME_GRACE_SECONDS = 0.1
 
 
-@dataclass
+@dataclass(slots=True)
 class _Tracked:
     size: int
     mtime_ns: int
@@ -43,7 +43,7 @@ class _Tracked:
     entry: tuple[int, float] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Candidate:
     """A ready path; ``odd`` names why it must be moved aside unread (symlink, directory...)."""
 
