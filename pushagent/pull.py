@@ -64,13 +64,15 @@ class _Retry(Exception):
     ``step`` names what failed (for the metrics), ``local`` a problem of this machine."""
 
     def __init__(self, reason: str, *, step: str, local: bool = False,
-                 retry_after: float | None = None, key_refused: bool = False) -> None:
+                 retry_after: float | None = None, key_refused: bool = False,
+                 logged: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.step = step
         self.local = local
         self.retry_after = retry_after
         self.key_refused = key_refused
+        self.logged = logged  # each file's ERROR line is out already
 
 
 class _Gone(Exception):
@@ -422,7 +424,11 @@ class Puller:
         self.metrics.failures.labels(step=retry.step).inc()
         reason = f"retrying in {delay:.1f} s after: {retry.reason}"
         self._journal.failed_attempt(job_id, reason, next_attempt_at=self._wall() + delay)
-        logger.bind(job=job_id).error("pull: job {}: {}", job_id, reason)
+        log = logger.bind(job=job_id)
+        if retry.logged:
+            log.warning("pull: job {}: {}", job_id, reason)
+        else:
+            log.error("pull: job {}: {}", job_id, reason)
         if retry.local:
             self.conditions.raise_(
                 Cause.OUTBOX, f"the outbox {self._outbox} cannot be written ({retry.reason}); "
@@ -443,6 +449,7 @@ class Puller:
         except OSError as error:
             raise _Retry(f"cannot make {folder} ({error.strerror or error})", step="local",
                          local=True) from error
+        failures: list[_Retry] = []
         for file in self._journal.files(row.job_id):
             if self.stop_event.is_set():
                 raise _Aborted()
@@ -453,13 +460,27 @@ class Puller:
                     final)
                 self._journal.missing_again(row.job_id, file.name)
                 file = dataclasses.replace(file, state=PullFileState.PENDING)
-            if file.state is PullFileState.PENDING:
-                if os.path.lexists(final):
-                    # Renamed in before a crash, not yet journalled: only verified files are
-                    # ever renamed there, so it is kept, not fetched again.
-                    self._adopt(row.job_id, file, final)
-                else:
-                    self._download(row.job_id, file, folder)
+            if file.state is not PullFileState.PENDING:
+                continue
+            if os.path.lexists(final):
+                # Renamed in before a crash, not yet journalled: only verified files are ever
+                # renamed there, so it is kept, not fetched again.
+                self._adopt(row.job_id, file, final)
+                continue
+            try:
+                self._download(row.job_id, file, folder)
+            except _Retry as retry:
+                if retry.local:  # the outbox's problem is every file's
+                    raise
+                # The Exchange's answer for this file: the others are fetched meanwhile.
+                failures.append(retry)
+                logger.bind(job=row.job_id, file=file.local_name).error(
+                    "pull: job {}: {}", row.job_id, retry.reason)
+        if failures:
+            first = failures[0]
+            more = f" (and {len(failures) - 1} more file(s))" if len(failures) > 1 else ""
+            raise _Retry(first.reason + more, step=first.step, retry_after=first.retry_after,
+                         key_refused=first.key_refused, logged=True)
         self._write_job_json(row, folder)
         self._journal.on_disk(row.job_id)
         self.metrics.jobs_downloaded.inc()
