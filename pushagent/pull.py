@@ -57,6 +57,7 @@ TEMP_SUFFIX = ".part"
 HASH_CHUNK = 1 << 20
 HEADER_LIMIT = 16 << 20  # a header longer than this cannot be compared: merge refused
 IDLE_WAIT_SECONDS = 1.0
+ABANDON_AFTER_SECONDS = 1.0
 
 
 class _Retry(Exception):
@@ -200,6 +201,7 @@ class Puller:
         self._stop_lock = threading.Lock()
         self._grace = grace_seconds
         self._grace_timer: threading.Timer | None = None
+        self._aborted_at: float | None = None
         self._client = client
         self._journal = PullJournal(journal)
         self._healthy_within = healthy_within
@@ -265,8 +267,16 @@ class Puller:
 
     def abort(self) -> None:
         """Cut a download in progress short (it resumes from nothing at the next start)."""
+        with self._stop_lock:
+            if self._aborted_at is None:
+                self._aborted_at = self._clock()
         self.stop_event.set()
         self._abort.set()
+
+    def abandoned(self) -> bool:
+        """Cut short a while ago and still not back: blocked in a socket, to be left behind."""
+        aborted = self._aborted_at
+        return aborted is not None and self._clock() - aborted > ABANDON_AFTER_SECONDS
 
     def health(self) -> tuple[bool, str]:
         reasons = self.conditions.reasons()

@@ -1,8 +1,10 @@
 """The sides one ``pushagent run`` serves: the push agent (folders:), the puller (pull:), or both.
 
-With both, the push loop keeps the main thread and the puller runs in a thread of its own, so a
-slow download never holds up a file. One stop request reaches both (warm, then cold); /healthz
-is green only while both are; ``--once`` returns the worse of the two exit codes.
+The push loop keeps the main thread and the puller runs in a thread of its own, so a slow
+download never holds up a file, nor a stop: a download still blocked in a socket a moment after
+it was cut short is left to die with the process (the journal resumes it). One stop request
+reaches both (warm, then cold); /healthz is green only while both are; ``--once`` returns the
+worse of the two exit codes.
 """
 
 from __future__ import annotations
@@ -29,24 +31,24 @@ class Service:
         self.agent = agent
         self.puller = puller
         self.metrics = metrics
-        self._pull_code = 0
+        self._pull_code = 1  # until the puller returns: one left behind is left retrying
 
     def run(self, *, once: bool = False) -> int:
-        if self.agent is None:
-            assert self.puller is not None
-            return self.puller.run(once=once)
-        if self.puller is None:
-            return self.agent.run(once=once)
-        puller = self.puller
-        thread = threading.Thread(target=self._run_puller, args=(once,), name="pull",
-                                  daemon=True)
-        thread.start()
-        code = self.agent.run(once=once)
-        if not once:
-            puller.stop_warm()  # the agent returns only once asked to stop
-        while thread.is_alive():  # short joins: signals still reach the main thread
-            thread.join(JOIN_STEP_SECONDS)
-        return code if not once else max(code, self._pull_code)
+        thread: threading.Thread | None = None
+        if self.puller is not None:
+            # Its own thread even alone: a download blocked in a socket must not keep the main
+            # thread (and so a stop) waiting.
+            thread = threading.Thread(target=self._run_puller, args=(once,), name="pull",
+                                      daemon=True)
+            thread.start()
+        code = self.agent.run(once=once) if self.agent is not None else 0
+        if thread is None or self.puller is None:
+            return code
+        if self.agent is not None and not once:
+            self.puller.stop_warm()  # the agent returns only once asked to stop
+        while thread.is_alive() and not self.puller.abandoned():
+            thread.join(JOIN_STEP_SECONDS)  # short joins: signals still reach the main thread
+        return max(code, self._pull_code) if once else code
 
     def _run_puller(self, once: bool) -> None:
         assert self.puller is not None

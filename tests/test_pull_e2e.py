@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -281,6 +282,33 @@ def test_push_and_pull_in_one_agent(tmp_path: Path, sim: Simulator) -> None:
     wait_for(lambda: (home.done / "45311.csv").exists(), what="the pushed file in done/")
     wait_for(lambda: sim.job(ready)["status"] == "COMPLETE", what="the pull job completed")
     assert received(sim, waiting) == [data]
+    assert home.stop() == 0
+    assert "Traceback" not in home.log()
+
+
+def test_a_held_download_holds_up_neither_a_push_nor_the_stop(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    home = PullHome(tmp_path / "agent", sim.url, push=True)
+    home.config.write_text(home.config.read_text().replace(
+        "shutdown_grace_seconds: 10", "shutdown_grace_seconds: 1"))
+    ready = ready_job(sim, {"held.csv": "Email\na@example.com\n"})
+    sim.add_fault(method="GET", path=r"/segmentDataFiles/held\.csv$", delay=30)
+    waiting = push_job(sim)
+    home.start()
+    wait_for(lambda: not sim.faults(), what="the download held by the server")
+    data = b"Email\nx@example.com\n"
+    drop_atomically(home.drop, "45311.csv", data)
+    wait_for(lambda: (home.done / "45311.csv").exists(), timeout=10,
+             what="the pushed file in done/ while the download hangs")
+    assert received(sim, waiting) == [data]
+    stopping = time.monotonic()
+    assert home.stop() == 0
+    assert time.monotonic() - stopping < 8, "the stop waited for the held download"
+    assert not (home.job_folder(ready) / "held.csv").exists()
+    home.start()
+    wait_for(lambda: sim.job(ready)["status"] == "COMPLETE", what="the job done after a restart")
+    assert (home.job_folder(ready) / "held.csv").read_text() == "Email\na@example.com\n"
     assert home.stop() == 0
     assert "Traceback" not in home.log()
 
