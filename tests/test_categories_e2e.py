@@ -172,3 +172,23 @@ def test_categories_left_out_of_the_config_are_not_listed(tmp_path: Path, sim: S
     assert received(sim, export) == []
     assert list_calls(sim, "SEGMENT_EXPORT") == 0
     home.stop()
+
+
+def test_a_category_the_key_may_not_list_does_not_slow_the_other_down(
+    home: AgentHome, sim: Simulator
+) -> None:
+    # Were a refusal backed off, polls would soon be 30 s apart.
+    home.config.write_text(home.config.read_text().replace("max_backoff: 1\n",
+                                                           "max_backoff: 30\n"))
+    sim.add_fault(method="GET", path="^/v1/jobs/IDENTITY_IMPORT$", status=403, count=None)
+    drop_atomically(home.drop, "777.csv", VALID)  # a file waiting: polls every 0.5 s
+    home.start()
+    wait_for(lambda: list_calls(sim, "SEGMENT_EXPORT") >= 2, what="two polls")
+    before = list_calls(sim, "SEGMENT_EXPORT")
+    # A refusal is a setup problem, not a load one: the other category keeps its pace.
+    wait_for(lambda: list_calls(sim, "SEGMENT_EXPORT") >= before + 6, timeout=10,
+             what="six more polls at poll_seconds' pace")
+    assert "leave the category out of matching.categories" in home.log()
+    job = waiting_job(sim, segment=777)
+    wait_for(lambda: (home.done / "777.csv").exists(), what="777.csv in done/")
+    assert received(sim, job) == [VALID]
