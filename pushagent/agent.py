@@ -29,11 +29,12 @@ from pushagent.conditions import Cause, Conditions
 from pushagent.config import AgentConfig, NotifySettings
 from pushagent.droplock import LOCK_NAME
 from pushagent.errors import ExchangeError, ExchangeUnavailable, JournalUnavailable
-from pushagent.exchange import ExchangeClient, JobCategory, JobStatus
+from pushagent.exchange import ExchangeClient
 from pushagent.exchange.outcome import Outcome, classify
 from pushagent.exchange.retry import backoff
 from pushagent.journal import FileRow, Journal
 from pushagent.lifecycle import DeliveryState, FileState
+from pushagent.listing import Listing, list_waiting
 from pushagent.metrics import AgentMetrics
 from pushagent.names import printable
 from pushagent.notify import Notifier
@@ -77,7 +78,7 @@ class _Stop:
 
 @dataclass(frozen=True)
 class _Polled:
-    finished: Finished[list[ListedJob]]
+    finished: Finished[Listing]
 
 
 @dataclass
@@ -147,7 +148,9 @@ class Agent:
         self._inbox: queue.Queue[WatchEvent | Finished[DeliveryResult] | _Polled | _Stop] = (
             queue.Queue()
         )
-        self._drop = config.folders.drop
+        folders, self._endpoint = config.push_side()
+        self._folders = folders
+        self._drop = folders.drop
         self._watcher = DropWatcher(self._drop, self._inbox.put, polling=config.watch.polling)
         self._readiness = ReadinessTracker(
             settle_seconds=config.watch.settle_seconds,
@@ -160,8 +163,8 @@ class Agent:
         )
         self._placer = Placer(
             journal=journal,
-            done=config.folders.done,
-            failed=config.folders.failed,
+            done=folders.done,
+            failed=folders.failed,
             claimed=config.state_dir / "claimed",
             trigger_suffix=config.watch.trigger_suffix,
             wall=wall,
@@ -184,7 +187,7 @@ class Agent:
         self._uploads: WorkerPool[DeliveryResult] = WorkerPool(
             size=config.upload.workers, report=self._inbox.put, name="upload"
         )
-        self._lister: WorkerPool[list[ListedJob]] = WorkerPool(
+        self._lister: WorkerPool[Listing] = WorkerPool(
             size=1, report=lambda done: self._inbox.put(_Polled(done)), name="list"
         )
         self._segments: dict[Path, str | None] = {}  # settling drop paths -> segment
@@ -539,22 +542,18 @@ class Agent:
         self._poll_in_flight = True
         self._fresh_files = False
         self._last_poll = now
-        endpoint = self.config.exchange.endpoint_id
-        self._lister.submit(0, lambda: self._client.list_jobs_as(
-            ListedJob.of,
-            JobCategory.SEGMENT_EXPORT,
-            endpoint_id=endpoint,
-            status=JobStatus.WAITING_TO_RECEIVE_DATA,
-            include_producer_segment_id_string=True,
+        self._lister.submit(0, functools.partial(
+            list_waiting, self._client, categories=self.config.matching.categories,
+            endpoint_id=self._endpoint,
         ))
 
-    def _polled(self, finished: Finished[list[ListedJob]]) -> None:
+    def _polled(self, finished: Finished[Listing]) -> None:
         now = self._clock()
         if finished.result is None:
             self._poll_failed(now, finished.error)
             return
         self._polled_once = True
-        self._poll_failures = 0
+        self._poll_failures = self._poll_failures + 1 if finished.result.errors else 0
         interval = self.config.matching
         self._next_poll = now + (interval.poll_seconds if self._waiting
                                  else interval.idle_poll_seconds)
@@ -564,13 +563,43 @@ class Agent:
         self.conditions.clear(Cause.UNREACHABLE)
         self._notifier.exchange_ok()
         self._journal.set_meta("last_contact", str(self.last_contact))
-        waiting = [job for job in finished.result if job.is_waiting]
+        self._note_unlisted(now, finished.result)
+        waiting = [job for job in finished.result.jobs if job.is_waiting]
         self._jobs = {str(job.job_id): job for job in waiting}
         self._job_index = JobIndex(waiting)
         self._catalogue.learn(self._job_index.segments())
         reserved = self._journal.reserved_jobs()
         self._assign(reserved)
         self._note_jobs_without_file(reserved)
+
+    def _note_unlisted(self, now: float, listing: Listing) -> None:
+        """A category whose list call failed while another's worked: its jobs are not offered
+        this poll, so their files wait; degraded until it lists again. After a 429, a 5xx or no
+        answer the next poll backs off as after a failed one (a Retry-After is the key's,
+        whatever the category); a refusal (a key that may not list one category) does not slow
+        the other category down: the condition says which category to leave out."""
+        for category in self.config.matching.categories:
+            self.metrics.jobs_waiting.labels(category=category).set(
+                sum(1 for job in listing.jobs if job.category == category and job.is_waiting)
+            )
+        if not listing.errors:
+            self.conditions.clear(Cause.CATEGORY_UNLISTED)
+            return
+        upload = self.config.upload
+        delay = backoff(self._poll_failures, initial=upload.initial_backoff,
+                        cap=max(upload.max_backoff, self.config.matching.poll_seconds))
+        for error in listing.errors.values():
+            self.metrics.api_error(error.status)
+            delay = max(delay, error.retry_after or 0.0)
+        if any(error.retryable for error in listing.errors.values()):
+            self._next_poll = max(self._next_poll, now + delay)
+        named = "; ".join(f"{category}: {error}" for category, error in listing.errors.items())
+        self.conditions.raise_(
+            Cause.CATEGORY_UNLISTED,
+            f"cannot list the waiting {' and '.join(listing.errors)} jobs, so their files wait "
+            f"({named}); if this endpoint has none, leave the category out of "
+            "matching.categories",
+        )
 
     def _note_jobs_without_file(self, reserved: set[str]) -> None:
         """Jobs that wait with no file: the first sign of a dropper that stopped, or of a typo
@@ -581,7 +610,8 @@ class Agent:
         if set(idle) != self._idle_written:
             self._idle_written = set(idle)
             listing = [
-                {"job_id": job_id, "segment": job.label, "since": self._idle_since[job_id]}
+                {"job_id": job_id, "category": job.category, "segment": job.label,
+                 "since": self._idle_since[job_id]}
                 for job_id, job in sorted(idle.items())[:JOBS_WITHOUT_FILE_SHOWN]
             ]
             self._journal.set_meta("jobs_without_file", json.dumps(listing))
@@ -670,11 +700,14 @@ class Agent:
     def _claim(self, row: FileRow, job_ids: list[str]) -> bool:
         """Move the file out of the drop folder, so a new drop under its name cannot mix in."""
         self._forget_waiting(row.id)
+        categories = {job_id: self._jobs[job_id].category for job_id in job_ids
+                      if job_id in self._jobs}
         if row.in_claim_area:  # requeued: it waited for a new job in its claim folder
-            self._journal.claim(row.id, path=Path(row.path), job_ids=job_ids)
+            self._journal.claim(row.id, path=Path(row.path), job_ids=job_ids,
+                                categories=categories)
             return True
         target = self._placer.claim_path(row.id, PurePath(row.rel_path).name)
-        self._journal.claim(row.id, path=target, job_ids=job_ids)
+        self._journal.claim(row.id, path=target, job_ids=job_ids, categories=categories)
         try:
             self._placer.claim(Path(row.path), target)
         except FileNotFoundError:
@@ -838,7 +871,7 @@ class Agent:
             final = Path(row.final_path) if row.final_path else None
             if final is not None and os.path.lexists(final):
                 # A journal of the first release: stopped after the final move.
-                done = final.is_relative_to(self.config.folders.done)
+                done = final.is_relative_to(self._folders.done)
                 if not done and report_path_for(final) is None:
                     write_error_report(final, self._placer.report(row, row.reason))
                 state = FileState.DELIVERED if done else FileState.REJECTED

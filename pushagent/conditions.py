@@ -21,6 +21,8 @@ class Cause(Enum):
     FINAL_FOLDER = "final_folder"  # done/ or failed/ cannot be written: nothing new is claimed
     KEY_REFUSED = "key_refused"  # 401/403: files wait, no job is failed
     UNREACHABLE = "unreachable"  # no answer from the Exchange: files wait
+    CATEGORY_UNLISTED = "category_unlisted"  # one category's list call fails: its files wait
+    OUTBOX = "outbox"  # the pull side cannot write its outbox: jobs wait, untouched
 
     @property
     def blocks_claims(self) -> bool:

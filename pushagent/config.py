@@ -46,13 +46,17 @@ __all__ = [
 ]
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+# The job categories that wait in WAITING_TO_RECIEVE_DATA for a push producer's file (the third,
+# SEGMENT_POPULATE_DB, never waits for data).
+PUSH_CATEGORIES = ("SEGMENT_EXPORT", "IDENTITY_IMPORT")
 
 
 @dataclass(frozen=True, kw_only=True)
 class ExchangeSettings:
     base_url: str
     api_key: str = field(repr=False)
-    endpoint_id: int
+    # The push producer endpoint; required with folders: (a pull-only agent needs none).
+    endpoint_id: int | None = None
     verify_tls: bool = True
     ca_bundle: Path | None = None
     allow_insecure_http: bool = False
@@ -88,6 +92,8 @@ class MatchingSettings:
     # /healthz and ``status`` true to the Exchange and the key, and shows jobs with no file.
     idle_poll_seconds: float = 60.0
     max_wait_seconds: float = 86400.0
+    # Each is its own list call per poll (the category is a path parameter).
+    categories: tuple[str, ...] = PUSH_CATEGORIES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,6 +147,21 @@ class NotifySettings:
     max_attempts: int = 5
 
 
+@dataclass(frozen=True, kw_only=True)
+class PullSettings:
+    """The pull side: jobs READY_FOR_DOWNLOAD for ``endpoint_id`` land in ``outbox/<jobId>/``."""
+
+    endpoint_id: int
+    api_key: str | None = field(default=None, repr=False)  # None: exchange.api_key
+    outbox: Path
+    poll_seconds: float = 30.0
+    delete_after_download: bool = True
+    complete_jobs: bool = True
+    merge_files: bool = False
+    initial_backoff: float = 1.0
+    max_backoff: float = 300.0
+
+
 def _no_segments() -> Mapping[str, str]:
     return MappingProxyType({})
 
@@ -149,7 +170,7 @@ def _no_segments() -> Mapping[str, str]:
 class AgentConfig:
     source: Path
     exchange: ExchangeSettings
-    folders: Folders
+    folders: Folders | None = None  # None: no push side (a pull-only agent)
     state_dir: Path
     segments: Mapping[str, str] = field(default_factory=_no_segments)
     watch: WatchSettings = WatchSettings()
@@ -159,6 +180,13 @@ class AgentConfig:
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
     notify: NotifySettings = NotifySettings()
+    pull: PullSettings | None = None
+
+    def push_side(self) -> tuple[Folders, int]:
+        """The folders and endpoint the push side serves (the loader requires both together)."""
+        if self.folders is None or self.exchange.endpoint_id is None:
+            raise ConfigError(f"{self.source}: no folders: section, so there is no push side")
+        return self.folders, self.exchange.endpoint_id
 
 
 def load_config(path: Path, *, environ: Mapping[str, str], need_key: bool = True) -> AgentConfig:
@@ -239,6 +267,7 @@ class _Reader:
         self.environ = environ
         self.secrets: list[str] = []
         self.folder_nodes: dict[str, Node] = {}
+        self.pull_node: Node | None = None
 
     # -- errors -----------------------------------------------------------------------------
 
@@ -321,6 +350,7 @@ class _Reader:
                 "poll_seconds": self.number(),
                 "idle_poll_seconds": self.number(),
                 "max_wait_seconds": self.number(),
+                "categories": self.categories,
             }),
             "validation": self.section_of(ValidationSettings, {
                 "max_bytes": self.integer(minimum=0),
@@ -355,9 +385,17 @@ class _Reader:
                 "after_seconds": self.number(minimum=0.0),
                 "max_attempts": self.integer(minimum=1),
             }), NotifySettings()),
+            "pull": self.pull,
         }
         kwargs = self.fill(AgentConfig, top, parsers)
         config = AgentConfig(source=self.path, **kwargs)
+        if config.folders is None and config.pull is None:
+            self.fail(root, "folders", "missing; give folders: (files to push), pull: (jobs to "
+                      "download), or both (see agent.yaml.example)")
+        if config.folders is not None and config.exchange.endpoint_id is None:
+            self.fail(top.values["exchange"], "exchange.endpoint_id",
+                      "missing; add 'endpoint_id:' under 'exchange:' (the push side, folders:, "
+                      "needs the push producer endpoint)")
         self.check_layout(top, config)
         return config
 
@@ -430,6 +468,28 @@ class _Reader:
                 key_file, section.key("api_key_file")),
             **self.fill(ExchangeSettings, section, parsers),
         )
+
+    def pull(self, node: Node, key: str) -> PullSettings:
+        parsers: dict[str, Parser] = {
+            "endpoint_id": self.endpoint_id,
+            "outbox": self.existing_dir,
+            "poll_seconds": self.number(),
+            "delete_after_download": self.boolean,
+            "complete_jobs": self.boolean,
+            "merge_files": self.boolean,
+            "initial_backoff": self.number(),
+            "max_backoff": self.number(),
+        }
+        section = _Section(self, node, key, ["api_key", "api_key_file", *parsers])
+        if self.is_null(node):
+            self.fail(node, key, "expected a mapping with endpoint_id and outbox; see "
+                      "agent.yaml.example")
+        given = section.get("api_key") is not None or section.get("api_key_file") is not None
+        api_key = self.api_key(section) if given else None
+        settings = PullSettings(api_key=api_key, **self.fill(PullSettings, section, parsers))
+        self.backoffs(section, settings)
+        self.pull_node = section.values.get("outbox")
+        return settings
 
     def api_key(self, section: _Section) -> str:
         inline, from_file = section.get("api_key"), section.get("api_key_file")
@@ -534,16 +594,25 @@ class _Reader:
                       f"({value.initial_backoff:g}); raise max_backoff or lower initial_backoff")
 
     def check_layout(self, top: _Section, config: AgentConfig) -> None:
-        """The watcher is recursive: done/, failed/ or state inside drop/ would be re-sent."""
+        """The watcher is recursive: done/, failed/, state or the outbox inside drop/ would be
+        re-sent; and no two of them may be one folder."""
         nodes = {f"folders.{name}": node for name, node in self.folder_nodes.items()}
         nodes["state_dir"] = top.values["state_dir"]
-        drop = config.folders.drop.resolve()
-        others = [("folders.done", config.folders.done), ("folders.failed", config.folders.failed),
-                  ("state_dir", config.state_dir)]
-        seen: dict[Path, str] = {drop: "folders.drop"}
+        others = [("state_dir", config.state_dir)]
+        if config.pull is not None and self.pull_node is not None:
+            nodes["pull.outbox"] = self.pull_node
+            others.append(("pull.outbox", config.pull.outbox))
+        if config.folders is None:
+            drop = None
+            seen: dict[Path, str] = {}
+        else:
+            drop = config.folders.drop.resolve()
+            others = [("folders.done", config.folders.done),
+                      ("folders.failed", config.folders.failed), *others]
+            seen = {drop: "folders.drop"}
         for key, path in others:
             real = path.resolve()
-            if real == drop or drop in real.parents:
+            if drop is not None and (real == drop or drop in real.parents):
                 self.fail(nodes[key], key, f"{path} is the drop folder or inside it, so its "
                           "files would be picked up again; use a folder outside folders.drop")
             if real in seen:
@@ -758,6 +827,21 @@ class _Reader:
             self.secrets.append(value)
             headers[name] = value
         return MappingProxyType(headers)
+
+    def categories(self, node: Node, key: str) -> tuple[str, ...]:
+        if not isinstance(node, SequenceNode) or not node.value:
+            self.fail(node, key, f"expected a list of job categories, got {self.describe(node)}; "
+                      f"e.g. [{', '.join(PUSH_CATEGORIES)}]")
+        chosen: list[str] = []
+        for n, item in enumerate(node.value):
+            value = self.string()(item, f"{key}[{n}]").strip().upper()
+            if value not in PUSH_CATEGORIES:
+                self.fail(item, f"{key}[{n}]", f"{value!r} is not a category whose jobs wait for a "
+                          f"push producer's data; use {' or '.join(PUSH_CATEGORIES)}")
+            if value in chosen:
+                self.fail(item, f"{key}[{n}]", f"{value} is given twice; keep one")
+            chosen.append(value)
+        return tuple(chosen)
 
     def level(self, node: Node, key: str) -> str:
         value = self.string()(node, key).strip().upper()

@@ -22,7 +22,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +41,7 @@ from pushagent.lifecycle import (
     sources_of,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -74,6 +74,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     bytes INTEGER,
     error TEXT,
     sha256 TEXT,                     -- of the bytes sent
+    category TEXT,                   -- the job category, NULL (version 1 rows) for SEGMENT_EXPORT
     PRIMARY KEY (file_id, job_id)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS one_upload_per_job ON deliveries(job_id)
@@ -91,12 +92,43 @@ CREATE UNIQUE INDEX IF NOT EXISTS files_open_path ON files(path)
 CREATE INDEX IF NOT EXISTS files_path ON files(path);
 """
 
+# The pull side's records (``pushagent.pulljournal``): one row per job READY_FOR_DOWNLOAD that
+# the agent took on, one per file of it. Kept apart from the push side's files and deliveries.
+PULL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pull_jobs (
+    job_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,             -- a lifecycle.PullJobState value
+    folder TEXT NOT NULL,            -- outbox/<jobId>
+    job_json TEXT NOT NULL,          -- the job as listed, for job.json
+    seen_at REAL NOT NULL,
+    finished_at REAL,
+    reason TEXT,                     -- why it waits (the last failure), or why it is gone
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL
+);
+CREATE INDEX IF NOT EXISTS pull_jobs_state ON pull_jobs(state);
+CREATE TABLE IF NOT EXISTS pull_files (
+    job_id TEXT NOT NULL REFERENCES pull_jobs(job_id),
+    name TEXT NOT NULL,              -- as the Exchange names it
+    local_name TEXT NOT NULL,        -- the sanitized name in the job's folder
+    state TEXT NOT NULL,             -- a lifecycle.PullFileState value
+    size INTEGER,
+    sha256 TEXT,
+    problems TEXT,                   -- what validation found, kept with the file
+    PRIMARY KEY (job_id, name)
+);
+"""
+
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         "ALTER TABLE files ADD COLUMN sha256 TEXT",
         "ALTER TABLE files ADD COLUMN report_path TEXT",
         "ALTER TABLE deliveries ADD COLUMN sha256 TEXT",
     ),
+    # Jobs of every push category: a status check after a crash must ask the job's own category.
+    2: ("ALTER TABLE deliveries ADD COLUMN category TEXT",),
+    # The pull side: new tables only, made by PULL_SCHEMA for old and new journals alike.
+    3: (),
 }
 
 RESERVE_SECONDS = 7 * 86400
@@ -145,6 +177,7 @@ class DeliveryRow:
     bytes: int | None
     error: str | None
     sha256: str | None
+    category: str | None = None  # None: SEGMENT_EXPORT (written before categories were kept)
 
     @classmethod
     def of(cls, row: sqlite3.Row) -> DeliveryRow:
@@ -230,7 +263,7 @@ class Journal:
                 for step in range(version + 1, SCHEMA_VERSION + 1):
                     for statement in MIGRATIONS.get(step, ()):
                         self._db.execute(statement)
-            for statement in (SCHEMA + INDEXES_V1).split(";"):
+            for statement in (SCHEMA + INDEXES_V1 + PULL_SCHEMA).split(";"):
                 if statement.strip():
                     self._db.execute(statement)
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -414,17 +447,23 @@ class Journal:
 
     # --- claimed files and their deliveries -----------------------------------------------------
 
-    def claim(self, file_id: int, *, path: Path, job_ids: Iterable[str]) -> None:
+    def claim(
+        self, file_id: int, *, path: Path, job_ids: Iterable[str],
+        categories: Mapping[str, str] | None = None,
+    ) -> None:
+        """``categories``: job id -> its category (a job left out is SEGMENT_EXPORT)."""
+        categories = categories or {}
         with self._tx() as db:
             self._move(db, file_id, FileState.CLAIMED,
                        "path = ?, claimed_at = COALESCE(claimed_at, ?), reason = 'uploading'",
                        (str(path), self._clock()))
             db.executemany(
-                "INSERT INTO deliveries (file_id, job_id, state) VALUES (?, ?, ?) "
+                "INSERT INTO deliveries (file_id, job_id, state, category) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (file_id, job_id) DO UPDATE SET state = excluded.state, "
                 "error = NULL WHERE state = ?",
                 [
-                    (file_id, job_id, DeliveryState.ASSIGNED.value, DeliveryState.GONE.value)
+                    (file_id, job_id, DeliveryState.ASSIGNED.value, categories.get(job_id),
+                     DeliveryState.GONE.value)
                     for job_id in job_ids
                 ],
             )

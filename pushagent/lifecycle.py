@@ -141,3 +141,48 @@ def sources_of(target: FileState) -> frozenset[FileState]:
 
 def delivery_sources_of(target: DeliveryState) -> frozenset[DeliveryState]:
     return frozenset(s for s, targets in DELIVERY_MOVES.items() if target in targets)
+
+
+# --- the pull side -------------------------------------------------------------------------------
+# A job READY_FOR_DOWNLOAD for the pull endpoint:
+#     DOWNLOADING -> ON_DISK -> DONE
+# ON_DISK: every file is fsynced under its final name and job.json is written (the consumer's
+# sign that the job is complete); what is left is the Exchange side (delete, complete). A job that
+# stopped being ready before its files were all here is GONE (DOWNLOADING again if it is listed
+# as ready again). One of its files: PENDING -> DOWNLOADED -> DELETED (at the Exchange); a
+# downloaded file that vanished from the outbox before job.json was written is PENDING again.
+
+
+class PullJobState(Enum):
+    DOWNLOADING = "downloading"
+    ON_DISK = "on_disk"
+    DONE = "done"
+    GONE = "gone"
+
+
+class PullFileState(Enum):
+    PENDING = "pending"
+    DOWNLOADED = "downloaded"
+    DELETED = "deleted"
+
+
+PULL_JOB_MOVES: dict[PullJobState, frozenset[PullJobState]] = {
+    PullJobState.DOWNLOADING: frozenset({PullJobState.ON_DISK, PullJobState.GONE}),
+    PullJobState.ON_DISK: frozenset({PullJobState.DONE}),
+    PullJobState.DONE: frozenset(),
+    PullJobState.GONE: frozenset({PullJobState.DOWNLOADING}),
+}
+
+PULL_FILE_MOVES: dict[PullFileState, frozenset[PullFileState]] = {
+    PullFileState.PENDING: frozenset({PullFileState.DOWNLOADED}),
+    PullFileState.DOWNLOADED: frozenset({PullFileState.DELETED, PullFileState.PENDING}),
+    PullFileState.DELETED: frozenset(),
+}
+
+
+def pull_job_sources_of(target: PullJobState) -> frozenset[PullJobState]:
+    return frozenset(s for s, targets in PULL_JOB_MOVES.items() if target in targets)
+
+
+def pull_file_sources_of(target: PullFileState) -> frozenset[PullFileState]:
+    return frozenset(s for s, targets in PULL_FILE_MOVES.items() if target in targets)

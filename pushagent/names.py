@@ -36,3 +36,30 @@ def printable(text: str) -> str:
     """``text`` with control characters, separators, bidi overrides and lone surrogates escaped
     (``\\n``, ``\\x1b``, ``\\u202e``; an undecodable byte as ``\\xNN``), all else unchanged."""
     return _UNSAFE.sub(_escape, text)
+
+
+# Besides the escaped characters: path separators, and what Windows or a shell would trip on.
+_NOT_IN_FILE_NAMES = re.compile(r"[/\\:*?\"<>|]")
+
+
+def local_file_name(name: str, *, taken: set[str], max_bytes: int = 200) -> str:
+    """A name from the Exchange made safe to write in a folder of ours: no path separator, no
+    control, bidi or surrogate character, no leading dot (hidden, or ``..``), at most
+    ``max_bytes`` bytes (the extension kept), and none of ``taken`` (``-2``, ``-3``... added).
+    The result is added to ``taken``."""
+    cleaned = _NOT_IN_FILE_NAMES.sub("_", _UNSAFE.sub("_", name)).strip().replace("..", "__")
+    cleaned = re.sub(r"^[.\s]+", lambda m: "_" * len(m.group()), cleaned) or "file"
+    stem, dot, suffix = cleaned.rpartition(".")
+    if not dot or not stem or len(suffix.encode()) > 16:
+        stem, suffix = cleaned, ""
+    suffix = f".{suffix}" if suffix else ""
+    n = 1
+    while True:
+        counter = "" if n == 1 else f"-{n}"
+        budget = max_bytes - len((counter + suffix).encode())
+        short = stem.encode()[:budget].decode(errors="ignore")
+        candidate = short + counter + suffix
+        if candidate not in taken:
+            taken.add(candidate)
+            return candidate
+        n += 1

@@ -125,6 +125,11 @@ class Placer:
             "job_ids": [d.job_id for d in deliveries],
             "uploaded_to": [d.job_id for d in deliveries if d.state is DeliveryState.UPLOADED],
             "failed_jobs": [d.job_id for d in deliveries if d.state is DeliveryState.REJECTED],
+            "jobs": [
+                {"job_id": d.job_id, "category": d.category or "SEGMENT_EXPORT",
+                 "state": d.state.value}
+                for d in deliveries
+            ],
             "reason": reason or "failed",
             "time": self._now_iso(),
         }

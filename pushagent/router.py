@@ -32,14 +32,17 @@ class ListedJob:
     columns: tuple[str, ...]
     label: str  # the segment as a person would name it, for ``pushagent status``
     is_waiting: bool
+    category: str = "SEGMENT_EXPORT"
 
     @classmethod
-    def of(cls, job: Job) -> ListedJob:
+    def of(cls, job: Job, *, category: str | None = None) -> ListedJob:
+        """``category``: the list call's, which a job that omits ``jobCategory`` still has."""
         label = job.producer_segment_id_string or str(job.producer_segment_id)
         keys = tuple(job.segment_keys())
         # The label is one of the keys: the same string object, not a copy per job.
         label = next((key for key in keys if key == label), label)
-        return cls(job.job_id, keys, job.required_columns(), label, job.is_waiting)
+        return cls(job.job_id, keys, job.required_columns(), label, job.is_waiting,
+                   category or job.job_category or "SEGMENT_EXPORT")
 
     def segment_keys(self) -> tuple[str, ...]:
         return self.keys

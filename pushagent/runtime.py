@@ -57,6 +57,8 @@ def configure_logging(config: AgentConfig, *, env: Environment, verbosity: int) 
     """The config's logging section, on top of the CLI's stderr defaults."""
     settings: LoggingSettings = config.logging
     logs.register_secret(config.exchange.api_key)
+    if config.pull is not None:
+        logs.register_secret(config.pull.api_key)
     level = settings.level
     if verbosity > 0:
         level = "DEBUG"

@@ -117,7 +117,7 @@ class Deliverer:
             report = self._read(file)
             for delivery in self._journal.deliveries(file.id):
                 if delivery.state in OPEN_DELIVERIES:
-                    self._deliver_one(file, delivery.job_id, delivery.state, report, known_jobs)
+                    self._deliver_one(file, delivery, report, known_jobs)
         except _Retry as retry:
             return self._retry_or_give_up(file, retry)
         except _Stop as stop:
@@ -212,14 +212,15 @@ class Deliverer:
     # --- one job --------------------------------------------------------------------------------
 
     def _deliver_one(
-        self, file: FileRow, job_id: str, state: DeliveryState, report: CSVReport,
+        self, file: FileRow, delivery: DeliveryRow, report: CSVReport,
         known: Mapping[str, ListedJob],
     ) -> None:
-        log = logger.bind(file=file.rel_path, segment=file.segment, job=job_id)
+        job_id, state, category = delivery.job_id, delivery.state, _category(delivery)
+        log = logger.bind(file=file.rel_path, segment=file.segment, job=job_id, category=category)
         job: Job | ListedJob | None = known.get(job_id)
         if state is DeliveryState.UPLOADING or job is None:
             # An earlier attempt may have reached the server: its status is the only witness.
-            job = self._current_job(job_id)
+            job = self._current_job(job_id, category)
             if not job.is_waiting:
                 self._settle_stopped_job(file, job_id, state, job.status)
                 return
@@ -228,17 +229,18 @@ class Deliverer:
             if missing:
                 reason = "; ".join(missing)
                 log.warning("rejected for job {}: {}", job_id, reason)
-                self._fail_job(file, job_id, reason)
+                self._fail_job(file, job_id, reason, category)
                 return
         if state is DeliveryState.ASSIGNED:
             self._journal.upload_started(file.id, job_id)
-        self._upload(file, job_id, report, maybe_landed=state is DeliveryState.UPLOADING)
+        self._upload(file, job_id, category, report,
+                     maybe_landed=state is DeliveryState.UPLOADING)
 
     def _upload(
-        self, file: FileRow, job_id: str, report: CSVReport, *, maybe_landed: bool
+        self, file: FileRow, job_id: str, category: str, report: CSVReport, *, maybe_landed: bool
     ) -> None:
         """``maybe_landed``: an earlier attempt got no answer, so the job may hold it already."""
-        log = logger.bind(file=file.rel_path, segment=file.segment, job=job_id)
+        log = logger.bind(file=file.rel_path, segment=file.segment, job=job_id, category=category)
         assert report.sha256 is not None
         expected = ExpectedBody(size=report.size, sha256=report.sha256, mtime_ns=report.mtime_ns)
         started = self._clock()
@@ -254,27 +256,29 @@ class Deliverer:
             self._changed(file, changed.detail)
         except ExchangeError as error:
             self._metrics.api_error(error.status)
-            self._upload_failed(file, job_id, error, maybe_landed=maybe_landed)
+            self._upload_failed(file, job_id, category, error, maybe_landed=maybe_landed)
             return
         elapsed = self._clock() - started
         self._journal.delivery_ended(file.id, job_id, DeliveryState.UPLOADED,
                                      nbytes=result.bytes_sent, sha256=result.sha256)
         self._metrics.bytes_uploaded.inc(result.bytes_sent)
         self._metrics.upload_seconds.observe(elapsed)
+        self._metrics.job_uploads.labels(category=category).inc()
         log.bind(bytes=result.bytes_sent, duration=f"{elapsed:.3f}s").info(
             "uploaded to job {}", job_id
         )
 
     def _upload_failed(
-        self, file: FileRow, job_id: str, error: ExchangeError, *, maybe_landed: bool
+        self, file: FileRow, job_id: str, category: str, error: ExchangeError, *,
+        maybe_landed: bool,
     ) -> None:
-        log = logger.bind(file=file.rel_path, segment=file.segment, job=job_id)
+        log = logger.bind(file=file.rel_path, segment=file.segment, job=job_id, category=category)
         outcome = classify(error)
         if outcome is Outcome.AMBIGUOUS or (outcome is Outcome.GONE and maybe_landed):
             # No answer after the body left (now, or in an attempt before a crash): only the
             # job's status can tell whether that body is the one it took.
             log.warning("job {} may hold an earlier upload ({}); asking the job", job_id, error)
-            job = self._current_job(job_id)
+            job = self._current_job(job_id, category)
             if not job.is_waiting:
                 self._settle_stopped_job(file, job_id, DeliveryState.UPLOADING, job.status)
                 return
@@ -291,16 +295,16 @@ class Deliverer:
             log.warning("rejected for job {}: {}", job_id, reason)
             self._journal.delivery_ended(file.id, job_id, DeliveryState.ASSIGNED,
                                          error=str(error))
-            self._fail_job(file, job_id, reason)
+            self._fail_job(file, job_id, reason, category)
         else:
             self._journal.delivery_ended(file.id, job_id, DeliveryState.ASSIGNED,
                                          error=str(error))
             self._raise_retry(error)
 
-    def _current_job(self, job_id: str) -> Job:
+    def _current_job(self, job_id: str, category: str) -> Job:
         """The job as the Exchange sees it now; one it answers 404 for was deleted."""
         try:
-            return self._client.get_job(JobCategory.SEGMENT_EXPORT, job_id)
+            return self._client.get_job(category, job_id)
         except ExchangeError as error:
             self._metrics.api_error(error.status)
             if classify(error) is Outcome.GONE:
@@ -333,10 +337,10 @@ class Deliverer:
                 if delivery.state is DeliveryState.UPLOADING:
                     self._journal.delivery_ended(file.id, delivery.job_id,
                                                  DeliveryState.ASSIGNED)
-                self._fail_job(file, delivery.job_id, reason)
+                self._fail_job(file, delivery.job_id, reason, _category(delivery))
 
-    def _fail_job(self, file: FileRow, job_id: str, reason: str) -> None:
-        log = logger.bind(file=file.rel_path, segment=file.segment, job=job_id)
+    def _fail_job(self, file: FileRow, job_id: str, reason: str, category: str) -> None:
+        log = logger.bind(file=file.rel_path, segment=file.segment, job=job_id, category=category)
         try:
             self._client.fail_job(job_id, f"{file.rel_path}: {reason}")
         except ExchangeError as error:
@@ -350,6 +354,7 @@ class Deliverer:
                 self._raise_retry(error)
             log.error("the Exchange refused to fail job {}: {}", job_id, error)
         else:
+            self._metrics.jobs_failed.labels(category=category).inc()
             log.info("failed job {}: {}", job_id, reason)
         self._journal.delivery_ended(file.id, job_id, DeliveryState.REJECTED, error=reason)
 
@@ -366,7 +371,7 @@ class Deliverer:
         (it stopped waiting); False for any delivery the job may still take."""
         if delivery.state is not DeliveryState.UPLOADING:
             return False
-        job = self._current_job(delivery.job_id)
+        job = self._current_job(delivery.job_id, _category(delivery))
         if job.is_waiting:
             return False
         self._settle_stopped_job(file, delivery.job_id, delivery.state, job.status)
@@ -422,6 +427,10 @@ class Deliverer:
         return DeliveryResult(
             Verdict.REQUEUE, "every job assigned to it stopped waiting before the upload"
         )
+
+
+def _category(delivery: DeliveryRow) -> str:
+    return delivery.category or JobCategory.SEGMENT_EXPORT.value
 
 
 def _is_unreadable(retry: _Retry) -> bool:

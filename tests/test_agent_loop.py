@@ -124,7 +124,7 @@ class FakeExchange:
         extra_fields: bool = False,
         include_producer_segment_id_string: bool = False,
     ) -> list[Job]:
-        assert category is JobCategory.SEGMENT_EXPORT
+        assert category == JobCategory.SEGMENT_EXPORT
         assert status is JobStatus.WAITING_TO_RECEIVE_DATA
         with self._lock:
             self.list_calls.append(time.monotonic())
@@ -198,7 +198,10 @@ def base_settings() -> dict[str, Any]:
         "folders": {"drop": "drop", "done": "done", "failed": "failed"},
         "state_dir": "state",
         "watch": {"settle_seconds": 0.05},
-        "matching": {"poll_seconds": 0.2, "idle_poll_seconds": 60},
+        # The fake serves SEGMENT_EXPORT only; every category is served in the e2e tests.
+        "matching": {
+            "poll_seconds": 0.2, "idle_poll_seconds": 60, "categories": ["SEGMENT_EXPORT"],
+        },
         "upload": {"initial_backoff": 0.05, "max_backoff": 0.5},
     }
 

@@ -55,13 +55,16 @@ def test_check_passes_with_writable_folders_and_a_working_key(
     assert any(line.startswith("ok   filesystem: ") for line in lines)
     assert (
         f"ok   exchange {sim.url}: key accepted for endpoint {ENDPOINT}; 2 SEGMENT_EXPORT "
-        "job(s) waiting for data" in lines
+        "job(s), 0 IDENTITY_IMPORT job(s) waiting for data" in lines
     )
     assert lines[-1] == "all checks passed"
     assert os.listdir(home.drop) == []  # the probe file is gone
-    (call,) = sim.request_log()
-    assert call["query"] == {"endpointId": str(ENDPOINT), "status": "WAITING_TO_RECIEVE_DATA",
-                             "includeProducerSegmentIDString": "true"}
+    calls = sim.request_log()  # one list call per category, as the agent makes each poll
+    assert [call["path"] for call in calls] == ["/v1/jobs/SEGMENT_EXPORT",
+                                                "/v1/jobs/IDENTITY_IMPORT"]
+    for call in calls:
+        assert call["query"] == {"endpointId": str(ENDPOINT), "status": "WAITING_TO_RECIEVE_DATA",
+                                 "includeProducerSegmentIDString": "true"}
 
 
 def test_check_with_a_wrong_key_fails_with_exit_3(home: AgentHome) -> None:
@@ -258,7 +261,7 @@ def test_status_shows_pending_in_flight_and_recent(home: AgentHome, tmp_path: Pa
     assert "retrying in 30 s after: HTTP 503" in pending[3]
     in_flight = out.split("in flight (1):\n")[1].split("\n\n")[0].splitlines()
     assert in_flight[1].split()[:4] == ["vip.csv", "vip", "5.0", "MiB"]
-    assert "7 (uploading), 8 (assigned)" in in_flight[1]
+    assert "SEGMENT_EXPORT/7 (uploading), SEGMENT_EXPORT/8 (assigned)" in in_flight[1]
     recent = out.split("recently finished (2):\n")[1].splitlines()
     assert recent[1].split()[:2] == ["failed", "bad.csv"]
     assert "line 3: expected 4 fields, found 3" in recent[1]

@@ -17,6 +17,7 @@ from pushagent.config import (
     MatchingSettings,
     MetricsSettings,
     NotifySettings,
+    PullSettings,
     UploadSettings,
     ValidationSettings,
     WatchSettings,
@@ -461,8 +462,78 @@ def test_the_example_documents_every_default(tmp_path: Path) -> None:
     text = EXAMPLE.read_text()
     for cls in (AgentConfig, ExchangeSettings, RetryPolicy, WatchSettings, MatchingSettings,
                 ValidationSettings, UploadSettings, LoggingSettings, MetricsSettings,
-                NotifySettings):
+                NotifySettings, PullSettings):
         for f in dataclasses.fields(cls):
             if f.name not in ("source", "jitter"):  # jitter is the client's, not a setting
                 assert re.search(rf"^\s*#?\s*{f.name}:", text, re.MULTILINE), f.name
     assert "api_key_file:" in text
+
+
+PULL_ONLY = """\
+exchange:
+  base_url: https://exchange.example.com
+  api_key: ${EXCHANGE_API_KEY}
+state_dir: ./state
+pull:
+  endpoint_id: 7
+  outbox: ./inbox
+"""
+
+
+def test_a_pull_only_config_needs_no_folders_and_no_push_endpoint(tmp_path: Path) -> None:
+    (tmp_path / "inbox").mkdir()
+    path = tmp_path / "agent.yaml"
+    path.write_text(PULL_ONLY)
+    config = load_config(path, environ=ENV)
+    assert config.folders is None and config.exchange.endpoint_id is None
+    assert config.pull == PullSettings(endpoint_id=7, outbox=tmp_path / "inbox")
+    with pytest.raises(ConfigError, match="no push side"):
+        config.push_side()
+
+
+def test_the_examples_pull_section_uncommented_gives_the_defaults(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text()
+    start = text.index("# pull:")
+    section = "\n".join(line[2:] for line in text[start:].splitlines())
+    (tmp_path / "inbox").mkdir()
+    path = home(tmp_path, MINIMAL + section.replace("${PULL_API_KEY}", "pull-key-42") + "\n")
+    config = load_config(path, environ=ENV)
+    assert config.pull == PullSettings(endpoint_id=7, api_key="pull-key-42",
+                                       outbox=tmp_path / "inbox")
+    assert "pull-key-42" not in repr(config)
+
+
+def test_neither_folders_nor_pull_is_refused(tmp_path: Path) -> None:
+    path = home(tmp_path, PULL_ONLY.split("pull:")[0])
+    assert "give folders: (files to push), pull: (jobs to download), or both" in error(path)
+
+
+def test_folders_without_a_push_endpoint_are_refused_naming_the_key(tmp_path: Path) -> None:
+    path, _ = broken(tmp_path, "  endpoint_id: 85\n", "")
+    message = error(path)
+    assert "exchange.endpoint_id: missing; add 'endpoint_id:' under 'exchange:' (the push " \
+        "side, folders:, needs" in message
+
+
+def test_an_outbox_inside_the_drop_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "drop" / "inbox").mkdir(parents=True)
+    path = home(tmp_path, MINIMAL + "pull: {endpoint_id: 7, outbox: ./drop/inbox}\n")
+    message = error(path)
+    assert "pull.outbox" in message and "inside it" in message
+
+
+@pytest.mark.parametrize(("categories", "problem"), [
+    ("[SEGMENT_POPULATE_DB]", "is not a category whose jobs wait"),
+    ("[SEGMENT_EXPORT, segment_export]", "SEGMENT_EXPORT is given twice"),
+    ("[]", "expected a list of job categories"),
+])
+def test_bad_categories_are_refused(tmp_path: Path, categories: str, problem: str) -> None:
+    path, _ = broken(tmp_path, "  poll_seconds: 5\n",
+                     f"  poll_seconds: 5\n  categories: {categories}\n")
+    assert problem in error(path)
+
+
+def test_categories_are_read_in_any_case(tmp_path: Path) -> None:
+    path, _ = broken(tmp_path, "  poll_seconds: 5\n",
+                     "  poll_seconds: 5\n  categories: [identity_import]\n")
+    assert load_config(path, environ=ENV).matching.categories == ("IDENTITY_IMPORT",)

@@ -26,6 +26,7 @@ def test_demo_delivers_the_sample_and_exits_zero(tmp_path: Path) -> None:
     assert "WAITING_TO_RECIEVE_DATA -> COMPLETE" in result.stdout
     assert f"received {len(sample)} bytes, {rows} rows" in result.stdout
     assert "moved to done/: vip_customers.csv" in result.stdout
+    assert "job.json, segment-part1.csv, segment-part2.csv; now COMPLETE" in result.stdout
     assert "Traceback" not in result.stderr
 
 

@@ -9,14 +9,19 @@ from typing import Any
 import pytest
 
 from pushagent.errors import JournalUnavailable, StateLockedError
-from pushagent.journal import SCHEMA_VERSION, Journal, StateLock
+from pushagent.journal import MIGRATIONS, SCHEMA_VERSION, Journal, StateLock
 from pushagent.lifecycle import (
     DELIVERY_MOVES,
     FILE_MOVES,
+    PULL_FILE_MOVES,
+    PULL_JOB_MOVES,
     DeliveryState,
     FileState,
     IllegalTransition,
+    PullFileState,
+    PullJobState,
 )
+from pushagent.pulljournal import PullJournal
 from tests.fakes import FakeClock
 
 
@@ -86,7 +91,7 @@ def test_an_illegal_delivery_transition_is_refused(tmp_path: Path) -> None:
         journal.delivery_ended(file_id, "1", DeliveryState.ASSIGNED)
 
 
-@pytest.mark.parametrize("table", [FILE_MOVES, DELIVERY_MOVES])
+@pytest.mark.parametrize("table", [FILE_MOVES, DELIVERY_MOVES, PULL_JOB_MOVES, PULL_FILE_MOVES])
 def test_every_state_has_a_row_in_its_transition_table(table: dict[Any, Any]) -> None:
     states = type(next(iter(table)))
     assert set(table) == set(states)
@@ -131,6 +136,91 @@ def test_a_journal_of_the_first_release_is_migrated_in_place(tmp_path: Path) -> 
     journal.close()
     again = sqlite3.connect(tmp_path / "journal.sqlite3")
     assert again.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_a_journal_of_version_1_keeps_its_deliveries_and_learns_categories(
+    tmp_path: Path,
+) -> None:
+    db = sqlite3.connect(tmp_path / "journal.sqlite3")
+    db.executescript(V0_SCHEMA)
+    for statement in MIGRATIONS[1]:
+        db.execute(statement)
+    db.execute("PRAGMA user_version = 1")
+    db.execute(
+        "INSERT INTO files (id, rel_path, segment, state, path, size, mtime, seen_at, "
+        "claimed_at, reason) VALUES (1, 'a.csv', '45311', 'claimed', '/s/claimed/1/a.csv', 5, "
+        "1.0, 1.0, 2.0, 'uploading')"
+    )
+    db.execute("INSERT INTO deliveries (file_id, job_id, state) VALUES (1, '9', 'uploading')")
+    db.commit()
+    db.close()
+    journal = Journal.for_state_dir(tmp_path)
+    # A delivery written before categories were kept was to a SEGMENT_EXPORT job.
+    assert [(d.job_id, d.category) for d in journal.deliveries(1)] == [("9", None)]
+    second = journal.note_settling("b.csv", tmp_path / "b.csv", size=1, mtime=1.0)
+    journal.mark_waiting(second, segment="45311", reason="waiting")
+    journal.claim(second, path=tmp_path / "claimed" / "b.csv", job_ids=["10", "11"],
+                  categories={"10": "IDENTITY_IMPORT"})
+    assert [(d.job_id, d.category) for d in journal.deliveries(second)] == [
+        ("10", "IDENTITY_IMPORT"), ("11", None)]
+    journal.close()
+    again = sqlite3.connect(tmp_path / "journal.sqlite3")
+    assert again.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_a_journal_of_version_2_gains_the_pull_tables_and_keeps_its_rows(
+    tmp_path: Path,
+) -> None:
+    db = sqlite3.connect(tmp_path / "journal.sqlite3")
+    db.executescript(V0_SCHEMA)
+    for statement in (*MIGRATIONS[1], *MIGRATIONS[2]):
+        db.execute(statement)
+    db.execute("PRAGMA user_version = 2")
+    db.execute(
+        "INSERT INTO files (id, rel_path, segment, state, path, size, mtime, seen_at, "
+        "claimed_at, reason) VALUES (1, 'a.csv', '45311', 'claimed', '/s/claimed/1/a.csv', 5, "
+        "1.0, 1.0, 2.0, 'uploading')"
+    )
+    db.execute("INSERT INTO deliveries (file_id, job_id, state, category) "
+               "VALUES (1, '9', 'assigned', 'IDENTITY_IMPORT')")
+    db.commit()
+    db.close()
+    journal = Journal.for_state_dir(tmp_path)
+    assert [(d.job_id, d.category) for d in journal.deliveries(1)] == [("9", "IDENTITY_IMPORT")]
+    pulls = PullJournal(journal)
+    pulls.take_on("2001", folder="/out/2001", job_json="{}", files=[("a.csv", "a.csv")])
+    assert [f.state for f in pulls.files("2001")] == [PullFileState.PENDING]
+    journal.close()
+    again = sqlite3.connect(tmp_path / "journal.sqlite3")
+    assert again.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+
+
+def test_a_pull_job_moves_only_as_its_table_allows(tmp_path: Path) -> None:
+    pulls = PullJournal(Journal.for_state_dir(tmp_path))
+    pulls.take_on("7", folder="/out/7", job_json="{}", files=[("a.csv", "a.csv")])
+    with pytest.raises(IllegalTransition, match="cannot go from downloading to done"):
+        pulls.finish("7", PullJobState.DONE)
+    with pytest.raises(IllegalTransition, match="cannot go from pending to deleted"):
+        pulls.deleted("7", "a.csv")
+    pulls.downloaded("7", "a.csv", size=3, sha256="ab", problems=None)
+    pulls.on_disk("7")
+    # Listed as ready again once on disk: nothing changes, no name is added.
+    pulls.take_on("7", folder="/out/7", job_json="{}", files=[("b.csv", "b.csv")])
+    assert [(f.name, f.state) for f in pulls.files("7")] == [("a.csv", PullFileState.DOWNLOADED)]
+    pulls.deleted("7", "a.csv")
+    pulls.finish("7", PullJobState.DONE)
+    assert pulls.job("7").state is PullJobState.DONE  # type: ignore[union-attr]
+    with pytest.raises(IllegalTransition):
+        pulls.on_disk("7")
+
+
+def test_a_gone_pull_job_listed_as_ready_again_is_downloaded_again(tmp_path: Path) -> None:
+    pulls = PullJournal(Journal.for_state_dir(tmp_path))
+    pulls.take_on("8", folder="/out/8", job_json="{}", files=[("a.csv", "a.csv")])
+    pulls.finish("8", PullJobState.GONE, reason="job 8 is CANCELLED")
+    pulls.take_on("8", folder="/out/8", job_json="{}", files=[("a.csv", "a.csv")])
+    row = pulls.job("8")
+    assert row is not None and (row.state, row.reason) == (PullJobState.DOWNLOADING, None)
 
 
 def test_a_full_disk_is_a_journal_condition_not_a_sqlite_error(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from pushagent.names import printable
+from pushagent.names import local_file_name, printable
 
 
 @pytest.mark.parametrize(
@@ -36,3 +36,34 @@ def test_an_undecodable_byte_shows_as_that_byte() -> None:
 def test_the_result_is_one_line() -> None:
     every_char = "".join(chr(code) for code in range(0x3000))
     assert len(printable(every_char).splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "local"),
+    [
+        ("segment-1.csv", "segment-1.csv"),
+        ("../../etc/passwd", "______etc_passwd"),
+        ("..", "__"),
+        (".", "_"),
+        ("", "file"),
+        (".hidden.csv", "_hidden.csv"),
+        ("a/b\\c.csv", "a_b_c.csv"),
+        ("new\nline\x1b[31m.csv", "new_line_[31m.csv"),
+        ("right\u202eleft.csv", "right_left.csv"),
+        ("clients été.csv", "clients été.csv"),
+    ],
+)
+def test_names_from_outside_become_one_plain_file_name(name: str, local: str) -> None:
+    made = local_file_name(name, taken=set())
+    assert made == local
+    assert "/" not in made and ".." not in made and made == printable(made)
+
+
+def test_local_names_never_collide_and_fit() -> None:
+    taken = {"job.json"}
+    assert local_file_name("job.json", taken=taken) == "job-2.json"
+    assert local_file_name("a/b.csv", taken=taken) == "a_b.csv"
+    assert local_file_name("a_b.csv", taken=taken) == "a_b-2.csv"
+    long = local_file_name("é" * 300 + ".csv", taken=taken, max_bytes=100)
+    assert len(long.encode()) <= 100 and long.endswith(".csv")
+    assert {"job-2.json", "a_b.csv", "a_b-2.csv", long} <= taken

@@ -183,6 +183,21 @@ def test_records_are_the_lines_after_the_header(
     assert sim.uploads(job_id)[0].records == records
 
 
+def test_an_identity_import_job_waits_takes_an_upload_and_can_be_failed(
+    sim: Simulator, client: ExchangeClient, tmp_path: Path
+) -> None:
+    imported = sim.add_job(jobCategory="IDENTITY_IMPORT")
+    failed = sim.add_job(jobCategory="IDENTITY_IMPORT")
+    assert imported["jobName"] == "IDENTITY_IMPORT"
+    assert imported["destinationEndpointID"] is None  # the identity store only
+    listed = client.list_jobs("IDENTITY_IMPORT", endpoint_id=85, status=WAITING)
+    assert [job.job_id for job in listed] == [imported["jobId"], failed["jobId"]]
+    client.upload_data(imported["jobId"], _csv(tmp_path, "Email\na@example.com\n"))
+    assert [u.records for u in sim.uploads(imported["jobId"])] == [1]
+    client.fail_job(failed["jobId"], "no file tonight")
+    assert client.get_job("IDENTITY_IMPORT", failed["jobId"]).status is JobStatus.ERROR
+
+
 def test_empty_upload_is_refused_and_the_job_keeps_waiting(
     sim: Simulator, client: ExchangeClient, tmp_path: Path
 ) -> None:

@@ -337,6 +337,23 @@ def test_example_seed_serves_its_jobs(tmp_path: Path) -> None:
     assert [job.job_id for job in scheduled] == [301]
 
 
+def test_a_pull_job_can_serve_a_local_file_of_any_size(
+    control: SimulatorControl, client: ExchangeClient, tmp_path: Path
+) -> None:
+    source = tmp_path / "large.csv"
+    source.write_bytes(b"Email\n" + b"someone@example.com\n" * 50000)
+    job = control.add_job(status="READY_FOR_DOWNLOAD", segmentDataFiles=["big.csv", "small.csv"],
+                          segmentDataPaths={"big.csv": str(source)},
+                          segmentData={"small.csv": "Email\na@b.c\n"})
+    client.download_segment_file(job["jobId"], "big.csv", tmp_path / "got.csv")
+    assert (tmp_path / "got.csv").read_bytes() == source.read_bytes()
+    client.delete_segment_file(job["jobId"], "big.csv")
+    assert source.exists(), "the seed's own file is never deleted"
+    with pytest.raises(SimulatorInputError, match="segmentDataPaths must map file names to paths"):
+        control.add_job(status="READY_FOR_DOWNLOAD", segmentDataFiles=["x.csv"],
+                        segmentDataPaths={"x.csv": str(tmp_path / "missing.csv")})
+
+
 def test_json_seed_may_be_a_plain_list(tmp_path: Path) -> None:
     path = tmp_path / "jobs.json"
     path.write_text(json.dumps([{"jobId": 7, "producerSegmentID": 8000000000000001152}, {}]))

@@ -150,10 +150,11 @@ class FakeClient:
         self.uploads: list[UploadCall] = []
         self.fails: list[tuple[str, str]] = []
         self.status_asks: list[str] = []
+        self.status_categories: list[str] = []
 
     def get_job(self, category: JobCategory | str, job_id: int | str) -> Job:
-        assert category is JobCategory.SEGMENT_EXPORT
         self.status_asks.append(str(job_id))
+        self.status_categories.append(str(getattr(category, "value", category)))
         if str(job_id) in self.status_errors:
             raise self.status_errors[str(job_id)]
         return job(str(job_id), self.statuses.get(str(job_id), WAITING))
@@ -274,6 +275,7 @@ def make(
     max_attempts: int = 3,
     validate: Callable[..., CSVReport] = validate_csv,
     stat: Callable[[Path], os.stat_result] = os.stat,
+    categories: dict[str, str] | None = None,
 ) -> Rig:
     clock = FakeClock()
     journal = Journal.for_state_dir(tmp_path, clock=clock)
@@ -283,7 +285,7 @@ def make(
     path.write_bytes(content)
     file_id = journal.note_settling(NAME, tmp_path / NAME, size=len(content), mtime=1.0)
     journal.mark_waiting(file_id, segment="45311", reason="waiting")
-    journal.claim(file_id, path=path, job_ids=jobs)
+    journal.claim(file_id, path=path, job_ids=jobs, categories=categories)
     metrics = AgentMetrics()
     deliverer = Deliverer(
         client=client,  # type: ignore[arg-type]
@@ -395,6 +397,18 @@ def test_silence_then_a_job_that_moved_on_means_it_got_the_data(
     assert client.uploaded_to == ["1"]
     assert client.fails == []
     assert rig.states() == {"1": UPLOADED}
+
+
+def test_after_a_crash_mid_upload_the_job_is_asked_in_its_own_category(tmp_path: Path) -> None:
+    client = FakeClient(statuses={"1": JobStatus.RUNNING, "2": JobStatus.RUNNING})
+    rig = make(tmp_path, client, jobs=("1", "2"), categories={"1": "IDENTITY_IMPORT"})
+    for job_id in rig.jobs:
+        rig.journal.upload_started(rig.file_id, job_id)
+    result = rig.deliver(known={})  # a restart: nothing listed yet
+    assert result.verdict is Verdict.DELIVERED
+    assert list(zip(client.status_asks, client.status_categories, strict=True)) == [
+        ("1", "IDENTITY_IMPORT"), ("2", "SEGMENT_EXPORT")]
+    assert client.uploaded_to == []
 
 
 def test_silence_then_a_waiting_job_is_retried_not_delivered(tmp_path: Path) -> None:

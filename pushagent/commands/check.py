@@ -11,7 +11,7 @@ import dataclasses
 import os
 import shlex
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,10 +51,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             "Load the config, then check that each folder exists and is writable (a file is "
             "created and removed, so run this as the agent's user), that the folders share one "
             "filesystem (else moves are copies, not atomic renames: a warning), and that the "
-            "key and endpoint work (one list of the endpoint's waiting SEGMENT_EXPORT jobs, no "
-            "retries), then which segments the waiting jobs are for: a name under segments: "
-            "that matches no waiting job, no job at all on the endpoint, and a key file others "
-            "may read are warnings. Prints one verdict per item."
+            "key and endpoint work (one list of the endpoint's waiting jobs per category in "
+            "matching.categories, no retries), then which segments the waiting jobs are for: a "
+            "name under segments: that matches no waiting job, no job at all on the endpoint, "
+            "and a key file others may read are warnings. Prints one verdict per item."
         ),
         epilog=(
             "Exit codes: 0 every check passed (warnings allowed); 1 a folder check failed, or "
@@ -71,7 +71,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 def run(args: argparse.Namespace, env: Environment) -> int:
     config = load_config(args.config, environ=env.environ)
     register_secret(config.exchange.api_key)
-    findings = [*check_folders(config), *check_key_file(config), *check_exchange(config)]
+    findings = [*check_folders(config), *check_key_file(config)]
+    if config.folders is not None:
+        findings.extend(check_exchange(config))
+    if config.pull is not None:
+        register_secret(config.pull.api_key)
+        findings.extend([check_writable("pull outbox", config.pull.outbox),
+                         check_pull_exchange(config)])
     failed = [finding for finding in findings if finding.status == FAIL]
     if args.json:
         print_json(
@@ -96,10 +102,11 @@ def exit_code(findings: Iterable[Finding]) -> int:
 
 def _folders(config: AgentConfig) -> list[tuple[str, Path]]:
     folders = config.folders
-    named = [
+    named = [] if folders is None else [
         ("drop folder", folders.drop), ("done folder", folders.done),
-        ("failed folder", folders.failed), ("state_dir", config.state_dir),
+        ("failed folder", folders.failed),
     ]
+    named.append(("state_dir", config.state_dir))
     log_file = config.logging.file
     if log_file is not None:
         named.append(("log folder", Path(log_file).parent))
@@ -173,18 +180,24 @@ def check_exchange(config: AgentConfig) -> list[Finding]:
     quick = dataclasses.replace(settings, retry=dataclasses.replace(settings.retry, max_attempts=1))
     subject = f"exchange {settings.base_url}"
     endpoint = settings.endpoint_id
+    categories = config.matching.categories
+    jobs: list[Job] = []
+    counts: list[str] = []
     try:
         with build_client(quick) as client:
-            jobs = [job for job in client.list_jobs(
-                JobCategory.SEGMENT_EXPORT, endpoint_id=endpoint,
-                status=JobStatus.WAITING_TO_RECEIVE_DATA, include_producer_segment_id_string=True,
-            ) if job.is_waiting]
-            elsewhere = [] if jobs else _waiting_anywhere(client)
+            for category in categories:
+                waiting = [job for job in client.list_jobs(
+                    category, endpoint_id=endpoint, status=JobStatus.WAITING_TO_RECEIVE_DATA,
+                    include_producer_segment_id_string=True,
+                ) if job.is_waiting]
+                counts.append(f"{len(waiting)} {category} job(s)")
+                jobs.extend(waiting)
+            elsewhere = [] if jobs else _waiting_anywhere(client, categories)
     except PushAgentError as error:
         return [Finding(FAIL, subject, str(error), error.exit_code)]
     findings = [Finding(
         OK, subject,
-        f"key accepted for endpoint {endpoint}; {len(jobs)} SEGMENT_EXPORT job(s) waiting for data",
+        f"key accepted for endpoint {endpoint}; {', '.join(counts)} waiting for data",
     )]
     if not jobs:
         others = sorted({job.producer_endpoint_id for job in elsewhere
@@ -193,8 +206,8 @@ def check_exchange(config: AgentConfig) -> list[Finding]:
                  "is exchange.endpoint_id right?" if others else "")
         findings.append(Finding(
             WARN, "jobs",
-            f"no SEGMENT_EXPORT job is waiting for data on endpoint {endpoint}{where}; files "
-            f"wait until one is (list them with: pushagent jobs list SEGMENT_EXPORT -c "
+            f"no {' or '.join(categories)} job is waiting for data on endpoint {endpoint}{where}; "
+            f"files wait until one is (list them with: pushagent jobs list {categories[0]} -c "
             f"{shlex.quote(str(config.source))})",
         ))
         return findings
@@ -209,13 +222,13 @@ def check_exchange(config: AgentConfig) -> list[Finding]:
     return findings
 
 
-def _waiting_anywhere(client: ExchangeClient) -> list[Job]:
+def _waiting_anywhere(client: ExchangeClient, categories: Sequence[str]) -> list[Job]:
     """The waiting jobs of every endpoint the key sees, to tell a wrong endpoint_id; an
     endpoint-level key may not list them (403), which only leaves the hint out."""
+    jobs: list[Job] = []
     try:
-        jobs = client.list_jobs(
-            JobCategory.SEGMENT_EXPORT, status=JobStatus.WAITING_TO_RECEIVE_DATA
-        )
+        for category in categories:
+            jobs.extend(client.list_jobs(category, status=JobStatus.WAITING_TO_RECEIVE_DATA))
     except PushAgentError:
         return []
     return [job for job in jobs if job.is_waiting]
@@ -240,3 +253,23 @@ def _names_matching_no_job(config: AgentConfig, jobs: list[Job]) -> list[str]:
     keys = {key for job in jobs for key in job.segment_keys()}
     return [f"{name} ({segment})" for name, segment in config.segments.items()
             if segment not in keys]
+
+
+def check_pull_exchange(config: AgentConfig) -> Finding:
+    """The pull side's one call per poll, with its own key when it has one."""
+    assert config.pull is not None
+    pull = config.pull
+    settings = dataclasses.replace(
+        config.exchange, api_key=pull.api_key or config.exchange.api_key,
+        retry=dataclasses.replace(config.exchange.retry, max_attempts=1),
+    )
+    subject = f"pull {settings.base_url}"
+    try:
+        with build_client(settings) as client:
+            jobs = client.list_jobs(JobCategory.SEGMENT_EXPORT, endpoint_id=pull.endpoint_id,
+                                    status=JobStatus.READY_FOR_DOWNLOAD)
+    except PushAgentError as error:
+        return Finding(FAIL, subject, str(error), error.exit_code)
+    ready = sum(1 for job in jobs if job.status is JobStatus.READY_FOR_DOWNLOAD)
+    return Finding(OK, subject, f"key accepted for endpoint {pull.endpoint_id}; {ready} "
+                                "SEGMENT_EXPORT job(s) ready for download")

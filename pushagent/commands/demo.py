@@ -12,17 +12,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pushagent.agent import Agent
 from pushagent.config import load_config
 from pushagent.env import Environment
 from pushagent.errors import PushAgentError
 from pushagent.journal import Journal
-from pushagent.runtime import build_client
+from pushagent.service import build_service
 from pushagent.simulator import Simulator
 
 DEMO_KEY = "demo-account-key-0000"
 DEMO_ENDPOINT = 85
 DEMO_SEGMENT = 45311
+DEMO_PULL_ENDPOINT = 7
 DEADLINE_SECONDS = 30.0
 
 CONFIG_TEMPLATE = """\
@@ -41,6 +41,10 @@ watch:
   settle_seconds: 0.5
 matching:
   poll_seconds: 1
+pull:
+  endpoint_id: {pull_endpoint}
+  outbox: ./inbox
+  poll_seconds: 1
 """
 
 
@@ -49,9 +53,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "demo",
         help="see the agent deliver a file to a local simulated Exchange",
         description=(
-            "Start the Exchange simulator on a free loopback port with one waiting "
-            "SEGMENT_EXPORT job, write an agent config in a temporary folder, drop the sample "
-            "CSV, run the agent until the job has its data, and print what happened."
+            "Start the Exchange simulator on a free loopback port with one SEGMENT_EXPORT job "
+            "waiting for data and one ready for download, write an agent config in a temporary "
+            "folder, drop the sample CSV, run the agent until the first job has its data and "
+            "the second one's files are downloaded, and print what happened."
         ),
     )
     parser.add_argument(
@@ -73,20 +78,29 @@ def run(args: argparse.Namespace, env: Environment) -> int:
                 identityMappings={"Email": "EMAIL_SHA256"},
             )
             job_id = job["jobId"]
+            ready = simulator.add_job(
+                producerEndpointID=86, producerSegmentID=6001,
+                destinationEndpointID=DEMO_PULL_ENDPOINT, status="READY_FOR_DOWNLOAD",
+                segmentDataFiles=["segment-part1.csv", "segment-part2.csv"], sampleRows=3,
+            )
             print(f"1. simulator listening on {simulator.url}", file=out)
             print(f"   job {job_id} for segment {DEMO_SEGMENT}: {job['status']}", file=out)
+            print(f"   job {ready['jobId']} for endpoint {DEMO_PULL_ENDPOINT}: "
+                  f"{ready['status']}, {len(ready['segmentDataFiles'])} files", file=out)
             config_path = _write_config(workdir, simulator.url)
             config = load_config(
                 config_path, environ={**env.environ, "DEMO_EXCHANGE_KEY": DEMO_KEY}
             )
+            folders, _ = config.push_side()
             journal = Journal.for_state_dir(config.state_dir)
-            agent = Agent(config, client=build_client(config.exchange), journal=journal)
-            worker = threading.Thread(target=agent.run, name="demo-agent", daemon=True)
+            service = build_service(config, journal=journal)
+            worker = threading.Thread(target=service.run, name="demo-agent", daemon=True)
             worker.start()
-            dropped = _drop_sample(config.folders.drop, "vip_customers.csv")
-            print(f"2. dropped {dropped.name} in {config.folders.drop}", file=out)
+            dropped = _drop_sample(folders.drop, "vip_customers.csv")
+            print(f"2. dropped {dropped.name} in {folders.drop}", file=out)
             status = _wait_for_data(simulator, job_id)
-            agent.request_stop()
+            pulled = _wait_for_download(simulator, ready["jobId"], workdir / "inbox")
+            service.request_stop()
             worker.join(timeout=10)
             journal.close()
             uploads = simulator.uploads(job_id)
@@ -100,8 +114,16 @@ def run(args: argparse.Namespace, env: Environment) -> int:
                 f"bytes, {uploads[0].records} rows",
                 file=out,
             )
-            done = sorted(p.name for p in config.folders.done.iterdir())
+            done = sorted(p.name for p in folders.done.iterdir())
             print(f"4. {dropped.name} moved to done/: {', '.join(done)}", file=out)
+            if not pulled:
+                raise PushAgentError(
+                    f"demo: job {ready['jobId']}'s files were not downloaded within "
+                    f"{DEADLINE_SECONDS:g} s; run with -v to see the agent's log"
+                )
+            print(f"5. job {ready['jobId']}: downloaded to inbox/{ready['jobId']}/: "
+                  f"{', '.join(pulled)}; now {simulator.job(ready['jobId'])['status']}",
+                  file=out)
     finally:
         if args.keep:
             print(f"   files kept in {workdir}", file=out)
@@ -114,8 +136,10 @@ def _write_config(workdir: Path, url: str) -> Path:
     for name in ("drop", "done", "failed"):
         (workdir / name).mkdir()
     path = workdir / "agent.yaml"
+    (workdir / "inbox").mkdir()
     path.write_text(
-        CONFIG_TEMPLATE.format(url=url, endpoint=DEMO_ENDPOINT, segment=DEMO_SEGMENT),
+        CONFIG_TEMPLATE.format(url=url, endpoint=DEMO_ENDPOINT, segment=DEMO_SEGMENT,
+                               pull_endpoint=DEMO_PULL_ENDPOINT),
         encoding="utf-8",
     )
     return path
@@ -138,3 +162,15 @@ def _wait_for_data(simulator: Simulator, job_id: int) -> str:
         if (simulator.uploads(job_id) and status == "COMPLETE") or time.monotonic() > deadline:
             return status
         time.sleep(0.1)
+
+
+def _wait_for_download(simulator: Simulator, job_id: int, outbox: Path) -> list[str]:
+    """The job's downloaded files once job.json (written last) is there and the job is
+    complete; [] at the deadline."""
+    folder = outbox / str(job_id)
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not ((folder / "job.json").exists() and simulator.job(job_id)["status"] == "COMPLETE"):
+        if time.monotonic() > deadline:
+            return []
+        time.sleep(0.1)
+    return sorted(p.name for p in folder.iterdir())

@@ -58,7 +58,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def run(args: argparse.Namespace, env: Environment) -> int:
     config = load_config(args.config, environ=env.environ, need_key=False)
-    failed = config.folders.failed.resolve()
+    folders, _ = config.push_side()  # retry is for the push side's failed/
+    failed = folders.failed.resolve()
     sources = _every_failed_file(failed) if args.all else [
         _in_failed(path, failed) for path in args.files
     ]
@@ -128,9 +129,10 @@ def _failed_rows(journal: Journal) -> dict[str, FileRow]:
 def _retry(
     source: Path, config: AgentConfig, failed: Path, rows: dict[str, FileRow], journal: Journal,
 ) -> Retried:
-    row = rows.get(str(source)) or rows.get(str(config.folders.failed / source.relative_to(failed)))
+    folders, _ = config.push_side()
+    row = rows.get(str(source)) or rows.get(str(folders.failed / source.relative_to(failed)))
     relative = PurePath(row.rel_path) if row is not None else source.relative_to(failed)
-    drop = config.folders.drop
+    drop = folders.drop
     try:
         target = unique_target(drop, relative, with_report=False)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from pushagent.config import load_config
 from pushagent.env import Environment
 from pushagent.errors import ConfigError, JournalUnavailable, PushAgentError
 from pushagent.journal import DeliveryRow, FileRow, Journal, StateLock
-from pushagent.lifecycle import PENDING, DeliveryState, FileState
+from pushagent.lifecycle import PENDING, DeliveryState, FileState, PullFileState, PullJobState
 from pushagent.output import (
     add_json_flag,
     format_age,
@@ -31,6 +31,7 @@ from pushagent.output import (
     print_table,
     terminal_width,
 )
+from pushagent.pulljournal import PullFileRow, PullJobRow, PullJournal
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class Snapshot:
     in_flight: list[tuple[FileRow, list[DeliveryRow]]]
     recent: list[FileRow]
     idle_jobs: list[dict[str, Any]]
+    pull_pending: list[tuple[PullJobRow, list[PullFileRow]]] = dataclasses.field(
+        default_factory=list)
+    pull_recent: list[PullJobRow] = dataclasses.field(default_factory=list)
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -126,6 +130,10 @@ def read_snapshot(state_dir: Path, *, recent: int) -> Snapshot:
         last = journal.meta("last_contact")
         idle_jobs = json.loads(journal.meta("jobs_without_file") or "[]")
         finished = journal.recently_finished(limit=recent) if recent else []
+        pulls = PullJournal(journal)
+        pull_pending = [(job, pulls.files(job.job_id))
+                        for job in pulls.jobs(PullJobState.DOWNLOADING, PullJobState.ON_DISK)]
+        pull_recent = pulls.recently_finished(limit=recent) if recent else []
     except (sqlite3.Error, JournalUnavailable) as error:
         raise PushAgentError(f"{state_dir}: cannot read the journal ({error})") from error
     finally:
@@ -136,6 +144,7 @@ def read_snapshot(state_dir: Path, *, recent: int) -> Snapshot:
         state_dir=state_dir, agent=holder,
         last_contact=float(last) if last is not None else None,
         pending=pending, in_flight=in_flight, recent=finished, idle_jobs=idle_jobs,
+        pull_pending=pull_pending, pull_recent=pull_recent,
     )
 
 
@@ -164,14 +173,32 @@ def as_json(snapshot: Snapshot, *, now: float) -> dict[str, Any]:
         "in_flight": [_file_json(row, deliveries) for row, deliveries in snapshot.in_flight],
         "recent": [_file_json(row) for row in snapshot.recent],
         "jobs_without_file": snapshot.idle_jobs,
+        "pull": {
+            "pending": [
+                {**_pull_json(job), "files": [_pull_json(f) for f in files]}
+                for job, files in snapshot.pull_pending
+            ],
+            "recent": [_pull_json(job) for job in snapshot.pull_recent],
+        },
     }
 
 
+def _pull_json(row: PullJobRow | PullFileRow) -> dict[str, Any]:
+    return {**dataclasses.asdict(row), "state": row.state.value}
+
+
 def _jobs(deliveries: list[DeliveryRow]) -> str:
-    return ", ".join(f"{d.job_id} ({d.state.value})" for d in deliveries) or "-"
+    return ", ".join(
+        f"{_category(d.category)}/{d.job_id} ({d.state.value})" for d in deliveries
+    ) or "-"
 
 
-def _next_attempt(row: FileRow, now: float) -> str | None:
+def _category(category: str | None) -> str:
+    """Journals of before categories hold SEGMENT_EXPORT jobs only."""
+    return category or "SEGMENT_EXPORT"
+
+
+def _next_attempt(row: FileRow | PullJobRow, now: float) -> str | None:
     if row.next_attempt_at is None:
         return None
     delta = row.next_attempt_at - now
@@ -219,7 +246,8 @@ def render(snapshot: Snapshot, env: Environment, *, now: float, width: int | Non
     print(f"\njobs waiting with no file ({len(snapshot.idle_jobs)}):", file=out)
     print_table(
         ("JOB", "SEGMENT", "WAITING FOR"),
-        [(job["job_id"], job["segment"], format_age(now - job["since"]))
+        [(f"{_category(job.get('category'))}/{job['job_id']}", job["segment"],
+          format_age(now - job["since"]))
          for job in snapshot.idle_jobs],
         out, empty="(none)", width=width,
     )
@@ -234,6 +262,36 @@ def render(snapshot: Snapshot, env: Environment, *, now: float, width: int | Non
             for row in snapshot.recent
         ],
         out, empty="(none)", width=width,
+    )
+    if snapshot.pull_pending or snapshot.pull_recent:
+        _render_pull(snapshot, env, now=now)
+
+
+def _render_pull(snapshot: Snapshot, env: Environment, *, now: float) -> None:
+    """Shown once the agent ever took a pull job on: a push-only agent's status is unchanged."""
+    out = env.stdout
+    print(f"\npull jobs (downloading or finishing: {len(snapshot.pull_pending)}):", file=out)
+    print_table(
+        ("JOB", "STATE", "FILES HERE", "SEEN", "ATTEMPTS", "NEXT", "REASON"),
+        [
+            (job.job_id, job.state.value,
+             f"{sum(f.state is not PullFileState.PENDING for f in files)}/{len(files)}",
+             f"{format_age(now - job.seen_at)} ago", job.attempts,
+             _next_attempt(job, now), job.reason)
+            for job, files in snapshot.pull_pending
+        ],
+        out, empty="(none)",
+    )
+    print(f"\nrecently pulled ({len(snapshot.pull_recent)}):", file=out)
+    print_table(
+        ("JOB", "STATE", "FINISHED", "FOLDER", "REASON"),
+        [
+            (job.job_id, job.state.value,
+             f"{format_age(now - job.finished_at)} ago" if job.finished_at else None,
+             job.folder, job.reason)
+            for job in snapshot.pull_recent
+        ],
+        out, empty="(none)",
     )
 
 

@@ -1113,4 +1113,13 @@ class ExchangeClient:
                     progress(written)
         except requests.RequestException as e:
             raise self._transport_error("GET", path, e) from e
+        announced = response.headers.get("Content-Length", "")
+        # A body cut short is never taken for the file (a decoded body has another length).
+        if announced.isdigit() and "Content-Encoding" not in response.headers \
+                and written != int(announced):
+            raise ExchangeUnavailable(
+                f"the body ended after {written} of the {announced} bytes announced; it can "
+                "be fetched again",
+                method="GET", url=path, status=response.status_code,
+            )
         return written

@@ -7,6 +7,7 @@ seed adds beyond the reference travels back unchanged, as the real service's gro
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pushagent.simulator.errors import SimulatorInputError
@@ -30,6 +31,9 @@ EXTRA_FIELDS = ("started", "ended", "scheduleDetails")
 
 # Seed-only keys: they describe the simulator's files and never appear on the wire.
 SEGMENT_DATA_KEY = "segmentData"
+# {file name: path of a local file}: content too large to give inline (the simulator links or
+# copies it into its data dir).
+SEGMENT_PATHS_KEY = "segmentDataPaths"
 SAMPLE_ROWS_KEY = "sampleRows"
 DEFAULT_SAMPLE_ROWS = 10
 
@@ -63,6 +67,12 @@ _JOB_DEFAULTS: dict[str, Any] = {
     "translatedRecordCount": None,
     "sourceRecordCount": None,
     "destinationRecordCount": None,
+}
+
+# An identity import uploads to the Exchange identity store only: no destination endpoint.
+_CATEGORY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "IDENTITY_IMPORT": {"jobName": "IDENTITY_IMPORT", "destinationEndpointID": None},
+    "SEGMENT_POPULATE_DB": {"jobName": "SEGMENT_POPULATE_DB"},
 }
 
 _SCHEDULED_DEFAULTS: dict[str, Any] = {
@@ -117,14 +127,22 @@ def endpoints_of(wire: Mapping[str, Any]) -> frozenset[int]:
 
 def normalise_job(
     fields: Mapping[str, Any], *, job_id: int
-) -> tuple[dict[str, Any], dict[str, str]]:
+) -> tuple[dict[str, Any], dict[str, str | Path]]:
     """The job's full wire JSON with defaults filled, and its segment files' content.
 
     Returns ``(wire, contents)`` where ``contents`` maps each name of ``segmentDataFiles`` to the
-    CSV text to serve: the seed's inline ``segmentData`` or generated sample rows.
+    CSV text to serve (the seed's inline ``segmentData`` or generated sample rows), or to the
+    local file given for it in ``segmentDataPaths``.
     """
     given = dict(fields)
     inline = given.pop(SEGMENT_DATA_KEY, None) or {}
+    paths = given.pop(SEGMENT_PATHS_KEY, None) or {}
+    if not isinstance(paths, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) and Path(v).is_file() for k, v in paths.items()
+    ):
+        raise SimulatorInputError(
+            f"{SEGMENT_PATHS_KEY} must map file names to paths of existing files"
+        )
     sample_rows = given.pop(SAMPLE_ROWS_KEY, DEFAULT_SAMPLE_ROWS)
     if not isinstance(inline, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in inline.items()
@@ -134,7 +152,9 @@ def normalise_job(
         raise SimulatorInputError(
             f"{SAMPLE_ROWS_KEY} must be a whole number >= 0, not {sample_rows!r}"
         )
-    wire = {"jobId": job_id, **_JOB_DEFAULTS, **given}
+    category = given.get("jobCategory")
+    defaults = _CATEGORY_DEFAULTS.get(category, {}) if isinstance(category, str) else {}
+    wire = {"jobId": job_id, **_JOB_DEFAULTS, **defaults, **given}
     wire["jobId"] = job_id
     if wire["jobCategory"] not in CATEGORIES:
         raise SimulatorInputError(
@@ -150,15 +170,18 @@ def normalise_job(
     names = list(wire["segmentDataFiles"] or [])
     if not all(isinstance(name, str) and name for name in names):
         raise SimulatorInputError("segmentDataFiles must be a list of non-empty file names")
-    unknown = sorted(set(inline) - set(names))
+    unknown = sorted((set(inline) | set(paths)) - set(names))
     if unknown:
-        raise SimulatorInputError(
-            f"{SEGMENT_DATA_KEY} names files not in segmentDataFiles: {unknown}"
-        )
+        raise SimulatorInputError(f"{SEGMENT_DATA_KEY} or {SEGMENT_PATHS_KEY} names files not in "
+                                  f"segmentDataFiles: {unknown}")
     if names:
         wire["segmentDataFiles"] = names
         wire["segmentDataFormat"] = wire["segmentDataFormat"] or "text/csv"
-    contents = {name: inline.get(name) or sample_csv(wire, rows=sample_rows) for name in names}
+    contents: dict[str, str | Path] = {
+        name: Path(paths[name]) if name in paths
+        else inline.get(name) or sample_csv(wire, rows=sample_rows)
+        for name in names
+    }
     return wire, contents
 
 

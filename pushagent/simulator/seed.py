@@ -1,8 +1,10 @@
 """Reading a seed file: YAML or JSON, a list of jobs or ``{jobs: [...], scheduledJobs: [...]}``.
 
 Each job is a mapping of camelCase wire fields; anything left out gets the simulator's default.
-Besides the wire fields a job may carry ``segmentData`` ({file name: CSV text}) and
-``sampleRows`` (rows generated for segment files given no inline text).
+Besides the wire fields a job may carry ``segmentData`` ({file name: CSV text}),
+``segmentDataPaths`` ({file name: path of a local file}, for content too large to give inline)
+and ``sampleRows`` (rows generated for segment files given no inline text). A pull job is one
+with ``status: READY_FOR_DOWNLOAD`` and ``segmentDataFiles``.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ timer thread exists and tests can drive time.
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -159,14 +161,22 @@ class JobStore:
             self._scheduled[job_id] = wire
             return _copy_json(wire)
 
-    def _write_segment_files(self, job_id: int, contents: Mapping[str, str]) -> dict[str, Path]:
+    def _write_segment_files(
+        self, job_id: int, contents: Mapping[str, str | Path]
+    ) -> dict[str, Path]:
         folder = self._data_dir / "segments" / str(job_id)
         files: dict[str, Path] = {}
-        for index, (name, text) in enumerate(contents.items()):
+        for index, (name, content) in enumerate(contents.items()):
             folder.mkdir(parents=True, exist_ok=True)
             # Stored under a safe local name: the wire name may hold any character.
             path = folder / f"{index}.csv"
-            path.write_text(text, encoding="utf-8")
+            if isinstance(content, Path):
+                try:  # a large file: linked where it can be, never held in memory
+                    os.link(content, path)
+                except OSError:
+                    shutil.copyfile(content, path)
+            else:
+                path.write_text(content, encoding="utf-8")
             files[name] = path
         return files
 
