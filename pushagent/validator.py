@@ -70,8 +70,9 @@ class CSVReport:
     ``bytes`` is the number of bytes read: 0 when the file was refused by its size unread.
 
     The snapshot the upload must match: ``sha256`` is the hex digest of exactly the bytes read
-    (a byte order mark included), None when validation stopped early or refused the file
-    unread; ``size`` and ``mtime_ns`` are the file's at open. ``changed`` is a sentence when the
+    after the first ``offset`` (a UTF-8 byte order mark, which is not sent: the upload starts
+    after it), None when validation stopped early or refused the file unread; ``size`` and
+    ``mtime_ns`` are the file's at open. ``changed`` is a sentence when the
     file changed while it was read (then the bytes checked are no one state of the file), else
     None."""
 
@@ -84,6 +85,7 @@ class CSVReport:
     size: int
     mtime_ns: int
     changed: str | None
+    offset: int = 0
 
     @property
     def ok(self) -> bool:
@@ -125,7 +127,7 @@ def validate_csv(
         else:
             total, whole = _scan(stream, scanner, problems, limit=limit, chunk_size=chunk_size,
                                  digest_update=digest.update)
-            changed = _change(opened, fstat(stream.fileno()), read=total if whole else None)
+            changed = file_change(opened, fstat(stream.fileno()), read=total if whole else None)
             if whole:
                 sha256 = digest.hexdigest()
     return CSVReport(
@@ -138,10 +140,11 @@ def validate_csv(
         size=size,
         mtime_ns=opened.st_mtime_ns,
         changed=changed,
+        offset=len(codecs.BOM_UTF8) if scanner.bom else 0,
     )
 
 
-def _change(opened: os.stat_result, after: os.stat_result, *, read: int | None) -> str | None:
+def file_change(opened: os.stat_result, after: os.stat_result, *, read: int | None) -> str | None:
     """Why the bytes read may not be the file at open (``read``: all bytes to the end, or None
     when the read stopped early), or None."""
     what: str | None = None
@@ -166,10 +169,11 @@ def _scan(
     text = _TextCheck(problems)
     # The first read takes a byte order mark on top, so what follows it is never empty by chance.
     chunk = stream.read(chunk_size + len(codecs.BOM_UTF8))
-    digest_update(chunk)
     total = len(chunk)
     if chunk.startswith(codecs.BOM_UTF8):
         chunk = chunk[len(codecs.BOM_UTF8):]
+        scanner.bom = True
+    digest_update(chunk)
     empty = not chunk
     carry = b""
     while chunk:
@@ -215,10 +219,13 @@ def missing_columns(
         if column in present or column in seen:
             continue
         seen.add(column)
-        text = (f"line 1: column {column!r} required by {source} is missing from the header")
         near = loose.get(column.strip().casefold())
-        if near is not None:
-            text += f" (the header has {near!r}; names must match exactly)"
+        if near is None:
+            text = f"line 1: column {column!r} required by {source} is missing from the header"
+        else:  # Salesforce writes EMAIL; a spreadsheet may keep a space
+            text = (f"line 1: column {column!r} not found; the header has {near!r} (names must "
+                    f"match exactly, case and spaces included: rename the column, or the name in "
+                    f"{source})")
         problems.append(text)
     return problems
 
@@ -336,10 +343,12 @@ class _TextCheck:
                     bad = done + error.start
                     where, column = self._locate(data, bad, line)
                     if where != self._reported_line:
+                        text = f"not valid UTF-8 (byte 0x{data[bad]:02x} at column {column})"
+                        if not self._reported_line:
+                            text += ("; if your exporter writes Windows-1252, set "
+                                     "input.encoding: cp1252 (or the code page it writes)")
                         self._reported_line = where
-                        self._problems.add(
-                            where, f"not valid UTF-8 (byte 0x{data[bad]:02x} at column {column})"
-                        )
+                        self._problems.add(where, text)
                     # The rest of a line with one bad byte is not worth a byte-by-byte look.
                     next_line = data.find(b"\n", bad)
                     done = len(data) if next_line < 0 else next_line + 1
@@ -359,6 +368,7 @@ class _Scanner:
         self.header: tuple[str, ...] | None = None
         self.data_rows = 0
         self.stopped = False
+        self.bom = False
         self._expected = 0
         self.line = 1  # of the next byte to scan (a carriage return kept back holds no break)
         self._record_line = 1
