@@ -51,6 +51,7 @@ _LABELS = {"utf-8": "UTF-8", "utf-16-le": "UTF-16LE", "utf-16-be": "UTF-16BE"}
 _DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)")
 _STAGED_SUFFIX = ".staged.csv"
+SNIFF_LIMIT = 1024 * 1024  # the delimiter is sniffed from a header line within this
 
 
 @dataclass(frozen=True)
@@ -154,8 +155,15 @@ def sniff_delimiter(head: bytes, codec: str, quotechar: str = '"') -> str:
 
 
 def _read(content: _Limited, size: int) -> bytes:
-    """Up to ``size`` bytes; the head holds at least a whole character of any encoding."""
-    return content.read(max(size, 4))
+    """The start of the file: its header line, up to ``SNIFF_LIMIT``, for the delimiter to be
+    sniffed, and at least a whole character of any encoding."""
+    head = content.read(max(size, 4))
+    while b"\n" not in head and len(head) < SNIFF_LIMIT:
+        more = content.read(size)
+        if not more:
+            break
+        head += more
+    return head
 
 
 def _encoding(head: bytes, setting: str) -> tuple[str, int]:

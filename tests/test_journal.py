@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from pushagent.errors import JournalUnavailable, StateLockedError
-from pushagent.journal import SCHEMA_VERSION, Journal, StateLock
+from pushagent.journal import MIGRATIONS, SCHEMA_VERSION, Journal, StateLock
 from pushagent.lifecycle import (
     DELIVERY_MOVES,
     FILE_MOVES,
@@ -131,6 +131,29 @@ def test_a_journal_of_the_first_release_is_migrated_in_place(tmp_path: Path) -> 
     journal.close()
     again = sqlite3.connect(tmp_path / "journal.sqlite3")
     assert again.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_a_journal_of_schema_1_gains_what_files_were_converted_from(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "journal.sqlite3")
+    db.executescript(V0_SCHEMA)
+    for statement in MIGRATIONS[1]:
+        db.execute(statement)
+    db.execute("PRAGMA user_version = 1")
+    db.execute(
+        "INSERT INTO files (id, rel_path, segment, state, path, size, mtime, seen_at, "
+        "claimed_at, reason, sha256) VALUES (1, 'a.csv', '45311', 'claimed', '/s/claimed/1-a.csv',"
+        " 5, 1.0, 1.0, 2.0, 'uploading', 'ab')"
+    )
+    db.commit()
+    db.close()
+    journal = Journal.for_state_dir(tmp_path)
+    row = journal.file(1)
+    assert (row.state, row.sha256, row.converted_from) == (FileState.CLAIMED, "ab", None)
+    journal.validated(1, size=4, sha256="cd", converted_from="cp1252, semicolon-separated")
+    assert journal.file(1).converted_from == "cp1252, semicolon-separated"
+    journal.close()
+    again = sqlite3.connect(tmp_path / "journal.sqlite3")
+    assert again.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
 
 
 def test_a_full_disk_is_a_journal_condition_not_a_sqlite_error(tmp_path: Path) -> None:
