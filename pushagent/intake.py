@@ -91,29 +91,31 @@ def prepare(
     *,
     dialect: InputDialect,
     max_bytes: int | None,
+    staged: Path | None = None,
     chunk_size: int = CHUNK_SIZE,
     fstat: Callable[[int], os.stat_result] = os.fstat,
 ) -> Source:
-    """Look at ``path`` and, unless it is sent as it is, convert it into ``staged_path(path)``
-    (written under a temporary name, then renamed: a copy under the final name is whole).
+    """Look at ``path`` and, unless it is sent as it is, convert it into ``staged`` (default
+    ``staged_path(path)``), written under a temporary name, then renamed: a copy under the final
+    name is whole.
     OSError from the dropped file or the claim folder propagates; a file that cannot be read
     in its dialect comes back with ``problem`` set."""
+    staged = staged or staged_path(path)
     with open(path, "rb") as stream:
         opened = fstat(stream.fileno())
         try:
-            converted_from = _prepare(path, stream, dialect=dialect, max_bytes=max_bytes,
+            converted_from = _prepare(path, stream, staged, dialect=dialect, max_bytes=max_bytes,
                                       chunk_size=chunk_size)
         except _Refused as refused:
             return Source(path, None, str(refused), opened.st_size, opened.st_mtime_ns)
         changed = file_change(opened, fstat(stream.fileno()), read=None)
     if converted_from is None:
         return Source(path, None, None, opened.st_size, opened.st_mtime_ns)
-    return Source(staged_path(path), converted_from, None, opened.st_size, opened.st_mtime_ns,
-                  changed)
+    return Source(staged, converted_from, None, opened.st_size, opened.st_mtime_ns, changed)
 
 
 def _prepare(
-    path: Path, stream: BinaryIO, *, dialect: InputDialect, max_bytes: int | None,
+    path: Path, stream: BinaryIO, staged: Path, *, dialect: InputDialect, max_bytes: int | None,
     chunk_size: int,
 ) -> str | None:
     """None when the file is sent as it is; else the staged copy is written and what the
@@ -128,7 +130,6 @@ def _prepare(
         plain = delimiter == "," and dialect.quotechar == '"'
         if container is None and codec == "utf-8" and plain:
             return None
-        staged = staged_path(path)
         partial = staged.with_name(staged.name + ".tmp")
         with open(partial, "wb") as out:
             if codec == "utf-8" and plain:
