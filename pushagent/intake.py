@@ -50,6 +50,8 @@ _BOMS = (
 _LABELS = {"utf-8": "UTF-8", "utf-16-le": "UTF-16LE", "utf-16-be": "UTF-16BE"}
 _DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)")
+_BARE_CR = re.compile(r"\r(?!\n)")
+_SMALL_PIECE = 2048  # characters: a failed piece this small goes line by line
 _STAGED_SUFFIX = ".staged.csv"
 SNIFF_LIMIT = 1024 * 1024  # the delimiter is sniffed from a header line within this
 
@@ -371,7 +373,6 @@ class Rewriter:
         self._q = quotechar
         d = re.escape(delimiter)
         self._clean = re.compile(f'"(?<![^{d}\\n]")[^"\\n]*(?:""[^"\\n]*)*"(?=[{d}\\n]|\\r\\n)')
-        self._comma_field = re.compile(f"[^{d}\\r\\n,]*,[^{d}\\r\\n]*")
         self._boundary = True  # the reader is between records
         self.unterminated_at: int | None = None  # the line of a quoted field never closed
         self.line = 1
@@ -395,40 +396,78 @@ class Rewriter:
         for block in blocks:
             if not block.endswith(("\n", "\r")):
                 block += "\n"  # the last line: ended, so that a quote left open shows
-            if self._boundary and self._fast(block):
-                self.line += block.count("\n")
-                continue
-            pieces = _LINE.findall(block) if "\r" in block else [
-                line + "\n" for line in block.split("\n")[:-1]
-            ]
-            for line in pieces:
-                if self._boundary:
-                    self._record_line = self.line
-                    if self._fast(line):
-                        self.line += line.endswith("\n")
-                        continue
-                    self._boundary = False
-                self.line += line.endswith("\n")
-                yield line
+            yield from self._piece(block)
         if not self._boundary:
             self.unterminated_at = self._record_line
 
-    def _fast(self, text: str) -> bool:
-        """Write ``text`` rewritten and return True when it is whole records that need no
-        parsing; False (nothing written) otherwise."""
+    def _piece(self, text: str) -> Iterator[str]:
+        """Rewrite the whole lines of ``text``, giving the reader those that need it. The lines
+        before the first one that needs it are rewritten in one go; when that line cannot be
+        told, the piece is halved: the few lines that need the reader are found in a few
+        passes, not line by line."""
+        while text:
+            if self._boundary:
+                done = self._fast(text)
+                if done == len(text):
+                    self.line += text.count("\n")
+                    return
+                if done:
+                    self.line += text.count("\n", 0, done)
+                    text = text[done:]
+                elif len(text) > _SMALL_PIECE:
+                    cut = text.find("\n", len(text) // 2) + 1
+                    if 0 < cut < len(text):
+                        yield from self._piece(text[:cut])
+                        text = text[cut:]
+                        continue
+            match = _LINE.match(text)
+            assert match is not None, "every piece ends in a line break"
+            line, text = match.group(), text[match.end():]
+            if self._boundary:
+                self._record_line = self.line
+                if self._fast(line) == len(line):
+                    self.line += line.endswith("\n")
+                    continue
+                self._boundary = False
+            self.line += line.endswith("\n")
+            yield line
+
+    def _fast(self, text: str) -> int:
+        """Rewrite the whole lines at the start of ``text`` that are whole records needing no
+        parsing, up to the first line that may need it; returns how many characters were
+        rewritten (0: none, or where the trouble starts cannot be told cheaply)."""
         d, q = self._d, self._q
-        if "\r" in text and text.count("\r") != text.count("\r\n"):
-            return False  # a carriage return alone ends a record for csv
+        trouble: list[int] = []  # lines (from 0) that may need the reader
+        bare = _BARE_CR.search(text) if "\r" in text else None
+        if bare is not None:  # a carriage return alone ends a record for csv
+            trouble.append(text.count("\n", 0, bare.start()))
+        marked = None
         if q in text or '"' in text:
-            if q != '"':
-                return False  # every quoted field is quoted again with '"'
-            marked = self._clean.sub("", text)
-            if '"' in marked or marked.count(d) != text.count(d):
-                return False  # a field goes on to the next line, or holds the delimiter
-            if d != "," and "," in marked:
-                return False
+            if q != '"':  # every quoted field is quoted again with '"'
+                first = min(at for at in (text.find(q), text.find('"')) if at >= 0)
+                trouble.append(text.count("\n", 0, first))
+            else:
+                # Quoted fields within one line and of csv's reading go; the quote left first
+                # (a field going on to the next line, odd quoting) is where trouble starts.
+                marked = self._clean.sub("", text)
+                left = marked.find('"')
+                if left >= 0:  # quoted fields hold no line break: lines still match
+                    trouble.append(marked.count("\n", 0, left))
+        if trouble:
+            lines = min(trouble)
+            if not lines:
+                return 0
+            text = text[: _after_lines(text, lines)]
+            if marked is not None:
+                marked = marked[: _after_lines(marked, lines)]
+        done = len(text)
+        if marked is not None:
+            if marked.count(d) != text.count(d):
+                return 0  # a quoted field holds the delimiter
+            if d != "," and "," in marked:  # unquoted fields with commas, beside quoted ones
+                text = self._quote_commas(text)
         elif d != "," and "," in text:
-            text = self._comma_field.sub(r'"\g<0>"', text)
+            text = self._quote_commas(text)
         if d != ",":
             text = text.replace(d, ",")
         if "\r" not in text:
@@ -436,7 +475,34 @@ class Rewriter:
         elif text.count("\n") != text.count("\r\n"):
             text = text.replace("\r\n", "\n").replace("\n", "\r\n")
         self._write(text)
-        return True
+        return done
+
+    def _quote_commas(self, text: str) -> str:
+        """``text`` with every unquoted field that holds a comma put in quotes. Only for text
+        whose fields all end at a delimiter or a line end (``_fast`` checked that no quoted field
+        holds either): each comma's field is found around it. Commas are few, so this is a
+        handful of ``str.find`` calls, not a pass over every field."""
+        d = self._d
+        parts: list[str] = []
+        done = 0
+        comma = text.find(",")
+        while comma >= 0:
+            start = max(text.rfind(d, 0, comma), text.rfind("\n", 0, comma)) + 1
+            line_end = text.find("\n", comma)
+            line_end = len(text) if line_end < 0 else line_end - (text[line_end - 1] == "\r")
+            next_d = text.find(d, comma, line_end)
+            end = line_end if next_d < 0 else next_d
+            if text[start] != '"':  # a quoted field keeps its commas as they are
+                parts += (text[done:start], '"', text[start:end], '"')
+                done = end
+            comma = text.find(",", end)
+        parts.append(text[done:])
+        return "".join(parts)
+
+
+def _after_lines(text: str, count: int) -> int:
+    """Where the ``count`` first lines (ended by LF) of ``text`` end."""
+    return sum(map(len, text.split("\n", count)[:count])) + count
 
 
 class _Sink:

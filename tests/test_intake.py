@@ -19,10 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pushagent import intake
 from pushagent.config import DELIMITERS, InputDialect
 from pushagent.intake import prepare, remove_staged, sniff_delimiter, staged_path
 
-TOKENS = ["a", "é", " ", ",", ";", "\t", "|", '"', "'", "\r", "\n", "\r\n", '""']
+TOKENS = ["a", "é", " ", ",", ";", "\t", "|", '"', "'", "\r", "\n", "\r\n", '""', "\n", "\r\n",
+          ";", "\t"]
 PROPERTY = settings(max_examples=300, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -60,11 +62,14 @@ def convert(tmp_path: Path, data: bytes, *, name: str = "1-seg.csv", chunk_size:
     quotechar=st.sampled_from(['"', "'"]),
     encoding=st.sampled_from(["utf-16", "utf-8"]),
     chunk_size=st.sampled_from([4, 7, 64, 4096]),
+    small_piece=st.sampled_from([1, 8, 2048]),
 )
 def test_the_converted_copy_holds_the_rows_csv_reads_from_the_original(
-    tmp_path: Path, tokens: list[str], delimiter: str, quotechar: str, encoding: str,
-    chunk_size: int,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tokens: list[str], delimiter: str,
+    quotechar: str, encoding: str, chunk_size: int, small_piece: int,
 ) -> None:
+    # Small pieces: a block that cannot be rewritten whole is halved down to its lines.
+    monkeypatch.setattr(intake, "_SMALL_PIECE", small_piece)
     text = "".join(tokens)
     data = text.encode(encoding)  # utf-16 writes a byte order mark, as Excel does
     source = convert(tmp_path, data, chunk_size=chunk_size, delimiter=delimiter,
