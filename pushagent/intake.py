@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pushagent.config import AUTO, DELIMITERS, InputDialect
+from pushagent.outcomes import fit_name, name_limit
 from pushagent.output import format_bytes
 from pushagent.validator import CHUNK_SIZE, HEADER_LIMIT, file_change
 
@@ -76,8 +77,10 @@ class _Refused(Exception):
 
 
 def staged_path(claimed: Path) -> Path:
-    """The staged copy of the claimed file at ``claimed``."""
-    return claimed.with_name(claimed.name + _STAGED_SUFFIX)
+    """The staged copy of the claimed file at ``claimed``: its name (which starts with the
+    file's id) cut so that the copy's name, ``.tmp`` added, fits the folder's limit."""
+    budget = name_limit(claimed.parent) - len(_STAGED_SUFFIX) - len(".tmp")
+    return claimed.with_name(fit_name(claimed.name, budget) + _STAGED_SUFFIX)
 
 
 def remove_staged(claimed: Path) -> None:

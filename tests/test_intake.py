@@ -11,6 +11,7 @@ import codecs
 import csv
 import gzip
 import io
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -256,3 +257,15 @@ def test_the_staged_copy_and_a_half_written_one_are_removed(tmp_path: Path) -> N
     remove_staged(claimed)
     remove_staged(claimed)  # nothing left: no error
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_claim_name_at_the_limit_gets_a_staged_copy_within_it(tmp_path: Path) -> None:
+    name = "12-" + "é" * 124 + ".csv"  # 255 bytes, as a claim name cut to fit
+    assert len(name.encode()) == 255
+    source = convert(tmp_path, b"Email;Name\na@x;A\n", name=name)
+    assert source.problem is None
+    assert source.send.name.startswith("12-é") and source.send.name.endswith(".staged.csv")
+    assert len(os.fsencode(source.send.name + ".tmp")) <= 255
+    assert canonical_rows(source.send.read_bytes()) == [["Email", "Name"], ["a@x", "A"]]
+    remove_staged(tmp_path / name)
+    assert [p.name for p in tmp_path.iterdir()] == [name]
