@@ -374,8 +374,10 @@ class Rewriter:
         self._write = write
         self._d = delimiter
         self._q = quotechar
-        d = re.escape(delimiter)
-        self._clean = re.compile(f'"(?<![^{d}\\n]")[^"\\n]*(?:""[^"\\n]*)*"(?=[{d}\\n]|\\r\\n)')
+        # What _fast keeps of a block to see where its quotes are: quotes, delimiters, LF.
+        self._structure: bytes | None = None
+        if quotechar == '"' and delimiter.isascii():
+            self._structure = bytes(set(range(256)) - set(f'"{delimiter}\n'.encode()))
         self._boundary = True  # the reader is between records
         self.unterminated_at: int | None = None  # the line of a quoted field never closed
         self.line = 1
@@ -438,39 +440,39 @@ class Rewriter:
     def _fast(self, text: str) -> int:
         """Rewrite the whole lines at the start of ``text`` that are whole records needing no
         parsing, up to the first line that may need it; returns how many characters were
-        rewritten (0: none, or where the trouble starts cannot be told cheaply)."""
+        rewritten (0: none).
+
+        Where quotes are, the text is reduced to its quotes, delimiters and line feeds, and
+        doubled quotes are dropped (``bytes`` operations, in C). A quoted field holding a
+        delimiter or a line break leaves a quote there: its opening quote and the escaped pairs
+        before the delimiter are an odd run. So where none is left, every delimiter and line
+        feed is outside quotes, and replacing the delimiter by a comma keeps every field as csv
+        reads it; commas in quoted fields stay quoted, and fields with bare ones are quoted."""
         d, q = self._d, self._q
         trouble: list[int] = []  # lines (from 0) that may need the reader
         bare = _BARE_CR.search(text) if "\r" in text else None
         if bare is not None:  # a carriage return alone ends a record for csv
             trouble.append(text.count("\n", 0, bare.start()))
-        marked = None
         if q in text or '"' in text:
-            if q != '"':  # every quoted field is quoted again with '"'
+            if self._structure is None:  # a quotechar other than '"' or a delimiter not ASCII
                 first = min(at for at in (text.find(q), text.find('"')) if at >= 0)
                 trouble.append(text.count("\n", 0, first))
             else:
-                # Quoted fields within one line and of csv's reading go; the quote left first
-                # (a field going on to the next line, odd quoting) is where trouble starts.
-                marked = self._clean.sub("", text)
-                left = marked.find('"')
-                if left >= 0:  # quoted fields hold no line break: lines still match
-                    trouble.append(marked.count("\n", 0, left))
+                reduced = text.encode("utf-8", "surrogatepass").translate(
+                    None, self._structure).replace(b'""', b"")
+                left = reduced.find(b'"')
+                if left >= 0:
+                    trouble.append(reduced.count(b"\n", 0, left))
         if trouble:
             lines = min(trouble)
             if not lines:
                 return 0
             text = text[: _after_lines(text, lines)]
-            if marked is not None:
-                marked = marked[: _after_lines(marked, lines)]
         done = len(text)
-        if marked is not None:
-            if marked.count(d) != text.count(d):
-                return 0  # a quoted field holds the delimiter
-            if d != "," and "," in marked:  # unquoted fields with commas, beside quoted ones
-                text = self._quote_commas(text)
-        elif d != "," and "," in text:
-            text = self._quote_commas(text)
+        if d != "," and "," in text:
+            text, done = self._quote_commas(text)
+            if not done:
+                return 0
         if d != ",":
             text = text.replace(d, ",")
         if "\r" not in text:
@@ -480,11 +482,12 @@ class Rewriter:
         self._write(text)
         return done
 
-    def _quote_commas(self, text: str) -> str:
-        """``text`` with every unquoted field that holds a comma put in quotes. Only for text
-        whose fields all end at a delimiter or a line end (``_fast`` checked that no quoted field
-        holds either): each comma's field is found around it. Commas are few, so this is a
-        handful of ``str.find`` calls, not a pass over every field."""
+    def _quote_commas(self, text: str) -> tuple[str, int]:
+        """``text`` with every field that holds a comma outside quotes put in quotes, and how
+        much of ``text`` that covers: all of it, or up to the line of a field that is quoted
+        and then goes on (``"a"b,c``), which only csv reads right. Only for text whose fields
+        all end at a delimiter or a line end (``_fast`` checked it): each comma's field is found
+        around it. Commas are few, so this is a handful of ``str.find`` calls."""
         d = self._d
         parts: list[str] = []
         done = 0
@@ -495,12 +498,17 @@ class Rewriter:
             line_end = len(text) if line_end < 0 else line_end - (text[line_end - 1] == "\r")
             next_d = text.find(d, comma, line_end)
             end = line_end if next_d < 0 else next_d
-            if text[start] != '"':  # a quoted field keeps its commas as they are
-                parts += (text[done:start], '"', text[start:end], '"')
+            if text[start] != '"':  # quotes inside an unquoted field are data
+                field = text[start:end]
+                parts += (text[done:start], '"', field.replace('"', '""'), '"')
                 done = end
+            elif text.count('"', start, comma) % 2 == 0:  # the comma is after the closing quote
+                line_start = text.rfind("\n", 0, start) + 1
+                parts.append(text[done:line_start])
+                return "".join(parts), line_start
             comma = text.find(",", end)
         parts.append(text[done:])
-        return "".join(parts)
+        return "".join(parts), len(text)
 
 
 def _after_lines(text: str, count: int) -> int:

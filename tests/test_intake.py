@@ -169,6 +169,15 @@ def test_a_decimal_comma_export_quotes_the_fields_with_commas(tmp_path: Path) ->
     assert source.send.read_bytes() == 'Email,Preis\r\nä@x,"1,5"\r\n'.encode()
 
 
+@pytest.mark.parametrize("text", [
+    'h1;h2;h3;h4\nx;a"b,c;"q"r,s;"t,u"\n' * 3,  # data quotes, a field going on after its quote
+    '"a;b";"c""d,e";f,g\r\n"h\ni";j;k\r\n' * 3,  # a delimiter and a line break in quotes
+])
+def test_commas_beside_quotes_keep_csvs_values(tmp_path: Path, text: str) -> None:
+    source = convert(tmp_path, text.encode(), chunk_size=4096, delimiter=";")
+    assert canonical_rows(source.send.read_bytes()) == csv_rows(text, ";", '"')
+
+
 @pytest.mark.parametrize(
     ("data", "dialect", "problem"),
     [
