@@ -54,7 +54,7 @@ _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)")
 _BARE_CR = re.compile(r"\r(?!\n)")
 _SMALL_PIECE = 2048  # characters: a failed piece this small goes line by line
 _STAGED_SUFFIX = ".staged.csv"
-SNIFF_LIMIT = 1024 * 1024  # the delimiter is sniffed from a header line within this
+_SNIFF_LIMIT = 1024 * 1024  # the delimiter is sniffed from a header line within this
 
 
 @dataclass(frozen=True)
@@ -108,11 +108,16 @@ def prepare(
     staged = staged or staged_path(path)
     with open(path, "rb") as stream:
         opened = fstat(stream.fileno())
+        if max_bytes and opened.st_size > max_bytes:  # the validator refuses it unread
+            return Source(path, None, None, opened.st_size, opened.st_mtime_ns)
         try:
             converted_from = _prepare(path, stream, staged, dialect=dialect, max_bytes=max_bytes,
                                       chunk_size=chunk_size)
         except _Refused as refused:
-            return Source(path, None, str(refused), opened.st_size, opened.st_mtime_ns)
+            # Bytes that do not decode may be a dropper still writing: that is said first.
+            changed = file_change(opened, fstat(stream.fileno()), read=None)
+            return Source(path, None, None if changed else str(refused), opened.st_size,
+                          opened.st_mtime_ns, changed)
         changed = file_change(opened, fstat(stream.fileno()), read=None)
     if converted_from is None:
         return Source(path, None, None, opened.st_size, opened.st_mtime_ns)
@@ -161,10 +166,10 @@ def sniff_delimiter(head: bytes, codec: str, quotechar: str = '"') -> str:
 
 
 def _read(content: _Limited, size: int) -> bytes:
-    """The start of the file: its header line, up to ``SNIFF_LIMIT``, for the delimiter to be
+    """The start of the file: its header line, up to ``_SNIFF_LIMIT``, for the delimiter to be
     sniffed, and at least a whole character of any encoding."""
     head = content.read(max(size, 4))
-    while b"\n" not in head and len(head) < SNIFF_LIMIT:
+    while b"\n" not in head and len(head) < _SNIFF_LIMIT:
         more = content.read(size)
         if not more:
             break

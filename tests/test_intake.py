@@ -278,3 +278,33 @@ def test_a_claim_name_at_the_limit_gets_a_staged_copy_within_it(tmp_path: Path) 
     assert canonical_rows(source.send.read_bytes()) == [["Email", "Name"], ["a@x", "A"]]
     remove_staged(tmp_path / name)
     assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_a_file_over_the_size_limit_is_left_to_the_validator_unconverted(tmp_path: Path) -> None:
+    data = "Email\tName\r\na@x\tA\r\n".encode("utf-16")
+    source = convert(tmp_path, data, max_bytes=len(data) - 1)
+    assert (source.send, source.converted_from, source.problem) == (
+        tmp_path / "1-seg.csv", None, None)
+    assert [p.name for p in tmp_path.iterdir()] == ["1-seg.csv"]
+
+
+def test_bytes_that_do_not_decode_in_a_file_being_written_say_it_changed(
+    tmp_path: Path
+) -> None:
+    path = tmp_path / "1-seg.csv"
+    path.write_bytes(b"Email;Name\na@x;\xe9\n")
+    real = os.fstat
+    calls: list[int] = []
+
+    def growing(fd: int) -> os.stat_result:
+        calls.append(fd)
+        result = real(fd)
+        if len(calls) == 1:
+            return result
+        fields = list(result)
+        fields[6] = result.st_size + 10
+        return os.stat_result(fields)
+
+    source = prepare(path, dialect=InputDialect(), max_bytes=None, fstat=growing)
+    assert source.problem is None
+    assert source.changed is not None and "the file changed while it was read" in source.changed
