@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import getpass
+import hashlib
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -38,7 +39,7 @@ from pushagent.lifecycle import OPEN_DELIVERIES, DeliveryState
 from pushagent.metrics import AgentMetrics
 from pushagent.readiness import open_for_writing
 from pushagent.router import ListedJob
-from pushagent.validator import CSVReport, missing_columns, validate_csv
+from pushagent.validator import CHUNK_SIZE, CSVReport, missing_columns, validate_csv
 
 # A job that left the waiting state for one of these did not get our data.
 NO_DATA_STATUSES = frozenset({JobStatus.ERROR, JobStatus.CANCELLED, JobStatus.NOTFOUND})
@@ -220,7 +221,9 @@ class Deliverer:
             raise _Stop(DeliveryResult(Verdict.REJECTED, reason))
         assert report is not None and report.sha256 is not None, "a valid report hashes it all"
         if file.sha256 != report.sha256:
-            if file.sha256 is not None:
+            upgraded = report.offset and file.sha256 is not None and _whole_file_hash(
+                source.send) == file.sha256
+            if file.sha256 is not None and not upgraded:
                 self._changed(file, f"its SHA-256 is not the one validated before, size now "
                                     f"{report.size} bytes", settle_if_untaken=False)
             self._journal.validated(file.id, size=report.size, sha256=report.sha256,
@@ -469,6 +472,20 @@ class Deliverer:
         return DeliveryResult(
             Verdict.REQUEUE, "every job assigned to it stopped waiting before the upload"
         )
+
+
+def _whole_file_hash(path: Path) -> str | None:
+    """The SHA-256 of the whole file: what a journal of schema 1 recorded for a file with a
+    UTF-8 byte order mark, which is now left out of the hash (and of the upload); a file it
+    recorded so is the same file, not a changed one. None when it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as stream:
+            while chunk := stream.read(CHUNK_SIZE):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 def _is_unreadable(retry: _Retry) -> bool:

@@ -339,6 +339,21 @@ def test_a_utf8_byte_order_mark_is_validated_and_sent_as_its_absence(tmp_path: P
     assert rig.journal.file(rig.file_id).converted_from is None
 
 
+def test_a_bom_file_one_job_took_before_an_upgrade_goes_on_to_the_others(
+    tmp_path: Path
+) -> None:
+    content = b"\xef\xbb\xbf" + VALID
+    rig = make(tmp_path, FakeClient(), content=content, jobs=("1", "2"))
+    # The journal of the last version: the BOM hashed, job 1 served.
+    rig.journal.validated(rig.file_id, size=len(content), sha256=sha256(content))
+    rig.journal.upload_started(rig.file_id, "1")
+    rig.journal.delivery_ended(rig.file_id, "1", UPLOADED, nbytes=len(content),
+                               sha256=sha256(content))
+    assert rig.deliver().verdict is Verdict.DELIVERED
+    assert rig.client.uploaded_to == ["2"]
+    assert rig.journal.file(rig.file_id).sha256 == sha256(VALID)
+
+
 def test_a_converted_file_sends_its_staged_copy_and_records_what_it_was(
     tmp_path: Path
 ) -> None:
