@@ -26,7 +26,7 @@ from pathlib import Path, PurePath
 from loguru import logger
 
 from pushagent.conditions import Cause, Conditions
-from pushagent.config import AgentConfig
+from pushagent.config import AgentConfig, NotifySettings
 from pushagent.droplock import LOCK_NAME
 from pushagent.errors import ExchangeError, ExchangeUnavailable, JournalUnavailable
 from pushagent.exchange import ExchangeClient, JobCategory, JobStatus
@@ -34,9 +34,10 @@ from pushagent.exchange.outcome import Outcome, classify
 from pushagent.exchange.retry import backoff
 from pushagent.intake import remove_staged
 from pushagent.journal import FileRow, Journal
-from pushagent.lifecycle import FileState
+from pushagent.lifecycle import DeliveryState, FileState
 from pushagent.metrics import AgentMetrics
 from pushagent.names import printable
+from pushagent.notify import Notifier
 from pushagent.outcomes import (
     report_path_for,
     same_entry,
@@ -45,7 +46,15 @@ from pushagent.outcomes import (
 from pushagent.placement import Placer
 from pushagent.pool import Finished, WorkerPool
 from pushagent.readiness import Candidate, ReadinessTracker, open_for_writing
-from pushagent.router import JobIndex, ListedJob, PendingFile, SegmentRouter, plan_assignments
+from pushagent.router import (
+    JobIndex,
+    ListedJob,
+    PendingFile,
+    SegmentRouter,
+    WaitingJob,
+    plan_assignments,
+)
+from pushagent.segments import SegmentCatalogue
 from pushagent.uploader import Deliverer, DeliveryResult, DeliverySettings, Verdict
 from pushagent.watcher import DropWatcher, WatchEvent, scan_drop_folder
 
@@ -120,8 +129,10 @@ class Agent:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         stop_event: threading.Event | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
+        self._notifier = notifier or Notifier(NotifySettings())  # none given: does nothing
         # Set on the first stop request; the client sleeps on it between retries, so a stop
         # never waits out a backoff.
         self.stop_event = stop_event or threading.Event()
@@ -157,6 +168,8 @@ class Agent:
             wall=wall,
         )
         self._router = SegmentRouter(names=config.segments, pattern=config.watch.filename_pattern)
+        self._catalogue = SegmentCatalogue(config.segments)
+        self._doubted: set[int] = set()  # waiting files already warned about their segment
         self._deliverer = Deliverer(
             client=client,
             journal=journal,
@@ -179,7 +192,8 @@ class Agent:
         )
         self._segments: dict[Path, str | None] = {}  # settling drop paths -> segment
         self._waiting: dict[int, FileRow] = {}
-        self._waiting_paths: dict[Path, int] = {}
+        # Keyed by the row's own path string: a Path per waiting file would add 300 bytes each.
+        self._waiting_paths: dict[str, int] = {}
         self._resettling: dict[Path, int] = {}  # claimed files settling again
         self._schedule = _Schedule()
         self._finishing: dict[int, DeliveryResult] = {}  # the final move is left to retry
@@ -187,7 +201,7 @@ class Agent:
         self._reasons: dict[int, str] = {}
         self._streaks: dict[int, int] = {}
         self._jobs: dict[str, ListedJob] = {}
-        self._to_claim: deque[tuple[int, list[str]]] = deque()
+        self._to_claim: deque[tuple[int, tuple[WaitingJob, ...]]] = deque()
         self._placed: deque[tuple[FileRow, Path, Path | None, DeliveryResult]] = deque()
         self._job_index = JobIndex([])
         self._idle_since: dict[str, float] = {}
@@ -349,11 +363,13 @@ class Agent:
                 "second stop signal: leaving now; unfinished uploads resume at next start"
             )
         else:
-            logger.info(
-                "stopping: no new files; waiting up to {:g} s for {} upload(s) in progress",
-                grace,
-                len(self._in_flight),
-            )
+            if self._in_flight:
+                logger.info(
+                    "stopping: no new files; waiting up to {:g} s for {} upload{} in progress",
+                    grace, len(self._in_flight), "" if len(self._in_flight) == 1 else "s",
+                )
+            else:
+                logger.info("stopping: no upload in progress")
             self._stop_deadline = self._clock() + grace
         self._stopping = stop
 
@@ -378,10 +394,10 @@ class Agent:
             self._next_rescan = now + self.config.watch.rescan_seconds
 
     def _observe_all(self) -> None:
-        new = [
+        new = (
             path for path in scan_drop_folder(self._drop, ignored=self._ignored)
-            if path not in self._readiness and path not in self._waiting_paths
-        ]
+            if path not in self._readiness and str(path) not in self._waiting_paths
+        )
         seen = [path for path in new if self._observe(path, "scan")]
         # One transaction for the lot: a start with 20,000 files present records them at once.
         self._journal.note_settling_many((str(self._relative(path)), path) for path in seen)
@@ -405,10 +421,10 @@ class Agent:
             self._track(event.path, event.kind)
 
     def _track(self, path: Path, event: str) -> None:
-        if path in self._waiting_paths:
+        file_id = self._waiting_paths.get(str(path))
+        if file_id is not None:
             if event != "written":
                 return
-            file_id = self._waiting_paths[path]
             self._forget_waiting(file_id)
             self._journal.back_to_settling(file_id)
         if self._observe(path, event):
@@ -437,17 +453,22 @@ class Agent:
 
     def _sweep_vanished(self) -> None:
         """Forget files a dropper removed again before they were claimed."""
-        for row in self._journal.files(FileState.SETTLING, FileState.WAITING):
-            if not os.path.lexists(row.path):
-                if row.in_claim_area:
-                    self._journal.vanish(row.id, "removed from its claim folder by someone else")
-                else:
-                    logger.bind(file=row.rel_path).warning(
-                        "removed from the drop folder before upload"
-                    )
-                    self._journal.forget(row.id)
-                self._forget_waiting(row.id)
-                self._segments.pop(Path(row.path), None)
+        gone = [
+            (file_id, path, in_claim_area)
+            for file_id, path, in_claim_area in self._journal.paths(FileState.SETTLING,
+                                                                    FileState.WAITING)
+            if not os.path.lexists(path)
+        ]
+        for file_id, path, in_claim_area in gone:
+            if in_claim_area:
+                self._journal.vanish(file_id, "removed from its claim folder by someone else")
+            else:
+                logger.bind(file=os.path.relpath(path, self._drop)).warning(
+                    "removed from the drop folder before upload"
+                )
+                self._journal.forget(file_id)
+            self._forget_waiting(file_id)
+            self._segments.pop(Path(path), None)
 
     def _admit(self, ready: list[Candidate]) -> None:
         matched: list[tuple[str, Path, int, float, str]] = []
@@ -476,18 +497,22 @@ class Agent:
         for row in self._journal.admit_many(matched):
             self._add_waiting(row)
             logger.bind(file=row.rel_path, segment=row.segment).info("ready")
+            # Before the first list of jobs, which id strings exist is not known yet.
+            if self._polled_once and self._catalogue.doubt(row.segment or "") is not None:
+                self._note_reason(row.id, self._waiting_reason(row))
 
     def _add_waiting(self, row: FileRow) -> None:
         if row.reason:
             self._reasons[row.id] = row.reason
         self._waiting[row.id] = row
-        self._waiting_paths[Path(row.path)] = row.id
+        self._waiting_paths[row.path] = row.id
         self._fresh_files = True
 
     def _forget_waiting(self, file_id: int) -> None:
+        self._doubted.discard(file_id)
         row = self._waiting.pop(file_id, None)
         if row is not None:
-            self._waiting_paths.pop(Path(row.path), None)
+            self._waiting_paths.pop(row.path, None)
 
     def _expire_waiting(self) -> None:
         limit = self.config.matching.max_wait_seconds
@@ -540,10 +565,12 @@ class Agent:
         self.metrics.last_successful_poll.set(self.last_contact)
         self.conditions.clear(Cause.KEY_REFUSED)
         self.conditions.clear(Cause.UNREACHABLE)
+        self._notifier.exchange_ok()
         self._journal.set_meta("last_contact", str(self.last_contact))
         waiting = [job for job in finished.result if job.is_waiting]
         self._jobs = {str(job.job_id): job for job in waiting}
         self._job_index = JobIndex(waiting)
+        self._catalogue.learn(self._job_index.segments())
         reserved = self._journal.reserved_jobs()
         self._assign(reserved)
         self._note_jobs_without_file(reserved)
@@ -584,6 +611,7 @@ class Agent:
         # Each failed poll is one line: polls back off, so an outage of days stays readable.
         logger.error("cannot list the waiting jobs: {}", what)
         self.conditions.raise_(cause, what, log=False)
+        self._notifier.exchange_failing(what)
         for row in self._waiting.values():
             self._note_reason(row.id, what)
 
@@ -599,13 +627,22 @@ class Agent:
             if older_settling.get(row.segment or "", float("inf")) >= (row.mtime or 0.0)
         ]
         plan = plan_assignments(pending, self._job_index, busy_jobs=busy)
-        self._to_claim = deque(
-            (int(a.file.key), [str(job.job_id) for job in a.jobs]) for a in plan
-        )
+        self._to_claim = deque((int(a.file.key), a.jobs) for a in plan)
         planned = {file_id for file_id, _ in self._to_claim}
         for row in self._waiting.values():
             if row.id not in planned:
-                self._note_reason(row.id, f"waiting for a job for segment {row.segment}")
+                self._note_reason(row.id, self._waiting_reason(row))
+
+    def _waiting_reason(self, row: FileRow) -> str:
+        """Why a file waits; a segment that looks mistyped is warned about once per file."""
+        reason = f"waiting for a job for segment {row.segment}"
+        doubt = self._catalogue.doubt(row.segment or "")
+        if doubt is None:
+            return reason
+        if row.id not in self._doubted:
+            self._doubted.add(row.id)
+            logger.bind(file=row.rel_path).warning("{}", doubt)
+        return f"{reason}: {doubt}"
 
     def _claim_some(self) -> None:
         """Claims from the last plan, a few at a time: each is a move and a journal write, so a
@@ -616,9 +653,9 @@ class Agent:
         while self._to_claim and room > 0 and self._clock() < deadline:
             if self.conditions.blocks_claims or self._stopping is not None:
                 return
-            file_id, job_ids = self._to_claim.popleft()
+            file_id, jobs = self._to_claim.popleft()
             row = self._waiting.get(file_id)
-            if row is not None and self._claim(row, job_ids):
+            if row is not None and self._claim(row, [str(job.job_id) for job in jobs]):
                 self._start(row.id)
                 room -= 1
 
@@ -764,6 +801,15 @@ class Agent:
             self.outcomes.failed.append((row.rel_path, result.reason or "failed"))
             self.metrics.files_failed.inc()
             log.warning("failed: moved to {}: {}", target, result.reason)
+            if self._notifier.enabled:
+                self._notify_failed(row, result.reason or "failed")
+
+    def _notify_failed(self, row: FileRow, reason: str) -> None:
+        failed_jobs = [delivery.job_id for delivery in self._journal.deliveries(row.id)
+                       if delivery.state is DeliveryState.REJECTED]
+        self._notifier.file_failed(row.rel_path, reason, failed_jobs=failed_jobs)
+        for job_id in failed_jobs:
+            self._notifier.job_failed(job_id, file=row.rel_path, reason=reason)
 
     def _refresh_gauges(self) -> None:
         pending = len(self._waiting) + len(self._schedule) + len(self._in_flight)

@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+import argcomplete
 from loguru import logger
 
 from pushagent import __version__, logs
@@ -24,6 +25,8 @@ COMMAND_MODULES = (
     "pushagent.commands.check",
     "pushagent.commands.validate",
     "pushagent.commands.status",
+    "pushagent.commands.retry",
+    "pushagent.commands.completion",
     "pushagent.commands.api",
 )
 
@@ -40,22 +43,44 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"pushagent {__version__}")
-    parser.add_argument(
-        "-v",
-        "--verbose",
-        action="count",
-        default=0,
-        help="more log detail on stderr (-v: DEBUG)",
-    )
+    _add_common_options(parser, default=None)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    for sub in _subcommand_parsers(parser):
+        # Given after the command too (``pushagent run -c x --once -v``); SUPPRESS keeps a value
+        # given before it when the option is not repeated after.
+        _add_common_options(sub, default=argparse.SUPPRESS)
     return parser
+
+
+def _add_common_options(parser: argparse.ArgumentParser, *, default: object) -> None:
+    group = parser.add_argument_group("output options")
+    group.add_argument("-v", "--verbose", action="count", default=default,
+                       help="more log detail on stderr (-v: DEBUG)")
+    group.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="only warnings and errors on stderr")
+    if default is not argparse.SUPPRESS:
+        group.add_argument("--json", action="store_true", default=False,
+                           help="JSON on stdout, for the commands that print it")
+
+
+def _subcommand_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser below ``parser``, depth first."""
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                found.append(sub)
+                found.extend(_subcommand_parsers(sub))
+    return found
 
 
 def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
     env = env or Environment()
     parser = build_parser()
+    # Asked by a completion script (`pushagent completion`): print the candidates and exit.
+    argcomplete.autocomplete(parser)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
@@ -63,7 +88,13 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     if getattr(args, "handler", None) is None:
         parser.print_help(env.stderr)
         return EXIT_USAGE
-    logs.configure_stderr(env=env, verbosity=args.verbose)
+    if args.json and not getattr(args, "takes_json", False):
+        print(f"pushagent: error: --json: '{args.command}' prints no JSON; leave it out",
+              file=env.stderr)
+        return EXIT_USAGE
+    args.verbosity = (args.verbose or 0) or (-1 if args.quiet else 0)
+    logger.enable("pushagent")  # the package is silent as a library; the command is not
+    logs.configure_stderr(env=env, verbosity=args.verbosity)
     try:
         return int(args.handler(args, env))
     except PushAgentError as error:

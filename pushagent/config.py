@@ -1,7 +1,5 @@
 """The agent's YAML config, checked whole and turned into frozen dataclasses.
 
-Owned by helper 'config' (helper 'rules': do not rewrite this file).
-
 ``load_config`` reads the file with PyYAML's safe composer so every value keeps its line: each
 problem becomes one ``ConfigError`` naming the file, the line and the dotted key, and saying what
 to do. Defaults live only in the dataclasses below; ``agent.yaml.example`` documents them (a test
@@ -16,6 +14,7 @@ import difflib
 import math
 import os
 import re
+import shlex
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,16 +28,25 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import Resolver
 
 from pushagent.errors import ConfigError
+from pushagent.exchange.retry import RetryPolicy
+
+__all__ = [
+    "LOG_LEVELS",
+    "NOTIFY_FORMATS",
+    "AgentConfig",
+    "ExchangeSettings",
+    "Folders",
+    "LoggingSettings",
+    "MatchingSettings",
+    "MetricsSettings",
+    "NotifySettings",
+    "UploadSettings",
+    "ValidationSettings",
+    "WatchSettings",
+    "load_config",
+]
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
-
-
-@dataclass(frozen=True, kw_only=True)
-class RetrySettings:
-    max_attempts: int = 5
-    max_total_seconds: float = 60.0
-    initial_backoff: float = 0.5
-    max_backoff: float = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,7 +59,10 @@ class ExchangeSettings:
     allow_insecure_http: bool = False
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
-    retry: RetrySettings = RetrySettings()
+    # The client's own policy type: its defaults are the documented ones (jitter is not set here).
+    retry: RetryPolicy = RetryPolicy()  # noqa: RUF009 (frozen, so one shared default is safe)
+    # Where the key was read from, when it came from api_key_file (its permissions are checked).
+    api_key_file: Path | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,6 +105,7 @@ class UploadSettings:
     initial_backoff: float = 1.0
     max_backoff: float = 300.0
     shutdown_grace_seconds: float = 30.0
+    max_bytes_per_second: int = 0  # all workers together; 0 = no cap
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,6 +144,13 @@ def _no_dialects() -> Mapping[str, InputDialect]:
     return MappingProxyType({})
 
 
+NOTIFY_FORMATS = ("json", "slack", "teams")
+
+
+def _no_headers() -> Mapping[str, str]:
+    return MappingProxyType({})
+
+
 @dataclass(frozen=True, kw_only=True)
 class InputSettings:
     """The dialect of every dropped file, and per segment (its name, id or subfolder as the
@@ -155,6 +174,16 @@ class InputSettings:
         return self.default
 
 
+@dataclass(frozen=True, kw_only=True)
+class NotifySettings:
+    # None: no notifications. Not in repr: a Slack or Teams webhook URL is itself a secret.
+    webhook_url: str | None = field(default=None, repr=False)
+    headers: Mapping[str, str] = field(default_factory=_no_headers, repr=False)
+    format: str = "json"
+    after_seconds: float = 300.0  # Exchange unreachable or key refused this long: one post
+    max_attempts: int = 5
+
+
 def _no_segments() -> Mapping[str, str]:
     return MappingProxyType({})
 
@@ -173,11 +202,17 @@ class AgentConfig:
     upload: UploadSettings = UploadSettings()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
+    notify: NotifySettings = NotifySettings()
 
 
-def load_config(path: Path, *, environ: Mapping[str, str]) -> AgentConfig:
-    """Read, check and resolve ``path``; any problem raises ``ConfigError`` naming file and line."""
-    return _Reader(Path(path), environ).read()
+def load_config(path: Path, *, environ: Mapping[str, str], need_key: bool = True) -> AgentConfig:
+    """Read, check and resolve ``path``; any problem raises ``ConfigError`` naming file and line.
+
+    ``need_key=False`` is for commands that never call the Exchange (``status``, ``validate``):
+    a key that cannot be read (its variable unset, its file unreadable) leaves ``api_key`` empty
+    instead of failing.
+    """
+    return _Reader(Path(path), environ, need_key=need_key).read()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,7 +275,8 @@ class _Section:
 
 
 class _Reader:
-    def __init__(self, path: Path, environ: Mapping[str, str]) -> None:
+    def __init__(self, path: Path, environ: Mapping[str, str], *, need_key: bool = True) -> None:
+        self.need_key = need_key
         self.path = Path(os.path.abspath(path))
         self.shown = str(path)
         self.base = self.path.parent
@@ -342,6 +378,7 @@ class _Reader:
                 "initial_backoff": self.number(),
                 "max_backoff": self.number(),
                 "shutdown_grace_seconds": self.number(minimum=0.0),
+                "max_bytes_per_second": self.integer(minimum=0),
             }, check=self.backoffs),
             "logging": self.section_of(LoggingSettings, {
                 "level": self.level,
@@ -356,6 +393,13 @@ class _Reader:
                 "port": self.integer(minimum=0, maximum=65535),
                 "healthy_within_seconds": self.number(),
             }),
+            "notify": self.needs_secrets(self.section_of(NotifySettings, {
+                "webhook_url": self.optional(self.webhook_url),
+                "headers": self.headers,
+                "format": self.choice(NOTIFY_FORMATS),
+                "after_seconds": self.number(minimum=0.0),
+                "max_attempts": self.integer(minimum=1),
+            }), NotifySettings()),
         }
         kwargs = self.fill(AgentConfig, top, parsers)
         config = AgentConfig(source=self.path, **kwargs)
@@ -406,7 +450,7 @@ class _Reader:
             "allow_insecure_http": self.boolean,
             "connect_timeout": self.number(),
             "read_timeout": self.number(),
-            "retry": self.section_of(RetrySettings, {
+            "retry": self.section_of(RetryPolicy, {
                 "max_attempts": self.integer(minimum=1),
                 "max_total_seconds": self.number(),
                 "initial_backoff": self.number(),
@@ -418,8 +462,19 @@ class _Reader:
         if self.is_null(node):
             self.fail(node, key, "expected a mapping with base_url, api_key and endpoint_id; "
                       "see agent.yaml.example")
-        api_key = self.api_key(section)
-        return ExchangeSettings(api_key=api_key, **self.fill(ExchangeSettings, section, parsers))
+        try:
+            api_key = self.api_key(section)
+        except ConfigError:
+            if self.need_key:
+                raise
+            api_key = ""
+        key_file = section.get("api_key_file")
+        return ExchangeSettings(
+            api_key=api_key,
+            api_key_file=None if key_file is None else self.path_value(
+                key_file, section.key("api_key_file")),
+            **self.fill(ExchangeSettings, section, parsers),
+        )
 
     def api_key(self, section: _Section) -> str:
         inline, from_file = section.get("api_key"), section.get("api_key_file")
@@ -466,9 +521,25 @@ class _Reader:
         if self.is_null(node):
             self.fail(node, key, "expected a mapping with drop, done and failed; "
                       "see agent.yaml.example")
+        self.missing_folders(section)
         folders = Folders(**self.fill(Folders, section, parsers))
         self.folder_nodes = section.values
         return folders
+
+    def missing_folders(self, section: _Section) -> None:
+        """Every missing folder in one error, so a new install is fixed in one go."""
+        missing: list[tuple[Node, str, Path]] = []
+        for name, node in section.values.items():
+            path = self.path_value(node, section.key(name))
+            if not path.exists():
+                missing.append((node, section.key(name), path))
+        if len(missing) < 2:
+            return  # none, or one: existing_dir says it in the usual words
+        lines = "; ".join(f"line {node.start_mark.line + 1} {key}: {path}"
+                          for node, key, path in missing)
+        paths = " ".join(shlex.quote(str(path)) for _, _, path in missing)
+        raise ConfigError(f"{self.shown}: {len(missing)} folders do not exist ({lines}); "
+                          f"create them (mkdir -p {paths}) or fix the paths")
 
     def state_dir(self, node: Node, key: str) -> Path:
         path = self.path_value(node, key)
@@ -751,6 +822,53 @@ class _Reader:
             self.fail(node, key, "needs a named group (?P<segment>...) that captures the segment "
                       r"name or id, e.g. '(?P<segment>\d+)_.*\.csv'")
         return pattern
+
+    def needs_secrets(self, parse: Parser, fallback: Any) -> Parser:
+        """A section only the running agent uses, which may name secrets (``${HOOK_TOKEN}``):
+        without ``need_key`` it falls back to ``fallback`` instead of failing."""
+        def parse_or_fallback(node: Node, key: str) -> Any:
+            try:
+                return parse(node, key)
+            except ConfigError:
+                if self.need_key:
+                    raise
+                return fallback
+        return parse_or_fallback
+
+    def webhook_url(self, node: Node, key: str) -> str:
+        value = self.string(secret=True)(node, key).strip()  # a Slack URL is itself a secret
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self.fail(node, key, "expected an http(s) URL, e.g. https://hooks.slack.com/services/"
+                      "...; paste the webhook's URL")
+        self.secrets.append(value)
+        return value
+
+    def choice(self, allowed: tuple[str, ...]) -> Parser:
+        def parse(node: Node, key: str) -> str:
+            value = self.string()(node, key).strip().lower()
+            if value not in allowed:
+                self.fail(node, key, f"unknown value {value!r}; use one of {', '.join(allowed)}")
+            return value
+        return parse
+
+    def headers(self, node: Node, key: str) -> Mapping[str, str]:
+        """HTTP headers for a webhook; their values may hold a token, so they are masked."""
+        if self.is_null(node):
+            return MappingProxyType({})
+        if not isinstance(node, MappingNode):
+            self.fail(node, key, f"expected a mapping of header: value, got "
+                      f"{self.describe(node)}; e.g. 'Authorization: Bearer ${{HOOK_TOKEN}}'")
+        self.flatten(node, key)
+        headers: dict[str, str] = {}
+        for key_node, value_node in node.value:
+            name = self.key_name(key_node, key, word="header name")
+            value = self.string(secret=True)(value_node, f"{key}.{name}")
+            if any(c in name + value for c in "\r\n"):
+                self.fail(value_node, f"{key}.{name}", "must be one line")
+            self.secrets.append(value)
+            headers[name] = value
+        return MappingProxyType(headers)
 
     def level(self, node: Node, key: str) -> str:
         value = self.string()(node, key).strip().upper()

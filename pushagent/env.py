@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TextIO
 
+__all__ = ["Environment"]
+
 
 def _isatty(stream: TextIO) -> bool:
     isatty = getattr(stream, "isatty", None)
@@ -16,13 +18,14 @@ def _isatty(stream: TextIO) -> bool:
 
 @dataclass
 class Environment:
+    stdin: TextIO = field(default_factory=lambda: sys.stdin)
     stdout: TextIO = field(default_factory=lambda: sys.stdout)
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
 
     @property
-    def stdout_isatty(self) -> bool:
-        return _isatty(self.stdout)
+    def stdin_isatty(self) -> bool:
+        return _isatty(self.stdin)
 
     @property
     def stderr_isatty(self) -> bool:

@@ -8,6 +8,36 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = [
+    "EXIT_AUTH",
+    "EXIT_FAILURE",
+    "EXIT_NOT_FOUND",
+    "EXIT_OK",
+    "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
+    "BadRequest",
+    "CSVValidationError",
+    "ConfigError",
+    "Conflict",
+    "ExchangeError",
+    "ExchangeHTTPError",
+    "ExchangeUnavailable",
+    "InsecureTransportError",
+    "JournalUnavailable",
+    "NotAuthenticated",
+    "NotAuthorised",
+    "NotFound",
+    "OperationRefused",
+    "PushAgentError",
+    "RateLimited",
+    "Refused",
+    "RetryLater",
+    "ServerError",
+    "SourceChanged",
+    "StateLockedError",
+    "UnexpectedResponse",
+]
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -45,10 +75,10 @@ class JournalUnavailable(PushAgentError):
 class CSVValidationError(PushAgentError):
     """A file failed validation; ``problems`` holds one line per problem, each naming its line."""
 
-    def __init__(self, path: str, problems: list[str]) -> None:
+    def __init__(self, path: str, problems: list[str], *, hint: str | None = None) -> None:
         self.path = path
         self.problems = list(problems)
-        super().__init__(f"{path}: " + "; ".join(self.problems))
+        super().__init__(f"{path}: " + "; ".join(self.problems) + (f"; {hint}" if hint else ""))
 
 
 class ExchangeError(PushAgentError):

@@ -18,6 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pushagent.errors import ConfigError
 from pushagent.metrics import AgentMetrics
 
+__all__ = ["TEXT", "HealthServer", "HealthSource"]
+
 TEXT = "text/plain; charset=utf-8"
 
 

@@ -573,6 +573,23 @@ class Journal:
             values,
         )
 
+    def paths(self, *states: FileState, page: int = 1000) -> Iterator[tuple[int, str, bool]]:
+        """(id, path, in claim area) of every file in ``states``, read a page at a time: a sweep
+        over 20,000 files never holds them all as rows, nor the journal's lock between pages."""
+        marks, values = _marks(states)
+        after = 0
+        while True:
+            rows = self._read(
+                f"SELECT id, path, claimed_at IS NOT NULL FROM files WHERE state IN ({marks}) "
+                "AND id > ? ORDER BY id LIMIT ?",
+                (*values, after, page),
+            )
+            for file_id, path, in_claim_area in rows:
+                yield file_id, path, bool(in_claim_area)
+            if len(rows) < page:
+                return
+            after = rows[-1][0]
+
     def recently_finished(self, *, limit: int) -> list[FileRow]:
         marks, values = _marks((FileState.DONE, FileState.FAILED))
         return self._select(

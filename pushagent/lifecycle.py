@@ -21,6 +21,21 @@ from enum import Enum
 
 from pushagent.errors import PushAgentError
 
+__all__ = [
+    "DELIVERY_MOVES",
+    "FILE_MOVES",
+    "FINISHED",
+    "IN_DROP_FOLDER",
+    "OPEN_DELIVERIES",
+    "PENDING",
+    "RESERVING",
+    "DeliveryState",
+    "FileState",
+    "IllegalTransition",
+    "delivery_sources_of",
+    "sources_of",
+]
+
 
 class FileState(Enum):
     SETTLING = "settling"  # in the drop folder, possibly still being written

@@ -22,29 +22,57 @@ if TYPE_CHECKING:
 
     from pushagent.env import Environment
 
+__all__ = ["HUMAN_FORMAT", "MASK", "add_file_sink", "add_json_stderr", "configure_stderr",
+    "emit_error", "level_no", "mask", "register_secret", "release_secret", "secrets_held"]
+
 MASK = "****"
 HUMAN_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {message}{extra[context]}"
 
-_secrets: set[str] = set()
+# Each secret with how many holders registered it: a client releases its key when closed, so a
+# process that makes many clients (a test run, a library user) does not keep every key forever.
+_secrets: dict[str, int] = {}
 _secrets_lock = threading.Lock()
 
 
 def register_secret(value: str | None) -> None:
-    """From now on ``value`` is replaced by ``****`` in every log record."""
+    """From now on ``value`` is replaced by ``****`` in every log record (until released)."""
     if value:
         with _secrets_lock:
-            _secrets.add(value)
+            _secrets[value] = _secrets.get(value, 0) + 1
+
+
+def release_secret(value: str | None) -> None:
+    """One holder of ``value`` is done with it; masking stops when the last one is."""
+    if value:
+        with _secrets_lock:
+            count = _secrets.get(value, 0) - 1
+            if count > 0:
+                _secrets[value] = count
+            else:
+                _secrets.pop(value, None)
+
+
+def secrets_held() -> int:
+    """How many distinct secrets are masked now (for tests of the release)."""
+    with _secrets_lock:
+        return len(_secrets)
 
 
 def mask(text: str) -> str:
-    for secret in sorted(_secrets, key=len, reverse=True):
+    with _secrets_lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for secret in secrets:
         if secret in text:
             text = text.replace(secret, MASK)
     return text
 
 
 def _context(extra: dict[str, Any]) -> str:
-    fields = [f"{key}={value}" for key, value in extra.items() if key != "context"]
+    # A field with no value (a rejected file has no segment) is left out, not shown as None.
+    fields = [
+        f"{key}={value}" for key, value in extra.items()
+        if key != "context" and value is not None
+    ]
     return (" | " + " ".join(fields)) if fields else ""
 
 
@@ -62,7 +90,7 @@ def configure_stderr(*, env: Environment, verbosity: int = 0, level: str | None 
     """Reset loguru to one stderr sink; colour only on a terminal (journald gets plain lines)."""
     logger.remove()
     logger.configure(patcher=_patch, extra={"context": ""})
-    chosen = level or ("DEBUG" if verbosity > 0 else "INFO")
+    chosen = level or ("DEBUG" if verbosity > 0 else "WARNING" if verbosity < 0 else "INFO")
     logger.add(
         env.stderr,
         level=chosen,
@@ -71,6 +99,10 @@ def configure_stderr(*, env: Environment, verbosity: int = 0, level: str | None 
         backtrace=False,
         diagnose=False,
     )
+
+
+def level_no(name: str) -> int:
+    return logger.level(name).no
 
 
 def add_file_sink(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+__all__ = ["AgentMetrics"]
+
 
 class AgentMetrics:
     def __init__(self) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+__all__ = ["printable"]
+
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # C0, DEL and C1 controls; line and paragraph separators (str.splitlines and some viewers break
 # lines there); bidirectional overrides and isolates; every surrogate (never valid in text).

@@ -47,18 +47,19 @@ def unique_target(
     with_report: bool = True,
     name_max: Callable[[Path], int] = name_limit,
 ) -> Path:
-    """``folder/relative``, or ``name-2.csv``, ``name-3.csv``... when that name or its error
-    report is taken. A name too long for the folder's limit (with ``.error.json`` added, when
-    ``with_report``: failed/) is shortened (whole characters; the extension and counter kept),
-    so the file and its report both fit; a file in done/ keeps every byte of a name that fits.
-    The report's partial name is kept short by ``write_error_report``."""
+    """``folder/relative``, or ``name-2.csv``, ``name-3.csv``... when that name (or, with
+    ``with_report``, its error report: failed/ only) is taken. A name too long for the folder's
+    limit (with ``.error.json`` added, when ``with_report``) is shortened (whole characters; the
+    extension and counter kept), so the file and its report both fit; a file in done/ keeps
+    every byte of a name that fits. The report's partial name is kept short by
+    ``write_error_report``."""
     parent = folder / relative.parent
     budget = name_max(parent) - (_size(REPORT_SUFFIX) if with_report else 0)
     n = 1
     while True:
         counter = "" if n == 1 else f"-{n}"
         target = parent / _fit(relative.name, relative.stem, counter, relative.suffix, budget)
-        if not os.path.lexists(target) and report_path_for(target) is None:
+        if not os.path.lexists(target) and not (with_report and report_path_for(target)):
             return target
         n += 1
 

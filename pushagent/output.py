@@ -1,8 +1,9 @@
 """What the ops commands print: aligned tables for people, JSON for scripts.
 
 JSON keeps IDs exact: the client parses integers as ``int`` (never through a float), and they are
-written back as the same digits. Tables never wrap: a cell is cut with an ellipsis at
-``MAX_CELL`` characters so one long error message cannot push every other column off screen.
+written back as the same digits. Tables never wrap: unless the whole table fits the terminal
+(or ``--wide`` asks), a cell is cut with an ellipsis at ``MAX_CELL`` characters so one long error
+message cannot push every other column off screen.
 """
 
 from __future__ import annotations
@@ -10,22 +11,32 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from enum import Enum
 from pathlib import PurePath
 from typing import Any, TextIO
 
+from pushagent.units import format_bytes
+
 MAX_CELL = 60
 ELLIPSIS = "…"
 NONE = "-"
 
+__all__ = [
+    "add_json_flag", "cell", "format_age", "format_bytes", "format_time", "print_fields",
+    "print_json", "print_table", "terminal_width", "to_json",
+]
+
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: absent here, the value given before the command (``pushagent --json ...``) stays.
     parser.add_argument(
-        "--json", action="store_true",
+        "--json", action="store_true", default=argparse.SUPPRESS,
         help="print JSON on stdout instead of a table (for scripts)",
     )
+    parser.set_defaults(takes_json=True)
 
 
 def _default(value: Any) -> Any:
@@ -49,8 +60,9 @@ def print_json(value: Any, out: TextIO) -> None:
     print(to_json(value), file=out)
 
 
-def cell(value: Any, *, limit: int = MAX_CELL) -> str:
-    """One table cell: None as ``-``, lists comma-joined, one line, at most ``limit`` chars."""
+def cell(value: Any, *, limit: int | None = MAX_CELL) -> str:
+    """One table cell: None as ``-``, lists comma-joined, one line, at most ``limit`` chars
+    (None: whole)."""
     if value is None or value == "":
         return NONE
     if isinstance(value, Enum):
@@ -58,24 +70,51 @@ def cell(value: Any, *, limit: int = MAX_CELL) -> str:
     if isinstance(value, (list, tuple)):
         value = ", ".join(str(item) for item in value)
     text = " ".join(str(value).split())
-    return text if len(text) <= limit else text[: limit - 1] + ELLIPSIS
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + ELLIPSIS
 
 
 def print_table(
     headers: Sequence[str], rows: Iterable[Sequence[Any]], out: TextIO, *,
-    empty: str = "(none)",
+    empty: str = "(none)", width: int | None = None,
 ) -> None:
-    """Left-aligned columns separated by two spaces; ``empty`` when there is no row."""
-    cells = [[cell(value) for value in row] for row in rows]
-    if not cells:
+    """Left-aligned columns separated by two spaces; ``empty`` when there is no row.
+
+    ``width``: the terminal's columns. Cells are shown whole when every line fits in it (0: always
+    whole, as ``--wide`` asks), else cut at ``MAX_CELL``; None always cuts.
+    """
+    values = [list(row) for row in rows]
+    if not values:
         print(empty, file=out)
         return
+    lines = _table_lines(headers, values, limit=None)
+    if width is None or (width > 0 and max(len(line) for line in lines) > width):
+        lines = _table_lines(headers, values, limit=MAX_CELL)
+    for line in lines:
+        print(line, file=out)
+
+
+def _table_lines(
+    headers: Sequence[str], rows: list[list[Any]], *, limit: int | None
+) -> list[str]:
+    cells = [[cell(value, limit=limit) for value in row] for row in rows]
     widths = [len(header) for header in headers]
     for row in cells:
         widths = [max(width, len(text)) for width, text in zip(widths, row, strict=True)]
-    for row in (list(headers), *cells):
-        line = "  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True))
-        print(line.rstrip(), file=out)
+    return [
+        "  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True)).rstrip()
+        for row in (list(headers), *cells)
+    ]
+
+
+def terminal_width(environ: Mapping[str, str], out: TextIO) -> int | None:
+    """``COLUMNS`` when set, else the terminal's width when ``out`` is one, else None."""
+    text = environ.get("COLUMNS", "").strip()
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    try:
+        return os.get_terminal_size(out.fileno()).columns if out.isatty() else None
+    except (OSError, ValueError, AttributeError):  # a StringIO, a closed or odd stream
+        return None
 
 
 def print_fields(pairs: Iterable[tuple[str, Any]], out: TextIO) -> None:
@@ -84,18 +123,6 @@ def print_fields(pairs: Iterable[tuple[str, Any]], out: TextIO) -> None:
     width = max((len(name) for name, _ in shown), default=0)
     for name, value in shown:
         print(f"{name + ':':<{width + 1}} {cell(value, limit=1000)}", file=out)
-
-
-def format_bytes(count: float) -> str:
-    """``512 B``, ``1.5 KiB``, ``3.2 MiB``..."""
-    if count < 1024:
-        return f"{int(count)} B"
-    value = float(count)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        value /= 1024
-        if value < 1024 or unit == "TiB":
-            break
-    return f"{value:.1f} {unit}"
 
 
 def format_age(seconds: float) -> str:

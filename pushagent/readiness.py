@@ -31,7 +31,7 @@ from pathlib import Path, PurePath
 RENAME_GRACE_SECONDS = 0.1
 
 
-@dataclass
+@dataclass(slots=True)
 class _Tracked:
     size: int
     mtime_ns: int
@@ -43,7 +43,7 @@ class _Tracked:
     entry: tuple[int, float] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Candidate:
     """A ready path; ``odd`` names why it must be moved aside unread (symlink, directory...)."""
 
@@ -156,11 +156,11 @@ class ReadinessTracker:
         try:
             st = self._lstat(path)
         except FileNotFoundError:
-            self.forget(path)
+            self._forget(path)
             return
         self._record(path, st, event, self._clock())
 
-    def forget(self, path: Path) -> None:
+    def _forget(self, path: Path) -> None:
         self._tracked.pop(path, None)
         self._awaiting_trigger.discard(path)
 
@@ -230,7 +230,7 @@ class ReadinessTracker:
         try:
             st = self._lstat(path)
         except FileNotFoundError:
-            self.forget(path)
+            self._forget(path)
             return None
         odd = describe_odd(st.st_mode)
         if odd is None and (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns):
@@ -244,7 +244,7 @@ class ReadinessTracker:
         if odd is None and self._trigger and not self._trigger_exists(path):
             self._awaiting_trigger.add(path)
             return None
-        self.forget(path)
+        self._forget(path)
         return Candidate(path=path, size=st.st_size, mtime=st.st_mtime, odd=odd)
 
     def _record(

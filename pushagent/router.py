@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Container, Iterable, Iterator, Mapping
+from collections.abc import Collection, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Protocol
 
 from pushagent.exchange import Job
 
+__all__ = ["Assignment", "JobIndex", "ListedJob", "PendingFile", "SegmentRouter", "WaitingJob",
+    "plan_assignments"]
+
 
 class WaitingJob(Protocol):
     @property
     def job_id(self) -> int: ...
 
-    def segment_keys(self) -> frozenset[str]: ...
+    def segment_keys(self) -> Collection[str]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +28,7 @@ class ListedJob:
     takes kilobytes: 20,000 waiting jobs stay within the agent's memory budget."""
 
     job_id: int
-    keys: frozenset[str]
+    keys: tuple[str, ...]  # a tuple of one or two takes a quarter of a frozenset's memory
     columns: tuple[str, ...]
     label: str  # the segment as a person would name it, for ``pushagent status``
     is_waiting: bool
@@ -33,9 +36,12 @@ class ListedJob:
     @classmethod
     def of(cls, job: Job) -> ListedJob:
         label = job.producer_segment_id_string or str(job.producer_segment_id)
-        return cls(job.job_id, job.segment_keys(), job.required_columns(), label, job.is_waiting)
+        keys = tuple(job.segment_keys())
+        # The label is one of the keys: the same string object, not a copy per job.
+        label = next((key for key in keys if key == label), label)
+        return cls(job.job_id, keys, job.required_columns(), label, job.is_waiting)
 
-    def segment_keys(self) -> frozenset[str]:
+    def segment_keys(self) -> tuple[str, ...]:
         return self.keys
 
     def required_columns(self) -> tuple[str, ...]:
@@ -94,14 +100,14 @@ class SegmentRouter:
         return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PendingFile:
     key: str
     segment: str
     since: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Assignment:
     file: PendingFile
     jobs: tuple[WaitingJob, ...]

@@ -33,7 +33,7 @@ from operator import ne
 from pathlib import Path
 from typing import BinaryIO
 
-from pushagent.output import format_bytes
+from pushagent.units import format_bytes
 
 # Small enough to stay in the CPU cache: 256 KiB validates ~1.4x faster than 4 MiB, and each
 # validation in progress holds ~1 MiB instead of ~20 MiB (four workers: 48 MiB RSS, not 134).

@@ -169,7 +169,8 @@ def test_an_invalid_file_is_not_sent(sim: Simulator, tmp_path: Path) -> None:
     result = api(sim, "jobs", "upload", str(job), str(path))
     assert result.code == 1
     assert result.err == (
-        f"pushagent: error: {path}: line 2: expected 2 fields, found 1\n"
+        f"pushagent: error: {path}: line 2: expected 2 fields, found 1; nothing was sent "
+        "(--no-validate sends it as it is)\n"
     )
     assert sim.uploads(job) == []
 
@@ -188,6 +189,9 @@ def test_a_job_not_waiting_gets_nothing(sim: Simulator, tmp_path: Path) -> None:
     result = api(sim, "jobs", "upload", str(job), str(csv_file(tmp_path)))
     assert result.code == 1
     assert f"job {job} is CANCELLED, not WAITING_TO_RECIEVE_DATA" in result.err
+    # Sending anyway would get 409: the hint is where to find a waiting job, not --no-validate.
+    assert "--no-validate" not in result.err
+    assert "pushagent jobs list SEGMENT_EXPORT --status WAITING_TO_RECIEVE_DATA" in result.err
     assert sim.uploads(job) == []
 
 
@@ -235,21 +239,21 @@ def test_upload_of_a_missing_file_is_a_usage_error(sim: Simulator, tmp_path: Pat
 
 def test_jobs_fail_marks_the_job_failed_with_the_message(sim: Simulator) -> None:
     job = waiting_job(sim)
-    result = api(sim, "jobs", "fail", str(job), "--message", "export broke tonight")
+    result = api(sim, "jobs", "fail", str(job), "--message", "export broke tonight", "--yes")
     assert (result.code, result.out) == (0, f"job {job} marked failed\n")
     assert sim.job(job)["status"] == "ERROR"
     assert "export broke tonight" in str(sim.job(job)["errorDetails"])
 
 
 def test_jobs_fail_needs_a_message_with_text(sim: Simulator) -> None:
-    result = api(sim, "jobs", "fail", str(waiting_job(sim)), "--message", "  ")
+    result = api(sim, "jobs", "fail", str(waiting_job(sim)), "--message", "  ", "-y")
     assert result.code == 2
     assert "non-empty error message" in result.err
 
 
 def test_jobs_complete(sim: Simulator) -> None:
     job = waiting_job(sim, status="READY_FOR_DOWNLOAD", segmentDataFiles=["a.csv"])
-    result = api(sim, "jobs", "complete", str(job), "--json")
+    result = api(sim, "jobs", "complete", str(job), "--json", "--yes")
     assert result.json() == {"ok": True, "job_id": job}
     assert sim.job(job)["status"] == "COMPLETE"
 
@@ -294,7 +298,7 @@ def test_files_get_shows_progress_on_a_terminal(sim: Simulator, tmp_path: Path) 
 
 def test_files_delete_then_get_is_not_found(sim: Simulator, tmp_path: Path) -> None:
     job = ready_job(sim)
-    result = api(sim, "files", "delete", str(job), "part1.csv")
+    result = api(sim, "files", "delete", str(job), "part1.csv", "--yes")
     assert (result.code, result.out) == (0, f"deleted part1.csv of job {job}\n")
     gone = api(sim, "files", "get", str(job), "part1.csv", "-o", str(tmp_path / "x.csv"))
     assert gone.code == 4
@@ -312,10 +316,10 @@ def test_scheduled_list_and_delete(sim: Simulator) -> None:
                                                      "NIGHTLY", "yes"]
     as_json = api(sim, "scheduled", "list", "--json")
     assert as_json.json() == [sim.scheduled_jobs()[0]]
-    deleted = api(sim, "scheduled", "delete", str(scheduled["jobId"]))
+    deleted = api(sim, "scheduled", "delete", str(scheduled["jobId"]), "--yes")
     assert deleted.code == 0
     assert sim.scheduled_jobs() == []
-    assert api(sim, "scheduled", "delete", "301").code == 4
+    assert api(sim, "scheduled", "delete", "301", "--yes").code == 4
 
 
 # --- errors and exit codes ---------------------------------------------------------------------

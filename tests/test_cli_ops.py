@@ -60,7 +60,8 @@ def test_check_passes_with_writable_folders_and_a_working_key(
     assert lines[-1] == "all checks passed"
     assert os.listdir(home.drop) == []  # the probe file is gone
     (call,) = sim.request_log()
-    assert call["query"] == {"endpointId": str(ENDPOINT), "status": "WAITING_TO_RECIEVE_DATA"}
+    assert call["query"] == {"endpointId": str(ENDPOINT), "status": "WAITING_TO_RECIEVE_DATA",
+                             "includeProducerSegmentIDString": "true"}
 
 
 def test_check_with_a_wrong_key_fails_with_exit_3(home: AgentHome) -> None:
@@ -84,7 +85,8 @@ def test_check_with_the_exchange_down_fails_with_exit_5(tmp_path: Path) -> None:
     assert time.monotonic() - started < 5  # one attempt, no retry budget
 
 
-def test_check_json(home: AgentHome) -> None:
+def test_check_json(home: AgentHome, sim: Simulator) -> None:
+    sim.add_job(producerEndpointID=ENDPOINT, producerSegmentID=45311)  # vip_customers' job
     result = ops("check", "-c", str(home.config), "--json")
     data = result.json()
     assert data["ok"] is True

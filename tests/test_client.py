@@ -1441,3 +1441,20 @@ def test_key_never_appears_in_messages_reprs_tracebacks_or_logs(
     for text in texts + log_lines:
         assert KEY not in text
         assert KEY.split(":")[0] not in text
+
+
+def test_own_session_never_takes_credentials_from_netrc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """requests would put ~/.netrc's login in place of the key's Authorization header."""
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    client = ExchangeClient(BASE, KEY, retry=POLICY, sleep=RecordingSleep())
+    with requests_mock.Mocker() as mocker:
+        mocker.get(ROOT + "/v1/jobs/SEGMENT_EXPORT", text="[]")
+        client.list_jobs("SEGMENT_EXPORT")
+
+    assert mocker.last_request.headers["Authorization"].startswith("Bearer ")

@@ -18,13 +18,14 @@ from pushagent.config import (
     LoggingSettings,
     MatchingSettings,
     MetricsSettings,
-    RetrySettings,
+    NotifySettings,
     UploadSettings,
     ValidationSettings,
     WatchSettings,
     load_config,
 )
 from pushagent.errors import ConfigError
+from pushagent.exchange import RetryPolicy
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "agent.yaml.example"
 KEY = "sk-test-7f3a9c1e5b"
@@ -122,7 +123,7 @@ metrics: {{enabled: true, host: 0.0.0.0, port: 0, healthy_within_seconds: 60}}
         base_url="https://exchange.example.com/", api_key=KEY, endpoint_id=85,
         verify_tls=True, ca_bundle=tmp_path / "ca.pem", allow_insecure_http=False,
         connect_timeout=3.0, read_timeout=60.5,
-        retry=RetrySettings(max_attempts=2, max_total_seconds=9.0, initial_backoff=0.1,
+        retry=RetryPolicy(max_attempts=2, max_total_seconds=9.0, initial_backoff=0.1,
                             max_backoff=2.0),
     )
     assert isinstance(config.exchange.connect_timeout, float)
@@ -157,7 +158,7 @@ def test_a_minimal_config_takes_the_defaults(tmp_path: Path) -> None:
     assert config.state_dir.is_dir()  # created on load
     assert config.watch == WatchSettings()
     assert config.upload == UploadSettings()
-    assert config.exchange.retry == RetrySettings()
+    assert config.exchange.retry == RetryPolicy()
     assert config.exchange.endpoint_id == 85
     assert config.segments["vip_customers"] == "45311"
 
@@ -448,10 +449,11 @@ def test_the_example_documents_every_default(tmp_path: Path) -> None:
     config = load_config(path, environ=ENV)
     assert config.exchange.api_key == KEY
     for section, cls in [
-        (config.exchange.retry, RetrySettings), (config.watch, WatchSettings),
+        (config.exchange.retry, RetryPolicy), (config.watch, WatchSettings),
         (config.matching, MatchingSettings), (config.validation, ValidationSettings),
         (config.upload, UploadSettings), (config.logging, LoggingSettings),
-        (config.metrics, MetricsSettings), (config.input, InputSettings),
+        (config.metrics, MetricsSettings), (config.notify, NotifySettings),
+        (config.input, InputSettings),
     ]:
         assert section == cls(), cls.__name__
     required = {"base_url", "api_key", "endpoint_id"}
@@ -460,11 +462,11 @@ def test_the_example_documents_every_default(tmp_path: Path) -> None:
             assert getattr(config.exchange, f.name) == f.default, f.name
     # Every key the loader knows appears in the example, so none goes undocumented.
     text = EXAMPLE.read_text()
-    for cls in (AgentConfig, ExchangeSettings, RetrySettings, WatchSettings, MatchingSettings,
+    for cls in (AgentConfig, ExchangeSettings, RetryPolicy, WatchSettings, MatchingSettings,
                 ValidationSettings, UploadSettings, LoggingSettings, MetricsSettings,
-                InputSettings):
+                NotifySettings, InputSettings):
         for f in dataclasses.fields(cls):
-            if f.name != "source":
+            if f.name not in ("source", "jitter"):  # jitter is the client's, not a setting
                 assert re.search(rf"^\s*#?\s*{f.name}:", text, re.MULTILINE), f.name
     assert "api_key_file:" in text
 

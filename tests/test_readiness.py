@@ -175,8 +175,6 @@ def test_membership_and_length() -> None:
     t.observe(b, event="written")
     assert a in t and b in t and DROP / "c.csv" not in t
     assert len(t) == 2
-    t.forget(a)
-    assert a not in t and len(t) == 1
 
 
 def test_many_files_come_out_in_due_order_and_only_when_due() -> None:
@@ -362,7 +360,8 @@ def test_forgotten_files_do_not_pile_up_in_the_heap() -> None:
         path = DROP / f"{i}.csv"
         fs.write(path, 1)
         t.observe(path, event="written")
-        t.forget(path)
+        fs.remove(path)
+        t.observe(path, event="deleted")  # gone: forgotten
     assert len(t) == 0 and len(t._heap) <= 64
     assert t.next_deadline() is None
 

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from pushagent.errors import ConfigError, Conflict, ExchangeUnavailable
+from pushagent.errors import Conflict, ExchangeUnavailable
 from pushagent.exchange import ExchangeClient, RetryPolicy
 from pushagent.simulator import Simulator, SimulatorControl, Upload
 from pushagent.simulator.bodies import RequestBody, receive_to_file
+from pushagent.simulator.errors import SimulatorInputError
 from pushagent.simulator.seed import load_seed
 from pushagent.simulator.state import JobStore, Refusal, UploadSlot
 
@@ -113,14 +114,14 @@ def test_control_reports_unknown_jobs_and_bad_input(control: SimulatorControl) -
         control.job(4242)
     with pytest.raises(KeyError):
         control.uploads(4242)
-    with pytest.raises(ConfigError):
+    with pytest.raises(SimulatorInputError):
         control.add_job(jobCategory="NOPE")
     job_id = control.add_job()["jobId"]
-    with pytest.raises(ConfigError):
+    with pytest.raises(SimulatorInputError):
         control.set_status(job_id, "SLEEPING")
-    with pytest.raises(ConfigError):
+    with pytest.raises(SimulatorInputError):
         control.add_job(jobId=job_id)
-    with pytest.raises(ConfigError):
+    with pytest.raises(SimulatorInputError):
         control.add_fault(method="GET", path="x")
 
 
@@ -366,7 +367,7 @@ def test_bad_seeds_name_the_file_and_the_entry(tmp_path: Path, text: str, expect
     path = tmp_path / "seed.yaml"
     path.write_text(text)
 
-    with pytest.raises(ConfigError) as refused:
+    with pytest.raises(SimulatorInputError) as refused:
         load_seed(path)
 
     assert str(path) in str(refused.value)
@@ -374,7 +375,7 @@ def test_bad_seeds_name_the_file_and_the_entry(tmp_path: Path, text: str, expect
 
 
 def test_missing_seed_file_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read the jobs file"):
+    with pytest.raises(SimulatorInputError, match="cannot read the jobs file"):
         load_seed(tmp_path / "absent.yaml")
 
 

@@ -15,7 +15,6 @@ import requests
 
 from pushagent.errors import (
     BadRequest,
-    ConfigError,
     Conflict,
     ExchangeUnavailable,
     RateLimited,
@@ -25,6 +24,7 @@ from pushagent.errors import (
 from pushagent.exchange import ExchangeClient, RetryPolicy, UploadResult
 from pushagent.simulator import Simulator
 from pushagent.simulator.control_client import SimulatorControl
+from pushagent.simulator.errors import SimulatorInputError
 from pushagent.simulator.faults import DEFAULT_LOCATION, FaultBook
 
 KEY = "sim-account-key"
@@ -276,7 +276,7 @@ def test_fault_definitions_are_validated() -> None:
         {"method": "GET", "path": "x", "delay": -1},
         {"method": "GET", "path": "x", "status": 503, "colour": "red"},
     ):
-        with pytest.raises(ConfigError):
+        with pytest.raises(SimulatorInputError):
             book.add(spec)
 
     assert book.active() == []
@@ -408,7 +408,7 @@ def test_control_api_takes_the_new_fault_fields(sim: Simulator, gate: GatedSleep
         {"drop_after": "yes"},
         {"status": 301, "location": "http://127.0.0.1:1/\r\nX-Evil: 1"},
     ):
-        with pytest.raises(ConfigError):
+        with pytest.raises(SimulatorInputError):
             control.add_fault(method="GET", path="x", **bad)
 
     assert (moved["location"], moved["drop_after"]) == ("http://127.0.0.1:1/", False)

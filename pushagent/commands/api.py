@@ -97,11 +97,13 @@ def connection_parent() -> argparse.ArgumentParser:
     return parent
 
 
-def load_config_arg(args: argparse.Namespace, env: Environment) -> AgentConfig | None:
+def load_config_arg(
+    args: argparse.Namespace, env: Environment, *, need_key: bool = True
+) -> AgentConfig | None:
     path: Path | None = args.config
     if path is None:
         return None
-    config = load_config(path, environ=env.environ)
+    config = load_config(path, environ=env.environ, need_key=need_key)
     logs.register_secret(config.exchange.api_key)
     return config
 
@@ -154,12 +156,40 @@ def usage_errors() -> Iterator[None]:
 Handler = Callable[[argparse.Namespace, Environment], int]
 
 
+def add_yes_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-y", "--yes", action="store_true",
+                        help="do it without asking (required when stdin is not a terminal)")
+
+
+def confirm(args: argparse.Namespace, env: Environment, action: str) -> None:
+    """A call that cannot be undone asks first on a terminal; a script must say --yes."""
+    if args.yes:
+        return
+    if not env.stdin_isatty:
+        raise ConfigError(f"this would {action}, which cannot be undone; pass --yes to do it "
+                          "(there is no terminal to ask)")
+    print(f"{action[0].upper()}{action[1:]}? This cannot be undone. [y/N] ", end="",
+          file=env.stderr, flush=True)
+    answer = env.stdin.readline().strip().lower()
+    if answer not in ("y", "yes"):
+        raise PushAgentError("not confirmed; nothing was done")
+
+
 def _group_help(parser: argparse.ArgumentParser) -> Handler:
     def handler(args: argparse.Namespace, env: Environment) -> int:
         parser.print_help(env.stderr)
         return EXIT_USAGE
 
     return handler
+
+
+def _group(
+    subparsers: argparse._SubParsersAction[Any], name: str, *, help: str, description: str,
+) -> argparse._SubParsersAction[Any]:
+    """``pushagent NAME ACTION``: the group's parser prints its help when ACTION is missing."""
+    parser = subparsers.add_parser(name, help=help, description=description)
+    parser.set_defaults(handler=_group_help(parser))
+    return parser.add_subparsers(dest=f"{name}_command", metavar="ACTION")
 
 
 def _subcommand(
@@ -193,12 +223,8 @@ def _done(args: argparse.Namespace, env: Environment, text: str, **fields: Any) 
 
 
 def _register_jobs(subparsers: argparse._SubParsersAction[Any]) -> None:
-    jobs = subparsers.add_parser(
-        "jobs", help="list, show, upload to, fail or complete Exchange jobs",
-        description="The jobs API: list, show, upload, fail, complete.",
-    )
-    jobs.set_defaults(handler=_group_help(jobs))
-    group = jobs.add_subparsers(dest="jobs_command", metavar="ACTION")
+    group = _group(subparsers, "jobs", help="list, show, upload to, fail or complete Exchange jobs",
+                   description="The jobs API: list, show, upload, fail, complete.")
 
     listing = _subcommand(
         group, "list", help="list the jobs of a category", handler=list_jobs,
@@ -251,6 +277,7 @@ def _register_jobs(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     fail.add_argument("job_id", type=job_id_arg, metavar="ID")
     fail.add_argument("--message", "-m", required=True, metavar="TEXT")
+    add_yes_flag(fail)
 
     complete = _subcommand(
         group, "complete", help="mark a job complete (deletes its remaining files)",
@@ -259,6 +286,7 @@ def _register_jobs(subparsers: argparse._SubParsersAction[Any]) -> None:
                     "mark it complete; the Exchange deletes the files not yet deleted.",
     )
     complete.add_argument("job_id", type=job_id_arg, metavar="ID")
+    add_yes_flag(complete)
 
 
 def _segment_text(job: Job) -> str | None:
@@ -325,7 +353,8 @@ def _check_upload(
     if not job.is_waiting:
         raise PushAgentError(
             f"job {args.job_id} is {job.status_raw}, not {JobStatus.WAITING_TO_RECEIVE_DATA.value}:"
-            " it takes no data now; nothing was sent (--no-validate sends anyway)"
+            " it takes no data now, so nothing was sent; find a waiting job with `pushagent jobs "
+            f"list {args.category} --status WAITING_TO_RECIEVE_DATA`"
         )
     problems = list(report.problems)
     check_columns = config is None or config.validation.check_mapped_columns
@@ -333,7 +362,9 @@ def _check_upload(
         problems += missing_columns(report.header, job.required_columns(),
                                     source=f"job {args.job_id}")
     if problems:
-        raise CSVValidationError(str(args.file), problems)
+        # Only here can --no-validate help: the Exchange may take what this check refuses.
+        raise CSVValidationError(str(args.file), problems,
+                                 hint="nothing was sent (--no-validate sends it as it is)")
     logger.debug("{}: valid, {} data rows, has the columns job {} maps",
                  args.file, report.data_rows, args.job_id)
     if report.sha256 is None:
@@ -378,12 +409,15 @@ def upload_job(args: argparse.Namespace, env: Environment) -> int:
 
 
 def fail_job(args: argparse.Namespace, env: Environment) -> int:
+    confirm(args, env, f"mark job {args.job_id} failed")
     with exchange_client(args, env) as client:
         client.fail_job(args.job_id, args.message)
     return _done(args, env, f"job {args.job_id} marked failed", job_id=args.job_id)
 
 
 def complete_job(args: argparse.Namespace, env: Environment) -> int:
+    confirm(args, env, f"mark job {args.job_id} complete (the Exchange deletes its remaining "
+                       "files)")
     with exchange_client(args, env) as client:
         client.complete_job(args.job_id)
     return _done(args, env, f"job {args.job_id} marked complete", job_id=args.job_id)
@@ -393,12 +427,8 @@ def complete_job(args: argparse.Namespace, env: Environment) -> int:
 
 
 def _register_files(subparsers: argparse._SubParsersAction[Any]) -> None:
-    files = subparsers.add_parser(
-        "files", help="download or delete a job's segment data files",
-        description="The segment data files of a job ready for download.",
-    )
-    files.set_defaults(handler=_group_help(files))
-    group = files.add_subparsers(dest="files_command", metavar="ACTION")
+    group = _group(subparsers, "files", help="download or delete a job's segment data files",
+                   description="The segment data files of a job ready for download.")
 
     get = _subcommand(
         group, "get", help="download one segment data file", handler=get_file,
@@ -418,6 +448,7 @@ def _register_files(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     delete.add_argument("job_id", type=job_id_arg, metavar="JOB_ID")
     delete.add_argument("name", metavar="NAME")
+    add_yes_flag(delete)
 
 
 def get_file(args: argparse.Namespace, env: Environment) -> int:
@@ -442,6 +473,7 @@ def get_file(args: argparse.Namespace, env: Environment) -> int:
 
 
 def delete_file(args: argparse.Namespace, env: Environment) -> int:
+    confirm(args, env, f"delete {args.name} of job {args.job_id} from the Exchange")
     with exchange_client(args, env) as client:
         client.delete_segment_file(args.job_id, args.name)
     return _done(args, env, f"deleted {args.name} of job {args.job_id}",
@@ -452,12 +484,8 @@ def delete_file(args: argparse.Namespace, env: Environment) -> int:
 
 
 def _register_scheduled(subparsers: argparse._SubParsersAction[Any]) -> None:
-    scheduled = subparsers.add_parser(
-        "scheduled", help="list or delete scheduled jobs",
-        description="The scheduled jobs API: list, delete.",
-    )
-    scheduled.set_defaults(handler=_group_help(scheduled))
-    group = scheduled.add_subparsers(dest="scheduled_command", metavar="ACTION")
+    group = _group(subparsers, "scheduled", help="list or delete scheduled jobs",
+                   description="The scheduled jobs API: list, delete.")
 
     listing = _subcommand(
         group, "list", help="list the scheduled jobs of a category", handler=list_scheduled,
@@ -474,6 +502,7 @@ def _register_scheduled(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="DELETE /v1/scheduledjobs/{scheduledJobId}.",
     )
     delete.add_argument("job_id", type=job_id_arg, metavar="ID")
+    add_yes_flag(delete)
 
 
 def list_scheduled(args: argparse.Namespace, env: Environment) -> int:
@@ -496,6 +525,7 @@ def list_scheduled(args: argparse.Namespace, env: Environment) -> int:
 
 
 def delete_scheduled(args: argparse.Namespace, env: Environment) -> int:
+    confirm(args, env, f"delete scheduled job {args.job_id}")
     with exchange_client(args, env) as client:
         client.delete_scheduled_job(args.job_id)
     return _done(args, env, f"scheduled job {args.job_id} deleted", job_id=args.job_id)

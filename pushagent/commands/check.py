@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -18,10 +19,10 @@ from typing import Any
 from pushagent.config import AgentConfig, load_config
 from pushagent.env import Environment
 from pushagent.errors import EXIT_FAILURE, EXIT_OK, PushAgentError
-from pushagent.exchange import JobCategory, JobStatus
+from pushagent.exchange import ExchangeClient, Job, JobCategory, JobStatus
 from pushagent.logs import register_secret
 from pushagent.output import add_json_flag, print_json
-from pushagent.runtime import build_client
+from pushagent.runtime import build_client, key_file_exposure
 
 OK = "ok"
 WARN = "warn"
@@ -51,7 +52,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             "created and removed, so run this as the agent's user), that the folders share one "
             "filesystem (else moves are copies, not atomic renames: a warning), and that the "
             "key and endpoint work (one list of the endpoint's waiting SEGMENT_EXPORT jobs, no "
-            "retries). Prints one verdict per item."
+            "retries), then which segments the waiting jobs are for: a name under segments: "
+            "that matches no waiting job, no job at all on the endpoint, and a key file others "
+            "may read are warnings. Prints one verdict per item."
         ),
         epilog=(
             "Exit codes: 0 every check passed (warnings allowed); 1 a folder check failed, or "
@@ -68,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 def run(args: argparse.Namespace, env: Environment) -> int:
     config = load_config(args.config, environ=env.environ)
     register_secret(config.exchange.api_key)
-    findings = [*check_folders(config), check_exchange(config)]
+    findings = [*check_folders(config), *check_key_file(config), *check_exchange(config)]
     failed = [finding for finding in findings if finding.status == FAIL]
     if args.json:
         print_json(
@@ -155,22 +158,85 @@ def check_one_filesystem(
     )
 
 
-def check_exchange(config: AgentConfig) -> Finding:
+def check_key_file(config: AgentConfig) -> list[Finding]:
+    exposure = key_file_exposure(config.exchange)
+    if exposure is None:
+        return []
+    return [Finding(WARN, "key file", exposure)]
+
+
+def check_exchange(config: AgentConfig) -> list[Finding]:
+    """The key and endpoint, then which segments the waiting jobs are for: a typo in a name or
+    a wrong endpoint_id shows here, not after a day of files waiting."""
     settings = config.exchange
     # One attempt: a check must answer now, not after the agent's retry budget.
     quick = dataclasses.replace(settings, retry=dataclasses.replace(settings.retry, max_attempts=1))
     subject = f"exchange {settings.base_url}"
+    endpoint = settings.endpoint_id
     try:
         with build_client(quick) as client:
-            jobs = client.list_jobs(
-                JobCategory.SEGMENT_EXPORT, endpoint_id=settings.endpoint_id,
-                status=JobStatus.WAITING_TO_RECEIVE_DATA,
-            )
+            jobs = [job for job in client.list_jobs(
+                JobCategory.SEGMENT_EXPORT, endpoint_id=endpoint,
+                status=JobStatus.WAITING_TO_RECEIVE_DATA, include_producer_segment_id_string=True,
+            ) if job.is_waiting]
+            elsewhere = [] if jobs else _waiting_anywhere(client)
     except PushAgentError as error:
-        return Finding(FAIL, subject, str(error), error.exit_code)
-    waiting = sum(1 for job in jobs if job.is_waiting)
-    return Finding(
+        return [Finding(FAIL, subject, str(error), error.exit_code)]
+    findings = [Finding(
         OK, subject,
-        f"key accepted for endpoint {settings.endpoint_id}; {waiting} SEGMENT_EXPORT job(s) "
-        "waiting for data",
-    )
+        f"key accepted for endpoint {endpoint}; {len(jobs)} SEGMENT_EXPORT job(s) waiting for data",
+    )]
+    if not jobs:
+        others = sorted({job.producer_endpoint_id for job in elsewhere
+                         if job.producer_endpoint_id is not None} - {endpoint})
+        where = (f"; {len(elsewhere)} wait on other endpoints ({', '.join(map(str, others))}): "
+                 "is exchange.endpoint_id right?" if others else "")
+        findings.append(Finding(
+            WARN, "jobs",
+            f"no SEGMENT_EXPORT job is waiting for data on endpoint {endpoint}{where}; files "
+            f"wait until one is (list them with: pushagent jobs list SEGMENT_EXPORT -c "
+            f"{shlex.quote(str(config.source))})",
+        ))
+        return findings
+    findings.append(_segments_waiting(config, jobs))
+    unmatched = _names_matching_no_job(config, jobs)
+    if unmatched:
+        findings.append(Finding(
+            WARN, "segments",
+            f"{', '.join(unmatched)} under segments: match no waiting job; files for them wait "
+            "until one comes (a typo, or their export is not triggered yet)",
+        ))
+    return findings
+
+
+def _waiting_anywhere(client: ExchangeClient) -> list[Job]:
+    """The waiting jobs of every endpoint the key sees, to tell a wrong endpoint_id; an
+    endpoint-level key may not list them (403), which only leaves the hint out."""
+    try:
+        jobs = client.list_jobs(
+            JobCategory.SEGMENT_EXPORT, status=JobStatus.WAITING_TO_RECEIVE_DATA
+        )
+    except PushAgentError:
+        return []
+    return [job for job in jobs if job.is_waiting]
+
+
+def _segments_waiting(config: AgentConfig, jobs: list[Job]) -> Finding:
+    names_by_id: dict[str, list[str]] = {}
+    for name, segment in config.segments.items():
+        names_by_id.setdefault(segment, []).append(name)
+    counts: dict[str, int] = {}
+    for job in jobs:
+        label = job.producer_segment_id_string or str(job.producer_segment_id)
+        named = sorted({name for key in job.segment_keys() for name in names_by_id.get(key, ())})
+        if named:
+            label += f" ({', '.join(named)})"
+        counts[label] = counts.get(label, 0) + 1
+    listed = ", ".join(f"{label}: {count} job(s)" for label, count in sorted(counts.items()))
+    return Finding(OK, "segments", f"jobs wait for segment {listed}")
+
+
+def _names_matching_no_job(config: AgentConfig, jobs: list[Job]) -> list[str]:
+    keys = {key for job in jobs for key in job.segment_keys()}
+    return [f"{name} ({segment})" for name, segment in config.segments.items()
+            if segment not in keys]

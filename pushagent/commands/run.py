@@ -18,7 +18,9 @@ from pushagent.health import HealthServer
 from pushagent.journal import Journal, StateLock
 from pushagent.lifecycle import PENDING
 from pushagent.names import printable
-from pushagent.runtime import build_client, configure_logging
+from pushagent.notify import Notifier
+from pushagent.runtime import build_client, configure_logging, key_file_exposure
+from pushagent.throttle import Throttle
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -44,7 +46,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def run(args: argparse.Namespace, env: Environment) -> int:
     config = load_config(args.config, environ=env.environ)
-    configure_logging(config, env=env, verbosity=args.verbose)
+    configure_logging(config, env=env, verbosity=args.verbosity)
+    exposure = key_file_exposure(config.exchange)
+    if exposure is not None:
+        logger.warning("{}", exposure)
     lock = StateLock(config.state_dir)
     lock.acquire()
     drop_lock = DropFolderLock(config.folders.drop, state_dir=config.state_dir)
@@ -55,14 +60,19 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         raise
     journal = Journal.for_state_dir(config.state_dir)
     health: HealthServer | None = None
+    notifier: Notifier | None = None
     try:
         stop = threading.Event()
 
         def sleep_until_stopped(seconds: float) -> None:
             stop.wait(seconds)
 
-        client = build_client(config.exchange, sleep=sleep_until_stopped)
-        agent = Agent(config, client=client, journal=journal, stop_event=stop)
+        rate = config.upload.max_bytes_per_second
+        throttle = Throttle(rate, sleep=sleep_until_stopped) if rate else None
+        client = build_client(config.exchange, sleep=sleep_until_stopped, throttle=throttle)
+        notifier = Notifier(config.notify)
+        notifier.start()
+        agent = Agent(config, client=client, journal=journal, stop_event=stop, notifier=notifier)
         if config.metrics.enabled:
             health = HealthServer(agent, host=config.metrics.host, port=config.metrics.port)
             health.start()
@@ -79,6 +89,8 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         logger.info("pushagent stopped")
         return code
     finally:
+        if notifier is not None:
+            notifier.stop()
         if health is not None:
             health.stop()
         journal.close()

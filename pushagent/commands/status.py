@@ -29,6 +29,7 @@ from pushagent.output import (
     format_time,
     print_json,
     print_table,
+    terminal_width,
 )
 
 
@@ -57,8 +58,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             "Read the agent's journal (safe while the agent runs) and show: whether an agent "
             "holds the state_dir, when the Exchange was last reached, the files waiting (with "
             "why: settling, waiting for a job, retrying after an error and when), the uploads "
-            "in flight, and the files recently moved to done/ or failed/. Needs no key with "
-            "--state-dir."
+            "in flight, and the files recently moved to done/ or failed/. Never needs the key, "
+            "with -c or --state-dir."
         ),
         epilog="Exit codes: 0 shown; 1 the journal cannot be read; 2 usage or configuration "
                "error.",
@@ -69,6 +70,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                         help="the agent's state_dir, instead of -c")
     parser.add_argument("--recent", type=int, default=10, metavar="N",
                         help="how many recently finished files to show (default 10)")
+    parser.add_argument("--wide", action="store_true",
+                        help="show every reason whole, however wide (default: whole when the "
+                             "table fits the terminal's COLUMNS)")
     add_json_flag(parser)
     parser.set_defaults(handler=run)
 
@@ -77,14 +81,15 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     if args.recent < 0:
         raise ConfigError(f"--recent must be 0 or more, not {args.recent}")
     if args.config is not None:
-        state_dir = load_config(args.config, environ=env.environ).state_dir
+        state_dir = load_config(args.config, environ=env.environ, need_key=False).state_dir
     else:
         state_dir = args.state_dir
     snapshot = read_snapshot(state_dir, recent=args.recent)
     if args.json:
         print_json(as_json(snapshot, now=time.time()), env.stdout)
     else:
-        render(snapshot, env, now=time.time())
+        width = 0 if args.wide else terminal_width(env.environ, env.stdout)
+        render(snapshot, env, now=time.time(), width=width)
     return 0
 
 
@@ -173,7 +178,7 @@ def _next_attempt(row: FileRow, now: float) -> str | None:
     return f"in {format_age(delta)}" if delta > 0 else "due now"
 
 
-def render(snapshot: Snapshot, env: Environment, *, now: float) -> None:
+def render(snapshot: Snapshot, env: Environment, *, now: float, width: int | None = None) -> None:
     out = env.stdout
     agent = snapshot.agent
     if agent.running:
@@ -197,7 +202,7 @@ def render(snapshot: Snapshot, env: Environment, *, now: float) -> None:
              row.attempts, _next_attempt(row, now), _jobs(deliveries), row.reason)
             for row, deliveries in snapshot.pending
         ],
-        out, empty="(none)",
+        out, empty="(none)", width=width,
     )
 
     print(f"\nin flight ({len(snapshot.in_flight)}):", file=out)
@@ -208,7 +213,7 @@ def render(snapshot: Snapshot, env: Environment, *, now: float) -> None:
              _jobs(deliveries), _uploading_for(deliveries, now), row.converted_from)
             for row, deliveries in snapshot.in_flight
         ],
-        out, empty="(none)",
+        out, empty="(none)", width=width,
     )
 
     print(f"\njobs waiting with no file ({len(snapshot.idle_jobs)}):", file=out)
@@ -216,7 +221,7 @@ def render(snapshot: Snapshot, env: Environment, *, now: float) -> None:
         ("JOB", "SEGMENT", "WAITING FOR"),
         [(job["job_id"], job["segment"], format_age(now - job["since"]))
          for job in snapshot.idle_jobs],
-        out, empty="(none)",
+        out, empty="(none)", width=width,
     )
 
     print(f"\nrecently finished ({len(snapshot.recent)}):", file=out)
@@ -229,7 +234,7 @@ def render(snapshot: Snapshot, env: Environment, *, now: float) -> None:
              row.reason if row.state is FileState.FAILED else None)
             for row in snapshot.recent
         ],
-        out, empty="(none)",
+        out, empty="(none)", width=width,
     )
 
 

@@ -77,7 +77,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 def run(args: argparse.Namespace, env: Environment) -> int:
     if args.max_problems < 1:
         raise ConfigError(f"--max-problems must be at least 1, not {args.max_problems}")
-    config = load_config_arg(args, env)
+    # Only --job calls the Exchange: without it the key (and its variable) is not needed.
+    config = load_config_arg(args, env, need_key=args.job is not None)
     max_bytes = (config.validation.max_bytes or None) if config is not None else None
     required: tuple[str, ...] = ()
     source = "the job's mappings"

@@ -9,10 +9,12 @@ by ``repr``.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import email.utils
 import hashlib
 import ipaddress
+import itertools
 import json
 import math
 import os
@@ -52,6 +54,7 @@ from pushagent.errors import (
     SourceChanged,
     UnexpectedResponse,
 )
+from pushagent.exchange.jsonstream import JsonArrayStream
 from pushagent.exchange.models import (
     ExpectedBody,
     Job,
@@ -61,6 +64,7 @@ from pushagent.exchange.models import (
     UploadResult,
 )
 from pushagent.exchange.retry import RetryPolicy, build_retrying
+from pushagent.throttle import Throttle, throttled
 
 T = TypeVar("T")
 Progress = Callable[[int], None]
@@ -69,6 +73,7 @@ DEFAULT_RETRY = RetryPolicy()
 JSON_ACCEPT = "application/json"
 ANY_ACCEPT = "*/*"
 DOWNLOAD_CHUNK = 1 << 20
+LIST_CHUNK = 64 * 1024  # the list answer is read this much at a time
 UPLOAD_CHUNK = 1 << 20
 # An exact upload holds back at least this much of its end until every byte is known to be the
 # validated one: a request cut off before its last bytes is never an accepted upload.
@@ -121,10 +126,19 @@ def _same(job: Job) -> Job:
     return job
 
 
-def _skip_space(text: str, position: int) -> int:
-    while position < len(text) and text[position] in " \t\r\n":
-        position += 1
-    return position
+def _session_from_environment(
+    base_url: str, verify: bool | str
+) -> tuple[requests.Session, bool | str]:
+    """A session that reads the proxy and CA-bundle variables once, here, not on every call
+    (a seventh of an upload's CPU went to
+    it), and never takes credentials from ~/.netrc, which
+    would replace the key's Authorization header."""
+    session = requests.Session()
+    session.trust_env = False
+    session.proxies.update(requests.utils.get_environ_proxies(base_url))
+    if verify is True:
+        verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    return session, verify
 
 
 def _clean(text: str, limit: int) -> str:
@@ -276,7 +290,6 @@ def _validated_key(api_key: str) -> str:
     if not isinstance(api_key, str):
         raise ConfigError("the API key must be text")
     key = api_key.strip()
-    logs.register_secret(key)
     if not key:
         raise ConfigError("the API key is empty: set the key Exchange issued for the account")
     # requests would otherwise raise InvalidHeader with the whole header value in its message.
@@ -520,13 +533,21 @@ class ExchangeClient:
         allow_insecure_http: bool = False,
         sleep: Callable[[float], None] = time.sleep,
         user_agent: str = pushagent.USER_AGENT,
+        throttle: Throttle | None = None,
     ) -> None:
         key = _validated_key(api_key)
-        self._base_url = _normalise_base_url(base_url, allow_insecure_http=allow_insecure_http)
-        if connect_timeout <= 0 or read_timeout <= 0:
-            raise ConfigError("connect_timeout and read_timeout must be positive seconds")
-        if isinstance(verify, str) and not os.path.exists(verify):
-            raise ConfigError(f"CA bundle {verify} does not exist; fix the verify setting")
+        # Masked while this client lives: released by close(), or now if the checks below fail.
+        logs.register_secret(key)
+        try:
+            self._base_url = _normalise_base_url(base_url, allow_insecure_http=allow_insecure_http)
+            if connect_timeout <= 0 or read_timeout <= 0:
+                raise ConfigError("connect_timeout and read_timeout must be positive seconds")
+            if isinstance(verify, str) and not os.path.exists(verify):
+                raise ConfigError(f"CA bundle {verify} does not exist; fix the verify setting")
+        except ConfigError:
+            logs.release_secret(key)
+            raise
+        self._key_held: str | None = key
         if verify is False:
             logger.warning(
                 "TLS certificate verification is OFF for {}: anyone on the path can read the key",
@@ -534,11 +555,14 @@ class ExchangeClient:
             )
         self._authorization = f"Bearer {key}"
         self._owns_session = session is None
-        self._session = session if session is not None else requests.Session()
+        if session is None:
+            session, verify = _session_from_environment(self._base_url, verify)
+        self._session = session
         self._retrying = build_retrying(retry, sleep=sleep)
         self._timeout = (connect_timeout, read_timeout)
         self._verify = verify
         self._user_agent = user_agent
+        self._throttle = throttle  # the bandwidth cap all uploads of this client share
 
     def __repr__(self) -> str:
         return f"ExchangeClient(base_url={self._base_url!r})"
@@ -549,9 +573,12 @@ class ExchangeClient:
         return self._base_url
 
     def close(self) -> None:
-        """Close the session if this client created it (an injected one belongs to the caller)."""
+        """Close the session if this client created it (an injected one belongs to the caller),
+        and stop masking its key unless another holder registered it too."""
         if self._owns_session:
             self._session.close()
+        logs.release_secret(self._key_held)
+        self._key_held = None
 
     def __enter__(self) -> ExchangeClient:
         return self
@@ -602,10 +629,9 @@ class ExchangeClient:
             params["extraFields"] = "true"
         if include_producer_segment_id_string:
             params["includeProducerSegmentIDString"] = "true"
-        text, status_code = self._call(lambda: self._get_text(path, params))
-        return self._decode_items(
-            text, lambda item: convert(Job.from_json(item)), path, "job", status_code
-        )
+        return self._call(lambda: self._get_items(
+            path, params, lambda item: convert(Job.from_json(item)), "job"
+        ))
 
     def get_job(self, category: JobCategory | str, job_id: int | str) -> Job:
         """The server answers an array holding the job; a bare object is accepted too."""
@@ -667,6 +693,7 @@ class ExchangeClient:
             raise TypeError("upload_data(expected=...) needs a path: the file is checked as opened")
         if retry and not body.repeatable:
             logger.debug("POST {}: the source cannot be rewound, so one attempt only", path)
+        progress = throttled(progress, self._throttle)
 
         def attempt() -> UploadResult:
             with body.open() as (stream, length):
@@ -959,54 +986,44 @@ class ExchangeClient:
                 server_message=server_message(content),
             ) from e
 
-    def _get_text(self, path: str, params: Mapping[str, str]) -> tuple[str, int]:
-        response = self._send("GET", path, params=params or None)
-        with response:
-            return response.content.decode("utf-8", errors="replace"), response.status_code
-
-    def _decode_items(
-        self,
-        text: str,
-        parse: Callable[[dict[str, Any]], T],
-        path: str,
+    def _get_items(
+        self, path: str, params: Mapping[str, str], parse: Callable[[dict[str, Any]], T],
         what: str,
-        status_code: int,
     ) -> list[T]:
-        """A JSON array answer, decoded one element at a time and each parsed at once: the
-        answer for 20,000 jobs is never held as 20,000 dicts (a bare object or an empty answer
-        are taken as for ``_parse_items``)."""
-        decoder = json.JSONDecoder(parse_float=Decimal)
+        """A JSON array answer, read and decoded one element at a time and each parsed at once:
+        the answer for 20,000 jobs is never held whole, as text or as dicts (a bare object or an
+        empty answer are taken as for ``_parse_items``)."""
+        response = self._send("GET", path, params=params or None, stream=True)
+        with response:
+            decode = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            chunks = (decode.decode(chunk) for chunk in self._body_chunks(response, path))
+            stream = JsonArrayStream(itertools.chain(chunks, [decode.decode(b"", final=True)]))
+            try:
+                if not stream.opens_array():
+                    return self._parse_items(stream.whole(), parse, path, what,
+                                             status=response.status_code)
+                parsed: list[T] = []
+                for index, item in enumerate(stream):
+                    parsed.extend(self._parse_items([item], parse, path, what, first=index))
+                return parsed
+            except ValueError as e:
+                raise UnexpectedResponse(
+                    "the answer is not JSON",
+                    method="GET",
+                    url=path,
+                    status=response.status_code,
+                    server_message=server_message(stream.head.encode()),
+                ) from e
+
+    def _body_chunks(self, response: requests.Response, path: str) -> Iterator[bytes]:
         try:
-            start = _skip_space(text, 0)
-            if start == len(text) or text[start] != "[":
-                return self._parse_items(json.loads(text, parse_float=Decimal) if text.strip()
-                                         else None, parse, path, what)
-            parsed: list[T] = []
-            index, position = 0, _skip_space(text, start + 1)
-            while position < len(text) and text[position] != "]":
-                item, end = decoder.raw_decode(text, position)
-                parsed.extend(self._parse_items([item], parse, path, what, first=index))
-                index += 1
-                position = _skip_space(text, end)
-                if position < len(text) and text[position] == ",":
-                    position = _skip_space(text, position + 1)
-                elif position < len(text) and text[position] != "]":
-                    raise ValueError(f"expected ',' or ']' at character {position}")
-            if position >= len(text):
-                raise ValueError("the array is not closed")
-            return parsed
-        except ValueError as e:
-            raise UnexpectedResponse(
-                "the answer is not JSON",
-                method="GET",
-                url=path,
-                status=status_code,
-                server_message=server_message(text[:2000].encode()),
-            ) from e
+            yield from response.iter_content(chunk_size=LIST_CHUNK)
+        except requests.RequestException as e:
+            raise self._transport_error("GET", path, e) from e
 
     def _parse_items(
         self, data: Any, parse: Callable[[dict[str, Any]], T], path: str, what: str,
-        *, first: int = 0,
+        *, first: int = 0, status: int | None = None,
     ) -> list[T]:
         if data is None:
             items: list[Any] = []
@@ -1019,6 +1036,7 @@ class ExchangeClient:
                 f"expected a JSON array of {what}s, got a JSON {type(data).__name__}",
                 method="GET",
                 url=path,
+                status=status,
             )
         parsed: list[T] = []
         for index, item in enumerate(items, start=first):

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pushagent.errors import ConfigError
 from pushagent.simulator import jobs as wire_jobs
 from pushagent.simulator.bodies import receive_to_file
+from pushagent.simulator.errors import SimulatorInputError
 from pushagent.simulator.messages import (
     Request,
     Response,
@@ -157,7 +157,7 @@ class ExchangeAPI:
         if raw_status is not None:
             try:
                 status = wire_jobs.parse_status(raw_status)
-            except ConfigError as error:
+            except SimulatorInputError as error:
                 return error_response(400, str(error))
         found = [
             _view(wire, request.query)

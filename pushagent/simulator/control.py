@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pushagent.errors import ConfigError
+from pushagent.simulator.errors import SimulatorInputError
 from pushagent.simulator.faults import FaultBook
 from pushagent.simulator.messages import Request, Response, error_response, json_response, read_json
 from pushagent.simulator.requestlog import RequestLog
@@ -41,13 +41,15 @@ def _object(request: Request) -> dict[str, Any]:
     try:
         payload = read_json(request)
     except ValueError as error:
-        raise ConfigError(
+        raise SimulatorInputError(
             f"the body of {request.method} {request.path} is not JSON: {error}"
         ) from error
     if payload is None:
         return {}
     if not isinstance(payload, dict):
-        raise ConfigError(f"the body of {request.method} {request.path} must be a JSON object")
+        raise SimulatorInputError(
+            f"the body of {request.method} {request.path} must be a JSON object"
+        )
     return payload
 
 
@@ -66,7 +68,7 @@ class ControlAPI:
     def handle(self, request: Request) -> Response:
         try:
             return self._route(request)
-        except ConfigError as error:
+        except SimulatorInputError as error:
             return error_response(400, str(error))
         except KeyError as error:
             return error_response(404, str(error.args[0]) if error.args else "not found")
@@ -114,10 +116,10 @@ class ControlAPI:
         body = _object(request)
         details = body.get("errorDetails")
         if details is not None and not isinstance(details, str):
-            raise ConfigError("errorDetails must be a string")
+            raise SimulatorInputError("errorDetails must be a string")
         status = body.get("status")
         if not isinstance(status, str):
-            raise ConfigError('the body must be {"status": "<new status>"}')
+            raise SimulatorInputError('the body must be {"status": "<new status>"}')
         return json_response(
             200, self._store.set_status(job_id, status, error_details=details)
         )

@@ -2,7 +2,7 @@
 
 The methods mirror ``Simulator``'s, with the same return shapes, so a test can switch between an
 in-process simulator and a subprocess one. Unknown jobs raise KeyError (as ``Simulator`` does),
-refused input raises ConfigError, and an unreachable simulator raises ExchangeUnavailable.
+refused input raises SimulatorInputError, and an unreachable simulator raises ExchangeUnavailable.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from typing import Any
 
 import requests
 
-from pushagent.errors import ConfigError, ExchangeUnavailable, UnexpectedResponse
+from pushagent.errors import ExchangeUnavailable, UnexpectedResponse
 from pushagent.simulator.control import PREFIX
+from pushagent.simulator.errors import SimulatorInputError
 from pushagent.simulator.state import Upload
 
 
@@ -47,7 +48,7 @@ class SimulatorControl:
         if response.status_code == 404:
             raise KeyError(message)
         if response.status_code == 400:
-            raise ConfigError(f"the simulator refused {method} {url}: {message}")
+            raise SimulatorInputError(f"the simulator refused {method} {url}: {message}")
         raise UnexpectedResponse(
             "the simulator's control API failed",
             method=method,

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
-from pushagent.errors import ConfigError
+from pushagent.simulator.errors import SimulatorInputError
 
 _FIELDS = (
     "method", "path", "count", "status", "retry_after", "delay", "drop", "drop_after", "body",
@@ -100,13 +100,13 @@ def _number(value: object, *, name: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError(f"fault {name} must be a number of seconds >= 0, not {value!r}")
+        raise SimulatorInputError(f"fault {name} must be a number of seconds >= 0, not {value!r}")
     return float(value)
 
 
 def _flag(value: object, *, name: str) -> bool:
     if not isinstance(value, bool):
-        raise ConfigError(f"fault {name} must be true or false, not {value!r}")
+        raise SimulatorInputError(f"fault {name} must be true or false, not {value!r}")
     return value
 
 
@@ -114,43 +114,43 @@ def build_fault(spec: Mapping[str, Any], *, fault_id: int) -> Fault:
     """Validate a fault given as the control API's JSON (or add_fault's keywords)."""
     unknown = sorted(set(spec) - set(_FIELDS))
     if unknown:
-        raise ConfigError(f"unknown fault fields {unknown}; use {', '.join(_FIELDS)}")
+        raise SimulatorInputError(f"unknown fault fields {unknown}; use {', '.join(_FIELDS)}")
     method = spec.get("method")
     path = spec.get("path")
     if not isinstance(method, str) or not method:
-        raise ConfigError("a fault needs a method (GET, POST, PUT, DELETE or *)")
+        raise SimulatorInputError("a fault needs a method (GET, POST, PUT, DELETE or *)")
     if not isinstance(path, str):
-        raise ConfigError("a fault needs a path regex (e.g. '/data$')")
+        raise SimulatorInputError("a fault needs a path regex (e.g. '/data$')")
     try:
         re.compile(path)
     except re.error as error:
-        raise ConfigError(f"fault path {path!r} is not a valid regex: {error}") from error
+        raise SimulatorInputError(f"fault path {path!r} is not a valid regex: {error}") from error
     count = spec.get("count", 1)
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
-        raise ConfigError(f"fault count must be a whole number >= 1 or null, not {count!r}")
+        raise SimulatorInputError(f"fault count must be a whole number >= 1 or null, not {count!r}")
     status = spec.get("status")
     if status is not None and (
         isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599
     ):
-        raise ConfigError(f"fault status must be an HTTP status 100-599, not {status!r}")
+        raise SimulatorInputError(f"fault status must be an HTTP status 100-599, not {status!r}")
     drop = _flag(spec.get("drop", False), name="drop")
     drop_after = _flag(spec.get("drop_after", False), name="drop_after")
     delay = _number(spec.get("delay"), name="delay")
     if sum((drop, drop_after, status is not None)) > 1:
-        raise ConfigError(
+        raise SimulatorInputError(
             "a fault answers a status, drops the connection or drops it after handling the "
             "request (drop_after): one of them, not several"
         )
     if not drop and not drop_after and status is None and delay is None:
-        raise ConfigError("a fault needs status, delay, drop or drop_after")
+        raise SimulatorInputError("a fault needs status, delay, drop or drop_after")
     body = spec.get("body")
     if body is not None and not isinstance(body, str):
-        raise ConfigError("fault body must be a string")
+        raise SimulatorInputError("fault body must be a string")
     location = spec.get("location")
     if location is not None and (
         not isinstance(location, str) or status not in REDIRECTS or not location.isprintable()
     ):
-        raise ConfigError(
+        raise SimulatorInputError(
             f"fault location must be a string given with a redirect status "
             f"({', '.join(map(str, REDIRECTS))}), not {location!r} with status {status!r}"
         )

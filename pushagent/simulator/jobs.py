@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pushagent.errors import ConfigError
+from pushagent.simulator.errors import SimulatorInputError
 
 CATEGORIES = ("SEGMENT_EXPORT", "IDENTITY_IMPORT", "SEGMENT_POPULATE_DB")
 
@@ -81,24 +81,26 @@ _ENDPOINT_FIELDS = ("producerEndpointID", "destinationEndpointID")
 def parse_status(text: object) -> str:
     """The wire spelling of a status given in either spelling and any case."""
     if not isinstance(text, str) or not text.strip():
-        raise ConfigError(f"status {text!r} is not a string; use one of {', '.join(STATUSES)}")
+        raise SimulatorInputError(
+            f"status {text!r} is not a string; use one of {', '.join(STATUSES)}"
+        )
     upper = text.strip().upper()
     if upper in WAITING_ALIASES:
         return WAITING
     if upper not in STATUSES:
-        raise ConfigError(f"unknown status {text!r}; use one of {', '.join(STATUSES)}")
+        raise SimulatorInputError(f"unknown status {text!r}; use one of {', '.join(STATUSES)}")
     return upper
 
 
 def parse_id(value: object, *, what: str) -> int:
     """An ID as an exact int: ints and digit strings only, never through a float."""
     if isinstance(value, bool):
-        raise ConfigError(f"{what} {value!r} is not an integer ID")
+        raise SimulatorInputError(f"{what} {value!r} is not an integer ID")
     if isinstance(value, int):
         return value
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value.strip())
-    raise ConfigError(f"{what} {value!r} is not an integer ID; write it as a plain number")
+    raise SimulatorInputError(f"{what} {value!r} is not an integer ID; write it as a plain number")
 
 
 def _optional_id(fields: dict[str, Any], name: str) -> None:
@@ -127,13 +129,15 @@ def normalise_job(
     if not isinstance(inline, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in inline.items()
     ):
-        raise ConfigError(f"{SEGMENT_DATA_KEY} must map file names to CSV text")
+        raise SimulatorInputError(f"{SEGMENT_DATA_KEY} must map file names to CSV text")
     if not isinstance(sample_rows, int) or isinstance(sample_rows, bool) or sample_rows < 0:
-        raise ConfigError(f"{SAMPLE_ROWS_KEY} must be a whole number >= 0, not {sample_rows!r}")
+        raise SimulatorInputError(
+            f"{SAMPLE_ROWS_KEY} must be a whole number >= 0, not {sample_rows!r}"
+        )
     wire = {"jobId": job_id, **_JOB_DEFAULTS, **given}
     wire["jobId"] = job_id
     if wire["jobCategory"] not in CATEGORIES:
-        raise ConfigError(
+        raise SimulatorInputError(
             f"jobCategory {wire['jobCategory']!r} is unknown; use one of {', '.join(CATEGORIES)}"
         )
     wire["status"] = parse_status(wire["status"])
@@ -142,13 +146,15 @@ def normalise_job(
         _optional_id(wire, name)
     for name in ("identityMappings", "attributeMappings"):
         if wire[name] is not None and not isinstance(wire[name], Mapping):
-            raise ConfigError(f"{name} must be a mapping of column -> identity/attribute")
+            raise SimulatorInputError(f"{name} must be a mapping of column -> identity/attribute")
     names = list(wire["segmentDataFiles"] or [])
     if not all(isinstance(name, str) and name for name in names):
-        raise ConfigError("segmentDataFiles must be a list of non-empty file names")
+        raise SimulatorInputError("segmentDataFiles must be a list of non-empty file names")
     unknown = sorted(set(inline) - set(names))
     if unknown:
-        raise ConfigError(f"{SEGMENT_DATA_KEY} names files not in segmentDataFiles: {unknown}")
+        raise SimulatorInputError(
+            f"{SEGMENT_DATA_KEY} names files not in segmentDataFiles: {unknown}"
+        )
     if names:
         wire["segmentDataFiles"] = names
         wire["segmentDataFormat"] = wire["segmentDataFormat"] or "text/csv"
@@ -160,7 +166,7 @@ def normalise_scheduled_job(fields: Mapping[str, Any], *, job_id: int) -> dict[s
     wire = {"jobId": job_id, **_SCHEDULED_DEFAULTS, **dict(fields)}
     wire["jobId"] = job_id
     if wire["jobCategory"] not in CATEGORIES:
-        raise ConfigError(
+        raise SimulatorInputError(
             f"jobCategory {wire['jobCategory']!r} is unknown; use one of {', '.join(CATEGORIES)}"
         )
     for name in ("accountId", *_ENDPOINT_FIELDS):

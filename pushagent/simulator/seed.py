@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from pushagent.errors import ConfigError
+from pushagent.simulator.errors import SimulatorInputError
 from pushagent.simulator.jobs import normalise_job, normalise_scheduled_job, parse_id
 
 _TOP_LEVEL_KEYS = ("jobs", "scheduledJobs")
@@ -31,10 +31,10 @@ def _entries(value: object, *, path: Path, key: str) -> tuple[Mapping[str, Any],
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise ConfigError(f"{path}: {key} must be a list of jobs")
+        raise SimulatorInputError(f"{path}: {key} must be a list of jobs")
     for index, entry in enumerate(value):
         if not isinstance(entry, Mapping):
-            raise ConfigError(f"{path}: {key}[{index}] must be a mapping of job fields")
+            raise SimulatorInputError(f"{path}: {key}[{index}] must be a mapping of job fields")
     return tuple(value)
 
 
@@ -51,28 +51,28 @@ def _check(seed: Seed, *, path: Path) -> None:
                 if entry.get("jobId") is not None:
                     job_id = parse_id(entry["jobId"], what="jobId")
                     if job_id in seen:
-                        raise ConfigError(f"jobId {job_id} is used twice")
+                        raise SimulatorInputError(f"jobId {job_id} is used twice")
                     seen.add(job_id)
-            except ConfigError as error:
-                raise ConfigError(f"{path}: {key}[{index}]: {error}") from error
+            except SimulatorInputError as error:
+                raise SimulatorInputError(f"{path}: {key}[{index}]: {error}") from error
 
 
 def load_seed(path: Path) -> Seed:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
-        raise ConfigError(f"cannot read the jobs file {path}: {error.strerror}") from error
+        raise SimulatorInputError(f"cannot read the jobs file {path}: {error.strerror}") from error
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as error:
         kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
-        raise ConfigError(f"{path} is not valid {kind}: {error}") from error
+        raise SimulatorInputError(f"{path} is not valid {kind}: {error}") from error
     if isinstance(data, list):
         seed = Seed(jobs=_entries(data, path=path, key="jobs"), scheduled_jobs=())
     elif isinstance(data, Mapping):
         unknown = sorted(set(data) - set(_TOP_LEVEL_KEYS))
         if unknown:
-            raise ConfigError(
+            raise SimulatorInputError(
                 f"{path}: unknown top-level keys {unknown}; use jobs and scheduledJobs"
             )
         seed = Seed(
@@ -80,7 +80,7 @@ def load_seed(path: Path) -> Seed:
             scheduled_jobs=_entries(data.get("scheduledJobs"), path=path, key="scheduledJobs"),
         )
     else:
-        raise ConfigError(
+        raise SimulatorInputError(
             f"{path} must hold a list of jobs or a mapping with jobs: and scheduledJobs:"
         )
     _check(seed, path=path)

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pushagent.errors import ConfigError
 from pushagent.simulator import jobs as wire_jobs
+from pushagent.simulator.errors import SimulatorInputError
 
 FIRST_JOB_ID = 1001
 FIRST_SCHEDULED_JOB_ID = 301
@@ -114,7 +114,7 @@ class JobStore:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if complete_after < 0:
-            raise ConfigError(f"complete_after must be >= 0 seconds, not {complete_after}")
+            raise SimulatorInputError(f"complete_after must be >= 0 seconds, not {complete_after}")
         self._data_dir = data_dir
         self._complete_after = complete_after
         self._clock = clock
@@ -134,7 +134,9 @@ class JobStore:
             else:
                 job_id = wire_jobs.parse_id(fields["jobId"], what="jobId")
                 if job_id in self._jobs:
-                    raise ConfigError(f"job {job_id} already exists; leave jobId out for a new ID")
+                    raise SimulatorInputError(
+                        f"job {job_id} already exists; leave jobId out for a new ID"
+                    )
             wire, contents = wire_jobs.normalise_job(fields, job_id=job_id)
             files = self._write_segment_files(job_id, contents)
             self._jobs[job_id] = _Record(wire=wire, files=files)
@@ -152,7 +154,7 @@ class JobStore:
             else:
                 job_id = wire_jobs.parse_id(fields["jobId"], what="jobId")
                 if job_id in self._scheduled:
-                    raise ConfigError(f"scheduled job {job_id} already exists")
+                    raise SimulatorInputError(f"scheduled job {job_id} already exists")
             wire = wire_jobs.normalise_scheduled_job(fields, job_id=job_id)
             self._scheduled[job_id] = wire
             return _copy_json(wire)
