@@ -32,6 +32,7 @@ from pushagent.errors import ExchangeError, ExchangeUnavailable, JournalUnavaila
 from pushagent.exchange import ExchangeClient
 from pushagent.exchange.outcome import Outcome, classify
 from pushagent.exchange.retry import backoff
+from pushagent.intake import remove_staged
 from pushagent.journal import FileRow, Journal
 from pushagent.lifecycle import DeliveryState, FileState
 from pushagent.listing import Listing, list_waiting
@@ -183,6 +184,8 @@ class Agent:
                 check_mapped_columns=config.validation.check_mapped_columns,
                 max_attempts=config.upload.max_attempts,
             ),
+            dialect_for=lambda row: config.input.for_segment(
+                *self._router.names_of(PurePath(row.rel_path))),
         )
         self._uploads: WorkerPool[DeliveryResult] = WorkerPool(
             size=config.upload.workers, report=self._inbox.put, name="upload"
@@ -757,6 +760,7 @@ class Agent:
             self._resettling[Path(row.path)] = row.id
             self._readiness.observe(Path(row.path), event="written")
         elif result.verdict is Verdict.VANISHED:
+            remove_staged(Path(row.path))
             logger.bind(file=row.rel_path).error("{}", result.reason)
             self._journal.vanish(row.id, result.reason or "removed before delivery")
         else:

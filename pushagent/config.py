@@ -8,6 +8,7 @@ keeps the two in step).
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import difflib
 import math
@@ -130,11 +131,53 @@ class MetricsSettings:
     healthy_within_seconds: float = 300.0
 
 
+AUTO = "auto"
+DELIMITERS = (",", ";", "\t", "|")  # what delimiter: auto chooses among, in order of preference
+
+
+@dataclass(frozen=True, kw_only=True)
+class InputDialect:
+    """How a dropped file is written. ``encoding``: ``auto`` (UTF-8, with or without a byte
+    order mark, or UTF-16 with one) or a Python codec name; ``delimiter``: ``auto`` (sniffed
+    from the header among ``DELIMITERS``) or one character."""
+
+    encoding: str = AUTO
+    delimiter: str = AUTO
+    quotechar: str = '"'
+
+
+def _no_dialects() -> Mapping[str, InputDialect]:
+    return MappingProxyType({})
+
+
 NOTIFY_FORMATS = ("json", "slack", "teams")
 
 
 def _no_headers() -> Mapping[str, str]:
     return MappingProxyType({})
+
+
+@dataclass(frozen=True, kw_only=True)
+class InputSettings:
+    """The dialect of every dropped file, and per segment (its name, id or subfolder as the
+    file names it) the keys that differ."""
+
+    encoding: str = AUTO
+    delimiter: str = AUTO
+    quotechar: str = '"'
+    segments: Mapping[str, InputDialect] = field(default_factory=_no_dialects)
+
+    @property
+    def default(self) -> InputDialect:
+        return InputDialect(encoding=self.encoding, delimiter=self.delimiter,
+                            quotechar=self.quotechar)
+
+    def for_segment(self, *names: str | None) -> InputDialect:
+        """The first of ``names`` with settings of its own, else the global ones."""
+        for name in names:
+            if name is not None and name in self.segments:
+                return self.segments[name]
+        return self.default
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -176,6 +219,7 @@ class AgentConfig:
     watch: WatchSettings = WatchSettings()
     matching: MatchingSettings = MatchingSettings()
     validation: ValidationSettings = ValidationSettings()
+    input: InputSettings = InputSettings()
     upload: UploadSettings = UploadSettings()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
@@ -356,6 +400,7 @@ class _Reader:
                 "max_bytes": self.integer(minimum=0),
                 "check_mapped_columns": self.boolean,
             }),
+            "input": self.input_settings,
             "upload": self.section_of(UploadSettings, {
                 "workers": self.integer(minimum=1, maximum=64),
                 "content_type": self.string(),
@@ -585,6 +630,72 @@ class _Reader:
                 self.fail(key_node, here, "given twice; keep one")
             names[name] = self.identifier(value_node, here, text_ok=True)
         return MappingProxyType(names)
+
+    def input_settings(self, node: Node, key: str) -> InputSettings:
+        dialect = self.dialect_parsers()
+        section = _Section(self, node, key, [*dialect, "segments"])
+        base = InputSettings(**self.fill(InputSettings, section, dialect))
+        self.check_dialect(section, base.default)
+        overrides: dict[str, InputDialect] = {}
+        segments = section.get("segments")
+        if segments is not None and not self.is_null(segments):
+            here = section.key("segments")
+            if not isinstance(segments, MappingNode):
+                self.fail(segments, here, f"expected a mapping of segment name: settings, got "
+                          f"{self.describe(segments)}; e.g. 'de_customers: {{delimiter: \";\"}}'")
+            self.flatten(segments, here)
+            for key_node, value_node in segments.value:
+                name = self.key_name(key_node, here, word="segment name")
+                where = f"{here}.{name}"
+                if name in overrides:
+                    self.fail(key_node, where, "given twice; keep one")
+                own = _Section(self, value_node, where, dialect)
+                values = self.fill(InputDialect, own, dialect)
+                overrides[name] = dataclasses.replace(base.default, **values)
+                self.check_dialect(own, overrides[name])
+        return dataclasses.replace(base, segments=MappingProxyType(overrides))
+
+    def dialect_parsers(self) -> dict[str, Parser]:
+        return {"encoding": self.encoding, "delimiter": self.delimiter,
+                "quotechar": self.character("a quote character such as '\"'")}
+
+    def encoding(self, node: Node, key: str) -> str:
+        text = self.string()(node, key).strip()
+        if text.lower() == AUTO:
+            return AUTO
+        try:
+            info = codecs.lookup(text)
+        except LookupError:
+            self.fail(node, key, f"unknown encoding {text!r}; use auto or a Python codec name "
+                      "such as cp1252, latin-1, utf-16le or utf-8")
+        if not getattr(info, "_is_text_encoding", True):
+            self.fail(node, key, f"{text!r} is not a text encoding; use auto or a codec such as "
+                      "cp1252, latin-1 or utf-16le")
+        return info.name
+
+    def delimiter(self, node: Node, key: str) -> str:
+        scalar = self.scalar(node, key)
+        text = scalar.text if isinstance(scalar.value, str) or scalar.substituted else None
+        if text is not None and text.strip().lower() in (AUTO, "tab"):
+            return AUTO if text.strip().lower() == AUTO else "\t"
+        return self.character("auto, tab or one character such as ';' or '|'")(node, key)
+
+    def character(self, what: str) -> Parser:
+        def parse(node: Node, key: str) -> str:
+            scalar = self.scalar(node, key)
+            text = scalar.text if isinstance(scalar.value, str) or scalar.substituted else None
+            if text is None or len(text) != 1 or text in "\r\n":
+                got = repr(text) if text is not None else self.describe(node)
+                self.fail(node, key, f"expected {what}, got {got}; quote it, e.g. '\"\\t\"' "
+                          "for a tab")
+            return text
+        return parse
+
+    def check_dialect(self, section: _Section, dialect: InputDialect) -> None:
+        if dialect.delimiter == dialect.quotechar:
+            node = section.get("quotechar") or section.get("delimiter") or section.node
+            self.fail(node, section.key("quotechar"), f"{dialect.quotechar!r} is also the "
+                      "delimiter; they must differ")
 
     def backoffs(self, section: _Section, value: Any) -> None:
         if value.max_backoff < value.initial_backoff:

@@ -41,7 +41,7 @@ from pushagent.lifecycle import (
     sources_of,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS files (
     next_attempt_at REAL,
     final_path TEXT,
     sha256 TEXT,                     -- of the bytes last validated
-    report_path TEXT                 -- the failed/ report, when it has one
+    report_path TEXT,                -- the failed/ report, when it has one
+    converted_from TEXT              -- what a file sent as a converted copy was (intake.py)
 );
 CREATE INDEX IF NOT EXISTS files_state ON files(state);
 CREATE INDEX IF NOT EXISTS files_finished ON files(finished_at);
@@ -129,6 +130,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("ALTER TABLE deliveries ADD COLUMN category TEXT",),
     # The pull side: new tables only, made by PULL_SCHEMA for old and new journals alike.
     3: (),
+    # What a converted file was converted from (its encoding, delimiter, compression).
+    4: ("ALTER TABLE files ADD COLUMN converted_from TEXT",),
 }
 
 RESERVE_SECONDS = 7 * 86400
@@ -155,6 +158,7 @@ class FileRow:
     final_path: str | None
     sha256: str | None
     report_path: str | None
+    converted_from: str | None
 
     @classmethod
     def of(cls, row: sqlite3.Row) -> FileRow:
@@ -477,10 +481,12 @@ class Journal:
         with self._statement() as db:
             self._move(db, file_id, FileState.CLAIMED, "reason = 'uploading'", ())
 
-    def validated(self, file_id: int, *, size: int, sha256: str) -> None:
+    def validated(
+        self, file_id: int, *, size: int, sha256: str, converted_from: str | None = None
+    ) -> None:
         with self._statement() as db:
-            db.execute("UPDATE files SET size = ?, sha256 = ? WHERE id = ?",
-                       (size, sha256, file_id))
+            db.execute("UPDATE files SET size = ?, sha256 = ?, converted_from = ? WHERE id = ?",
+                       (size, sha256, converted_from, file_id))
 
     def upload_started(self, file_id: int, job_id: str) -> None:
         with self._statement() as db:

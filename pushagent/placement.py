@@ -3,6 +3,7 @@
 The target is written to the journal before the move, so a crash inside the move is finished at
 the next start, not redone. A report is written before its file arrives, so a file is never in
 ``failed/`` without its reason; a report that cannot be written keeps its file in the claim area.
+A converted file's staged copy (``pushagent.intake``) is removed once the original is in place.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path, PurePath
 
+from pushagent.intake import remove_staged
 from pushagent.journal import FileRow, Journal
 from pushagent.lifecycle import DeliveryState
 from pushagent.names import printable
@@ -70,6 +72,9 @@ class Placer:
             move_to(source, intended, durable=False)
             self.unsynced.add(intended.parent)
         self.carry_trigger(source, intended)
+        if row.in_claim_area:
+            # After the original is in place (a crash between the two redoes only this).
+            remove_staged(source)
         if row.in_claim_area and source.parent != self._claimed:
             with contextlib.suppress(OSError):  # a claim folder of the first release, if empty
                 source.parent.rmdir()

@@ -51,8 +51,13 @@ class ListedJob:
         return self.columns
 
 
+# A CSV, or a compressed one (``pushagent.intake`` reads it).
+DROP_SUFFIXES = (".csv", ".csv.gz", ".zip")
+
+
 class SegmentRouter:
-    """``<segment>.csv`` or ``<segment>/<name>.csv`` by default, or a regex with ``(?P<segment>)``.
+    """``<segment>.csv`` or ``<segment>/<name>.csv`` by default (or ``.csv.gz``, ``.zip``), or
+    a regex with ``(?P<segment>)``.
 
     ``<segment>`` is a producerSegmentID, a producerSegmentIDString or a name from ``names``;
     ids stay exact strings (a real id is above 2**53, so never through a float).
@@ -63,10 +68,22 @@ class SegmentRouter:
         self._pattern = pattern
 
     def segment_of(self, relative: PurePath) -> str | None:
-        raw = self._from_pattern(relative) if self._pattern else self._from_layout(relative)
+        raw = self._raw(relative)
         if not raw:
             return None
         return self._names.get(raw, raw)
+
+    def names_of(self, relative: PurePath) -> tuple[str, ...]:
+        """The names settings may know a file's segment by: as the file names it, the segment
+        it resolves to, and the subfolder the file is in."""
+        raw = self._raw(relative)
+        names = [raw, self._names.get(raw, raw)] if raw else []
+        if len(relative.parts) > 1:
+            names.append(relative.parts[0])
+        return tuple(names)
+
+    def _raw(self, relative: PurePath) -> str | None:
+        return self._from_pattern(relative) if self._pattern else self._from_layout(relative)
 
     def _from_pattern(self, relative: PurePath) -> str | None:
         assert self._pattern is not None
@@ -75,10 +92,12 @@ class SegmentRouter:
 
     @staticmethod
     def _from_layout(relative: PurePath) -> str | None:
-        if relative.suffix.lower() != ".csv":
+        name = relative.name.lower()
+        suffix = next((s for s in DROP_SUFFIXES if name.endswith(s)), None)
+        if suffix is None:
             return None
         if len(relative.parts) == 1:
-            return relative.stem
+            return relative.name[: -len(suffix)]
         if len(relative.parts) == 2:
             return relative.parts[0]
         return None

@@ -5,15 +5,19 @@ point resumes here: a delivery found ``uploading`` may have reached the server, 
 status decides. What an answer means comes from one table (``exchange.outcome.classify``): a
 definite answer is never taken for a delivery, only silence after the body left is ambiguous.
 
-The bytes sent are the bytes validated: validation records their size and SHA-256, and the upload
-withholds its final block unless what it read hashes the same. A file that changed since is sent
-back to settle; one that changed after a job already took it is refused, since its jobs could no
-longer all get the same bytes.
+A file not already UTF-8, comma-separated CSV is first converted into a staged copy
+(``pushagent.intake``); the copy is then what is validated and sent. The bytes sent are the bytes
+validated: validation records their size and SHA-256 (a UTF-8 byte order mark left out: the upload
+starts after it), and the upload withholds its final block unless what it read hashes the same.
+A file that changed since is sent back to settle; one that changed after a job already took it is
+refused, since its jobs could no longer all get the same bytes.
 """
 
 from __future__ import annotations
 
+import errno
 import getpass
+import hashlib
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -24,16 +28,18 @@ from typing import NoReturn, TypeVar
 
 from loguru import logger
 
+from pushagent.config import InputDialect
 from pushagent.errors import ExchangeError, SourceChanged
 from pushagent.exchange import ExchangeClient, Job, JobCategory, JobStatus
 from pushagent.exchange.models import ExpectedBody
 from pushagent.exchange.outcome import Outcome, classify, counts_as_attempt, is_redirect
+from pushagent.intake import Source, prepare
 from pushagent.journal import DeliveryRow, FileRow, Journal
 from pushagent.lifecycle import OPEN_DELIVERIES, DeliveryState
 from pushagent.metrics import AgentMetrics
 from pushagent.readiness import open_for_writing
 from pushagent.router import ListedJob
-from pushagent.validator import CSVReport, missing_columns, validate_csv
+from pushagent.validator import CHUNK_SIZE, CSVReport, missing_columns, validate_csv
 
 # A job that left the waiting state for one of these did not get our data.
 NO_DATA_STATUSES = frozenset({JobStatus.ERROR, JobStatus.CANCELLED, JobStatus.NOTFOUND})
@@ -63,6 +69,17 @@ class DeliverySettings:
     max_bytes: int | None
     check_mapped_columns: bool
     max_attempts: int
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """What one attempt sends: ``report`` of the file ``send`` (the dropped file or its staged
+    copy), and the dropped file's size and mtime, which must not change until it is done."""
+
+    report: CSVReport
+    send: Path
+    size: int
+    mtime_ns: int
 
 
 T = TypeVar("T")
@@ -101,6 +118,8 @@ class Deliverer:
         user: Callable[[], str] = getpass.getuser,
         stat: Callable[[Path], os.stat_result] = os.stat,
         being_written: Callable[[Path], bool] = open_for_writing,
+        dialect_for: Callable[[FileRow], InputDialect] = lambda file: InputDialect(),
+        prepare_source: Callable[..., Source] = prepare,
     ) -> None:
         self._client = client
         self._journal = journal
@@ -111,13 +130,15 @@ class Deliverer:
         self._user = user
         self._stat = stat
         self._being_written = being_written
+        self._dialect_for = dialect_for
+        self._prepare = prepare_source
 
     def deliver(self, file: FileRow, known_jobs: Mapping[str, ListedJob]) -> DeliveryResult:
         try:
-            report = self._read(file)
+            snapshot = self._read(file)
             for delivery in self._journal.deliveries(file.id):
                 if delivery.state in OPEN_DELIVERIES:
-                    self._deliver_one(file, delivery, report, known_jobs)
+                    self._deliver_one(file, delivery, snapshot, known_jobs)
         except _Retry as retry:
             return self._retry_or_give_up(file, retry)
         except _Stop as stop:
@@ -125,12 +146,12 @@ class Deliverer:
         verdict = self._verdict(file)
         if verdict.verdict is Verdict.DELIVERED:
             try:
-                self._check_unchanged(file, report)
+                self._check_unchanged(file, snapshot)
             except _Stop as stop:
                 return stop.result
         return verdict
 
-    def _check_unchanged(self, file: FileRow, report: CSVReport) -> None:
+    def _check_unchanged(self, file: FileRow, report: _Snapshot) -> None:
         """A dropper that writes on after its rename: what went out is no longer the file, so
         done/ must not keep it as if it had been delivered."""
         try:
@@ -151,41 +172,68 @@ class Deliverer:
 
     # --- the file -------------------------------------------------------------------------------
 
-    def _read(self, file: FileRow) -> CSVReport:
-        """Validate the file as it is now; raises _Stop or _Retry when it cannot be sent."""
+    def _read(self, file: FileRow) -> _Snapshot:
+        """Convert (if need be) and validate the file as it is now; raises _Stop or _Retry when
+        it cannot be sent."""
         log = logger.bind(file=file.rel_path, segment=file.segment)
         if self._being_written(Path(file.path)):
             # Renamed in (or found at a start) while its writer still holds it open: it waits,
             # in its claim folder, until the writer is done.
             self._changed(file, "its writer still holds it open")
         try:
-            report = self._validate(Path(file.path), max_bytes=self._settings.max_bytes)
+            # Converted afresh on every attempt: the same original always gives the same bytes,
+            # so a copy cut short by a crash is never trusted, and the hash still matches.
+            source = self._prepare(Path(file.path), dialect=self._dialect_for(file),
+                                   max_bytes=self._settings.max_bytes)
+            if source.changed:
+                self._changed(file, source.changed)
+            report = None if source.problem else self._validate(
+                source.send, max_bytes=self._settings.max_bytes)
         except FileNotFoundError:
             raise _Stop(DeliveryResult(
                 Verdict.VANISHED, f"{file.rel_path}: removed from {file.path} before delivery"
             )) from None
         except OSError as error:
             # The agent's own permissions or disk, not the file's content: no job is failed.
-            reason = (
-                f"{file.rel_path}: cannot read it ({error.strerror or error}; the agent runs "
-                f"as user {self._user()}); fix its permissions and it is sent"
-            )
+            writing = error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+            if writing or str(error.filename or file.path) != file.path:
+                reason = (
+                    f"{file.rel_path}: cannot write its converted copy beside it "
+                    f"({error.strerror or error}); free space in the state_dir or let user "
+                    f"{self._user()} write there, and it is sent"
+                )
+            else:
+                reason = (
+                    f"{file.rel_path}: cannot read it ({error.strerror or error}; the agent "
+                    f"runs as user {self._user()}); fix its permissions and it is sent"
+                )
             log.error("{}", reason)
             raise _Retry(reason, counts=True) from error
-        if report.changed:
+        if report is not None and report.changed:
             self._changed(file, report.changed)
-        if not report.ok:
-            reason = f"invalid CSV: {'; '.join(report.problems)}"
+        problems = report.problems if report is not None else (str(source.problem),)
+        if problems:
+            reason = f"invalid CSV: {'; '.join(problems)}"
+            if source.converted_from is not None:
+                reason += f" (in the copy converted from {source.converted_from})"
             log.warning("rejected: {}", reason)
             self._fail_open_jobs(file, reason)
             raise _Stop(DeliveryResult(Verdict.REJECTED, reason))
-        assert report.sha256 is not None, "a valid report hashes every byte it read"
+        assert report is not None and report.sha256 is not None, "a valid report hashes it all"
         if file.sha256 != report.sha256:
-            if file.sha256 is not None:
+            upgraded = report.offset and file.sha256 is not None and _whole_file_hash(
+                source.send) == file.sha256
+            if file.sha256 is not None and not upgraded:
                 self._changed(file, f"its SHA-256 is not the one validated before, size now "
                                     f"{report.size} bytes", settle_if_untaken=False)
-            self._journal.validated(file.id, size=report.size, sha256=report.sha256)
-        return report
+            self._journal.validated(file.id, size=report.size, sha256=report.sha256,
+                                    converted_from=source.converted_from)
+            if source.converted_from is not None:
+                log.info("converted from {} into {} bytes of UTF-8, comma-separated CSV",
+                         source.converted_from, report.size)
+        if source.send == Path(file.path):  # the validator's own look at the file is the latest
+            return _Snapshot(report, source.send, report.size, report.mtime_ns)
+        return _Snapshot(report, source.send, source.size, source.mtime_ns)
 
     def _changed(self, file: FileRow, what: str, *, settle_if_untaken: bool = True) -> None:
         """The bytes moved under us. Before any job took them: settle again. After: refuse.
@@ -212,7 +260,7 @@ class Deliverer:
     # --- one job --------------------------------------------------------------------------------
 
     def _deliver_one(
-        self, file: FileRow, delivery: DeliveryRow, report: CSVReport,
+        self, file: FileRow, delivery: DeliveryRow, snapshot: _Snapshot,
         known: Mapping[str, ListedJob],
     ) -> None:
         job_id, state, category = delivery.job_id, delivery.state, _category(delivery)
@@ -225,7 +273,7 @@ class Deliverer:
                 self._settle_stopped_job(file, job_id, state, job.status)
                 return
         if self._settings.check_mapped_columns:
-            missing = missing_columns(report.header, job.required_columns())
+            missing = missing_columns(snapshot.report.header, job.required_columns())
             if missing:
                 reason = "; ".join(missing)
                 log.warning("rejected for job {}: {}", job_id, reason)
@@ -233,21 +281,24 @@ class Deliverer:
                 return
         if state is DeliveryState.ASSIGNED:
             self._journal.upload_started(file.id, job_id)
-        self._upload(file, job_id, category, report,
+        self._upload(file, job_id, category, snapshot,
                      maybe_landed=state is DeliveryState.UPLOADING)
 
     def _upload(
-        self, file: FileRow, job_id: str, category: str, report: CSVReport, *, maybe_landed: bool
+        self, file: FileRow, job_id: str, category: str, snapshot: _Snapshot, *,
+        maybe_landed: bool,
     ) -> None:
         """``maybe_landed``: an earlier attempt got no answer, so the job may hold it already."""
         log = logger.bind(file=file.rel_path, segment=file.segment, job=job_id, category=category)
+        report = snapshot.report
         assert report.sha256 is not None
-        expected = ExpectedBody(size=report.size, sha256=report.sha256, mtime_ns=report.mtime_ns)
+        expected = ExpectedBody(size=report.size - report.offset, sha256=report.sha256,
+                                mtime_ns=report.mtime_ns, offset=report.offset)
         started = self._clock()
-        log.debug("uploading {} bytes to job {}", report.size, job_id)
+        log.debug("uploading {} bytes to job {}", expected.size, job_id)
         try:
             result = self._client.upload_data(
-                job_id, file.path, content_type=self._settings.content_type, retry=False,
+                job_id, snapshot.send, content_type=self._settings.content_type, retry=False,
                 expected=expected,
             )
         except SourceChanged as changed:
@@ -431,6 +482,20 @@ class Deliverer:
 
 def _category(delivery: DeliveryRow) -> str:
     return delivery.category or JobCategory.SEGMENT_EXPORT.value
+
+
+def _whole_file_hash(path: Path) -> str | None:
+    """The SHA-256 of the whole file: what a journal of schema 1 recorded for a file with a
+    UTF-8 byte order mark, which is now left out of the hash (and of the upload); a file it
+    recorded so is the same file, not a changed one. None when it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as stream:
+            while chunk := stream.read(CHUNK_SIZE):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 def _is_unreadable(retry: _Retry) -> bool:

@@ -48,8 +48,9 @@ _CONTINUATION_BYTES = bytes(range(0x80, 0xC0))
 
 # A quoted field that csv reads as one field within one line: it starts a field, holds no line
 # break, and is followed by the end of the field.
-_CLEAN_QUOTED_FIELD = re.compile(rb'"(?<![^,\n]")[^"\n]*(?:""[^"\n]*)*"(?=[,\n]|\r\n)')
-_MARK = b"_"
+# Every byte that is not structure becomes x (then, where it does not touch a quote, nothing).
+_TO_DATA = bytes(byte if byte in b',"\r\n' else ord("x") for byte in range(256))
+_SHAPES_KEPT = 4096
 _NOT_STRUCTURE = bytes(set(range(256)) - set(b',"\r\n'))
 _BARE_CR = re.compile(rb"\r(?!\n)")
 _SPECIAL = re.compile(rb'["\r\n]')
@@ -70,8 +71,9 @@ class CSVReport:
     ``bytes`` is the number of bytes read: 0 when the file was refused by its size unread.
 
     The snapshot the upload must match: ``sha256`` is the hex digest of exactly the bytes read
-    (a byte order mark included), None when validation stopped early or refused the file
-    unread; ``size`` and ``mtime_ns`` are the file's at open. ``changed`` is a sentence when the
+    after the first ``offset`` (a UTF-8 byte order mark, which is not sent: the upload starts
+    after it), None when validation stopped early or refused the file unread; ``size`` and
+    ``mtime_ns`` are the file's at open. ``changed`` is a sentence when the
     file changed while it was read (then the bytes checked are no one state of the file), else
     None."""
 
@@ -84,6 +86,7 @@ class CSVReport:
     size: int
     mtime_ns: int
     changed: str | None
+    offset: int = 0
 
     @property
     def ok(self) -> bool:
@@ -125,7 +128,7 @@ def validate_csv(
         else:
             total, whole = _scan(stream, scanner, problems, limit=limit, chunk_size=chunk_size,
                                  digest_update=digest.update)
-            changed = _change(opened, fstat(stream.fileno()), read=total if whole else None)
+            changed = file_change(opened, fstat(stream.fileno()), read=total if whole else None)
             if whole:
                 sha256 = digest.hexdigest()
     return CSVReport(
@@ -138,10 +141,11 @@ def validate_csv(
         size=size,
         mtime_ns=opened.st_mtime_ns,
         changed=changed,
+        offset=len(codecs.BOM_UTF8) if scanner.bom else 0,
     )
 
 
-def _change(opened: os.stat_result, after: os.stat_result, *, read: int | None) -> str | None:
+def file_change(opened: os.stat_result, after: os.stat_result, *, read: int | None) -> str | None:
     """Why the bytes read may not be the file at open (``read``: all bytes to the end, or None
     when the read stopped early), or None."""
     what: str | None = None
@@ -166,10 +170,11 @@ def _scan(
     text = _TextCheck(problems)
     # The first read takes a byte order mark on top, so what follows it is never empty by chance.
     chunk = stream.read(chunk_size + len(codecs.BOM_UTF8))
-    digest_update(chunk)
     total = len(chunk)
     if chunk.startswith(codecs.BOM_UTF8):
         chunk = chunk[len(codecs.BOM_UTF8):]
+        scanner.bom = True
+    digest_update(chunk)
     empty = not chunk
     carry = b""
     while chunk:
@@ -215,10 +220,13 @@ def missing_columns(
         if column in present or column in seen:
             continue
         seen.add(column)
-        text = (f"line 1: column {column!r} required by {source} is missing from the header")
         near = loose.get(column.strip().casefold())
-        if near is not None:
-            text += f" (the header has {near!r}; names must match exactly)"
+        if near is None:
+            text = f"line 1: column {column!r} required by {source} is missing from the header"
+        else:  # Salesforce writes EMAIL; a spreadsheet may keep a space
+            text = (f"line 1: column {column!r} not found; the header has {near!r} (names must "
+                    f"match exactly, case and spaces included: rename the column, or the name in "
+                    f"{source})")
         problems.append(text)
     return problems
 
@@ -237,25 +245,55 @@ def _reduce(data: bytes) -> bytes:
     return marks.replace(b'""', b"") if b'"' in marks else marks
 
 
-def _quoted_lines(lines: list[bytes], fields: dict[int, int], quoted: list[int]) -> list[int]:
+def _quoted_lines(
+    lines: list[bytes], fields: dict[int, int], quoted: list[int], shapes: dict[bytes, int]
+) -> list[int]:
     """Correct ``fields`` for the ``quoted`` lines, whose reduced form has quotes left; returns
-    those that need the state machine. One regular expression makes each quoted field that csv
-    reads as one field within its line one marker byte (so a comma inside it no longer
-    counts); the lines are reduced again, and those still holding a quote need a closer look.
-    """
-    # Each line ends in a line break, so a quoted field at the end of the last one is seen whole.
-    again = _reduce(_CLEAN_QUOTED_FIELD.sub(_MARK, b"\n".join([lines[i] for i in quoted]) + b"\n"))
-    if b"\r" in again:
-        again = again.replace(b"\r\n", b"\n")
-    marked = again.split(b"\n")
-    marked.pop()
+    those that need the state machine (a record going on to the next line).
+
+    Each line is reduced to its shape: its commas, quotes and line end, and one mark where data
+    touches a quote (``x"`` or ``"x``). csv's reading of a line depends on nothing else: data
+    changes its state only at the start of a field (where it makes a later quote in the field
+    data, a quote it touches) or right after a quote. The lines of one export share few
+    shapes, so each shape is read once (``_shape_fields``) and kept in ``shapes``."""
+    joined = b"\n".join([lines[i] for i in quoted]).translate(_TO_DATA)
+    joined = joined.replace(b'x"', b'X"').replace(b'"x', b'"X').translate(None, b"x")
     odd: list[int] = []
-    for index, body in zip(quoted, marked, strict=True):
-        if b'"' in body:
+    if len(shapes) > _SHAPES_KEPT:  # a file of ever new shapes: memory stays flat
+        shapes.clear()
+    for index, shape in zip(quoted, joined.split(b"\n"), strict=True):
+        count = shapes.get(shape)
+        if count is None:
+            count = shapes[shape] = _shape_fields(shape)
+        if count < 0:
             odd.append(index)
         else:
-            fields[index] = len(body) + 1
+            fields[index] = count
     return odd
+
+
+def _shape_fields(shape: bytes) -> int:
+    """The fields csv reads in a line of this shape, or -1 when its record goes on (a quoted
+    field is still open at its end)."""
+    if shape.endswith(b"\r"):
+        shape = shape[:-1]  # CRLF; a carriage return alone sends its line to the state machine
+    mode = _START_FIELD
+    count = 1
+    for byte in shape:
+        if mode == _IN_QUOTED_FIELD:
+            if byte == _QUOTE:
+                mode = _QUOTE_IN_QUOTED_FIELD
+        elif byte == _COMMA:
+            count += 1
+            mode = _START_FIELD
+        elif byte == _QUOTE:
+            if mode == _START_FIELD:
+                mode = _IN_QUOTED_FIELD
+            elif mode == _QUOTE_IN_QUOTED_FIELD:
+                mode = _IN_QUOTED_FIELD  # a doubled quote
+        elif mode != _IN_FIELD:
+            mode = _IN_FIELD  # data at a field's start, or after its closing quote
+    return -1 if mode == _IN_QUOTED_FIELD else count
 
 
 def _has_blank_line(data: bytes) -> bool:
@@ -336,10 +374,12 @@ class _TextCheck:
                     bad = done + error.start
                     where, column = self._locate(data, bad, line)
                     if where != self._reported_line:
+                        text = f"not valid UTF-8 (byte 0x{data[bad]:02x} at column {column})"
+                        if not self._reported_line:
+                            text += ("; if your exporter writes Windows-1252, set "
+                                     "input.encoding: cp1252 (or the code page it writes)")
                         self._reported_line = where
-                        self._problems.add(
-                            where, f"not valid UTF-8 (byte 0x{data[bad]:02x} at column {column})"
-                        )
+                        self._problems.add(where, text)
                     # The rest of a line with one bad byte is not worth a byte-by-byte look.
                     next_line = data.find(b"\n", bad)
                     done = len(data) if next_line < 0 else next_line + 1
@@ -359,6 +399,8 @@ class _Scanner:
         self.header: tuple[str, ...] | None = None
         self.data_rows = 0
         self.stopped = False
+        self.bom = False
+        self._shapes: dict[bytes, int] = {}  # line shape -> fields (``_quoted_lines``)
         self._expected = 0
         self.line = 1  # of the next byte to scan (a carriage return kept back holds no break)
         self._record_line = 1
@@ -417,8 +459,8 @@ class _Scanner:
         field opened by a quote ends at the quote that closes it, or holds the quotes as text):
         the field count is the commas plus one, and most chunks pass one comparison. Lines
         with quotes left (a comma in a quoted field, a field going on to the next line, odd
-        quoting) are looked at again (``_quoted_lines``); lines still holding a quote, or a
-        lone carriage return, go to the state machine.
+        quoting) are looked at again by their shape (``_quoted_lines``); lines whose record goes
+        on, or with a lone carriage return, go to the state machine.
         """
         seg = buf[start:end]
         marks = _reduce(seg)
@@ -439,7 +481,7 @@ class _Scanner:
         if not unit and _has_blank_line(seg):
             fields.update((index, 0) for index, line in enumerate(lines) if line in (b"", b"\r"))
         quoted = [index for index in fields if b'"' in reduced[index]]
-        odd = _quoted_lines(lines, fields, quoted) if quoted else []
+        odd = _quoted_lines(lines, fields, quoted, self._shapes) if quoted else []
         if bare_cr:  # in a field or not: the state machine tells
             odd = sorted({*odd, *_bare_cr_lines(seg)})
         first = self.line

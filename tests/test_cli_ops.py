@@ -158,6 +158,22 @@ def test_validate_prints_ok_and_each_problem_with_its_line(tmp_path: Path) -> No
     ]
 
 
+def test_validate_converts_another_dialect_first_as_the_agent_does(tmp_path: Path) -> None:
+    excel = tmp_path / "excel.csv"
+    excel.write_bytes("Email\tfirstName\r\na@example.com\tAnaïs\r\n".encode("utf-16"))
+    code_page = tmp_path / "cp1252.csv"
+    code_page.write_bytes("Email;firstName\na@example.com;Anaïs\n".encode("cp1252"))
+    result = ops("validate", str(excel), str(code_page))
+    assert result.code == 1
+    assert result.out.splitlines() == [
+        f"ok   {excel}: 1 data row, 2 columns (Email, firstName); converted from UTF-16LE with a "
+        "byte order mark, tab-separated",
+        f"FAIL {code_page}: line 2: byte 0xEF is not UTF-8; if your exporter writes "
+        "Windows-1252, set input.encoding: cp1252 (or the code page it writes)",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cp1252.csv", "excel.csv"]
+
+
 def test_validate_exits_0_when_every_file_is_valid(tmp_path: Path) -> None:
     assert ops("validate", str(write(tmp_path, "a.csv", VALID))).code == 0
 
@@ -173,7 +189,8 @@ def test_validate_json(tmp_path: Path) -> None:
     data = ops("validate", "--json", str(bad)).json()
     assert data == {
         "ok": False, "job_id": None, "required_columns": [],
-        "files": [{"path": str(bad), "ok": False, "header": ["Email"], "data_rows": 0,
+        "files": [{"path": str(bad), "converted_from": None, "ok": False,
+                   "header": ["Email"], "data_rows": 0,
                    "bytes": 6, "problems": ["line 2: no data rows after the header (at least "
                                             "one is needed)"]}],
     }

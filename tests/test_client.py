@@ -642,6 +642,33 @@ def test_exact_upload_sends_the_validated_bytes(ex: Harness, csv_file: Path) -> 
     assert seen == sorted(seen)
 
 
+def test_exact_upload_from_an_offset_leaves_out_a_byte_order_mark(
+    ex: Harness, tmp_path: Path
+) -> None:
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbfEmail,Name\r\na@x,A\r\n")
+    body = path.read_bytes()[3:]
+    ex.on(
+        "POST",
+        "/v1/jobs/1347/data",
+        [
+            {"text": recording(ex.bodies, status=503, partial=4)},
+            {"text": recording(ex.bodies, status=200)},
+        ],
+    )
+    expected = ExpectedBody(size=len(body), sha256=hashlib.sha256(body).hexdigest(),
+                            mtime_ns=path.stat().st_mtime_ns, offset=3)
+
+    result = ex.client.upload_data(1347, path, expected=expected)
+
+    assert ex.bodies[1] == body, "every attempt starts after the mark"
+    assert ex.last.headers["Content-Length"] == str(len(body))
+    assert (result.bytes_sent, result.sha256) == (len(body), expected.sha256)
+    with pytest.raises(SourceChanged, match="size 22 -> 23 bytes"):
+        path.write_bytes(path.read_bytes() + b"\n")
+        ex.client.upload_data(1347, path, expected=expected)
+
+
 def test_exact_upload_checks_every_attempt(ex: Harness, csv_file: Path) -> None:
     ex.on(
         "POST",
@@ -781,7 +808,8 @@ def test_exact_upload_needs_a_path(ex: Harness) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", [{"size": -1, "sha256": "0" * 64}, {"size": 1, "sha256": "ABC"}]
+    "bad", [{"size": -1, "sha256": "0" * 64}, {"size": 1, "sha256": "ABC"},
+            {"size": 1, "sha256": "0" * 64, "offset": -3}]
 )
 def test_expected_body_refuses_nonsense(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="ExpectedBody"):

@@ -13,6 +13,8 @@ import pytest
 from pushagent.config import (
     AgentConfig,
     ExchangeSettings,
+    InputDialect,
+    InputSettings,
     LoggingSettings,
     MatchingSettings,
     MetricsSettings,
@@ -452,6 +454,7 @@ def test_the_example_documents_every_default(tmp_path: Path) -> None:
         (config.matching, MatchingSettings), (config.validation, ValidationSettings),
         (config.upload, UploadSettings), (config.logging, LoggingSettings),
         (config.metrics, MetricsSettings), (config.notify, NotifySettings),
+        (config.input, InputSettings),
     ]:
         assert section == cls(), cls.__name__
     required = {"base_url", "api_key", "endpoint_id"}
@@ -462,7 +465,7 @@ def test_the_example_documents_every_default(tmp_path: Path) -> None:
     text = EXAMPLE.read_text()
     for cls in (AgentConfig, ExchangeSettings, RetryPolicy, WatchSettings, MatchingSettings,
                 ValidationSettings, UploadSettings, LoggingSettings, MetricsSettings,
-                NotifySettings, PullSettings):
+                NotifySettings, PullSettings, InputSettings):
         for f in dataclasses.fields(cls):
             if f.name not in ("source", "jitter"):  # jitter is the client's, not a setting
                 assert re.search(rf"^\s*#?\s*{f.name}:", text, re.MULTILINE), f.name
@@ -537,3 +540,49 @@ def test_categories_are_read_in_any_case(tmp_path: Path) -> None:
     path, _ = broken(tmp_path, "  poll_seconds: 5\n",
                      "  poll_seconds: 5\n  categories: [identity_import]\n")
     assert load_config(path, environ=ENV).matching.categories == ("IDENTITY_IMPORT",)
+
+
+def test_input_dialects_globally_and_per_segment(tmp_path: Path) -> None:
+    path = home(tmp_path, MINIMAL + """\
+input:
+  encoding: UTF-16
+  delimiter: tab
+  segments:
+    de_customers: {encoding: Windows-1252, delimiter: ";"}
+    "45311": {quotechar: "'"}
+    plain:
+""")
+    settings = load_config(path, environ=ENV).input
+    assert settings.default == InputDialect(encoding="utf-16", delimiter="\t", quotechar='"')
+    # Codec names are normalised; what a segment does not set comes from the global keys.
+    assert settings.for_segment("de_customers") == InputDialect(
+        encoding="cp1252", delimiter=";", quotechar='"')
+    assert settings.for_segment("vip_customers", "45311") == InputDialect(
+        encoding="utf-16", delimiter="\t", quotechar="'")
+    assert settings.for_segment("plain") == settings.default
+    assert settings.for_segment("other", None) == settings.default
+
+
+@pytest.mark.parametrize(
+    ("section", "fragment", "phrase"),
+    [
+        ("input:\n  encoding: cp1525\n", "cp1525",
+         "input.encoding: unknown encoding 'cp1525'; use auto or a Python codec name"),
+        ("input:\n  encoding: base64\n", "base64", "input.encoding: 'base64' is not a text"),
+        ("input:\n  delimiter: ';;'\n", "';;'",
+         "input.delimiter: expected auto, tab or one character"),
+        ("input:\n  quotechar: ''\n", "quotechar", "input.quotechar: expected a quote"),
+        ("input:\n  delimiter: \"'\"\n  quotechar: \"'\"\n", "quotechar",
+         "input.quotechar: \"'\" is also the delimiter"),
+        ("input:\n  segments:\n    de: {encodign: cp1252}\n", "encodign",
+         "input.segments.de.encodign: unknown key; did you mean 'encoding'?"),
+        ("input:\n  segments:\n    de: {encoding: nope}\n", "nope",
+         "input.segments.de.encoding: unknown encoding 'nope'"),
+    ],
+)
+def test_bad_input_settings_name_their_key_and_line(
+    tmp_path: Path, section: str, fragment: str, phrase: str
+) -> None:
+    text = MINIMAL + section
+    message = error(home(tmp_path, text))
+    assert f"line {line_of(text, fragment)}: {phrase}" in message

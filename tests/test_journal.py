@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from pushagent.errors import JournalUnavailable, StateLockedError
-from pushagent.journal import MIGRATIONS, SCHEMA_VERSION, Journal, StateLock
+from pushagent.journal import MIGRATIONS, PULL_SCHEMA, SCHEMA_VERSION, Journal, StateLock
 from pushagent.lifecycle import (
     DELIVERY_MOVES,
     FILE_MOVES,
@@ -192,7 +192,7 @@ def test_a_journal_of_version_2_gains_the_pull_tables_and_keeps_its_rows(
     assert [f.state for f in pulls.files("2001")] == [PullFileState.PENDING]
     journal.close()
     again = sqlite3.connect(tmp_path / "journal.sqlite3")
-    assert again.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert again.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
 
 
 def test_a_pull_job_moves_only_as_its_table_allows(tmp_path: Path) -> None:
@@ -221,6 +221,30 @@ def test_a_gone_pull_job_listed_as_ready_again_is_downloaded_again(tmp_path: Pat
     pulls.take_on("8", folder="/out/8", job_json="{}", files=[("a.csv", "a.csv")])
     row = pulls.job("8")
     assert row is not None and (row.state, row.reason) == (PullJobState.DOWNLOADING, None)
+
+
+def test_a_journal_of_version_3_gains_what_files_were_converted_from(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "journal.sqlite3")
+    db.executescript(V0_SCHEMA)
+    for statement in (*MIGRATIONS[1], *MIGRATIONS[2]):
+        db.execute(statement)
+    db.executescript(PULL_SCHEMA)
+    db.execute("PRAGMA user_version = 3")
+    db.execute(
+        "INSERT INTO files (id, rel_path, segment, state, path, size, mtime, seen_at, "
+        "claimed_at, reason, sha256) VALUES (1, 'a.csv', '45311', 'claimed', '/s/claimed/1-a.csv',"
+        " 5, 1.0, 1.0, 2.0, 'uploading', 'ab')"
+    )
+    db.commit()
+    db.close()
+    journal = Journal.for_state_dir(tmp_path)
+    row = journal.file(1)
+    assert (row.state, row.sha256, row.converted_from) == (FileState.CLAIMED, "ab", None)
+    journal.validated(1, size=4, sha256="cd", converted_from="cp1252, semicolon-separated")
+    assert journal.file(1).converted_from == "cp1252, semicolon-separated"
+    journal.close()
+    again = sqlite3.connect(tmp_path / "journal.sqlite3")
+    assert again.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
 
 
 def test_a_full_disk_is_a_journal_condition_not_a_sqlite_error(tmp_path: Path) -> None:

@@ -160,7 +160,8 @@ def test_check_warns_when_the_endpoint_has_no_job(tmp_path: Path, sim: Simulator
     done = pushagent_cli("check", "-c", str(home.config), env={"E2E_EXCHANGE_KEY": KEY})
     assert done.returncode == 0, done.stdout + done.stderr  # a warning, not a failure
     warning = next(line for line in done.stdout.splitlines() if line.startswith("warn jobs:"))
-    assert f"no SEGMENT_EXPORT or IDENTITY_IMPORT job is waiting for data on endpoint {ENDPOINT}" in warning
+    assert ("no SEGMENT_EXPORT or IDENTITY_IMPORT job is waiting for data on endpoint "
+            f"{ENDPOINT}") in warning
     assert f"1 wait on other endpoints ({ENDPOINT + 1})" in warning
     assert "pushagent jobs list SEGMENT_EXPORT -c" in warning
 
@@ -175,7 +176,8 @@ def test_an_endpoint_key_with_no_job_gets_the_warning_not_a_failure(tmp_path: Pa
                              env={"E2E_EXCHANGE_KEY": endpoint_key})
     assert done.returncode == 0, done.stdout + done.stderr
     warning = next(line for line in done.stdout.splitlines() if line.startswith("warn jobs:"))
-    assert f"no SEGMENT_EXPORT or IDENTITY_IMPORT job is waiting for data on endpoint {ENDPOINT};" in warning
+    assert ("no SEGMENT_EXPORT or IDENTITY_IMPORT job is waiting for data on endpoint "
+            f"{ENDPOINT};") in warning
 
 
 def test_a_key_file_others_may_read_is_warned_in_check_and_at_start(

@@ -33,6 +33,23 @@ def test_default_layout() -> None:
     assert router.segment_of(PurePath("a/b/c.csv")) is None
 
 
+def test_compressed_drops_name_their_segment_like_a_csv() -> None:
+    router = SegmentRouter(names={"vip_customers": "45311"})
+    assert router.segment_of(PurePath("45311.csv.gz")) == "45311"
+    assert router.segment_of(PurePath("vip_customers.ZIP")) == "45311"
+    assert router.segment_of(PurePath("vip_customers/monday.csv.gz")) == "45311"
+    assert router.segment_of(PurePath("45311.gz")) is None
+    assert router.segment_of(PurePath("45311.tar")) is None
+
+
+def test_the_names_settings_may_know_a_file_by() -> None:
+    router = SegmentRouter(names={"vip_customers": "45311"},
+                           pattern=re.compile(r"crm_(?P<segment>\w+)\.csv"))
+    assert router.names_of(PurePath("crm_vip_customers.csv")) == ("vip_customers", "45311")
+    assert router.names_of(PurePath("germany/crm_7.csv")) == ("7", "7", "germany")
+    assert router.names_of(PurePath("other.txt")) == ()
+
+
 def test_pattern_layout() -> None:
     router = SegmentRouter(
         names={"7": "45311"}, pattern=re.compile(r"crm_(?P<segment>\d+)_\d{8}\.csv")

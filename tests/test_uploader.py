@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 
 import pytest
 
+from pushagent.config import InputDialect
 from pushagent.errors import (
     BadRequest,
     Conflict,
@@ -33,6 +34,7 @@ from pushagent.errors import (
     UnexpectedResponse,
 )
 from pushagent.exchange import ExpectedBody, Job, JobCategory, JobStatus, UploadResult
+from pushagent.intake import staged_path
 from pushagent.journal import Journal
 from pushagent.lifecycle import DeliveryState
 from pushagent.metrics import AgentMetrics
@@ -176,6 +178,7 @@ class FakeClient:
             self.before_upload(str(job_id))
         content = Path(source).read_bytes()
         if expected is not None:
+            content = content[expected.offset:]
             if len(content) != expected.size:
                 raise SourceChanged(
                     os.fspath(source),
@@ -276,14 +279,16 @@ def make(
     validate: Callable[..., CSVReport] = validate_csv,
     stat: Callable[[Path], os.stat_result] = os.stat,
     categories: dict[str, str] | None = None,
+    name: str = NAME,
+    dialect: InputDialect | None = None,
 ) -> Rig:
     clock = FakeClock()
     journal = Journal.for_state_dir(tmp_path, clock=clock)
     claimed = tmp_path / "claimed"
     claimed.mkdir()
-    path = claimed / NAME
+    path = claimed / name
     path.write_bytes(content)
-    file_id = journal.note_settling(NAME, tmp_path / NAME, size=len(content), mtime=1.0)
+    file_id = journal.note_settling(name, tmp_path / name, size=len(content), mtime=1.0)
     journal.mark_waiting(file_id, segment="45311", reason="waiting")
     journal.claim(file_id, path=path, job_ids=jobs, categories=categories)
     metrics = AgentMetrics()
@@ -299,6 +304,7 @@ def make(
         validate=validate,
         user=lambda: AGENT_USER,
         stat=stat,
+        dialect_for=lambda row: dialect or InputDialect(),
     )
     return Rig(deliverer, journal, client, metrics, file_id, path, jobs)
 
@@ -323,6 +329,81 @@ def test_a_valid_file_goes_to_every_job_as_the_validated_bytes(tmp_path: Path) -
     assert rig.journal.file(rig.file_id).sha256 == sha256(VALID)
     assert rig.client.fails == []
     assert rig.bytes_uploaded() == 2 * len(VALID)
+
+
+def test_a_utf8_byte_order_mark_is_validated_and_sent_as_its_absence(tmp_path: Path) -> None:
+    rig = make(tmp_path, FakeClient(), content=b"\xef\xbb\xbf" + VALID)
+    assert rig.deliver().verdict is Verdict.DELIVERED
+    [call] = rig.client.uploads
+    assert (call.source, call.expected) == (str(rig.path), ExpectedBody(
+        size=len(VALID), sha256=sha256(VALID), mtime_ns=rig.path.stat().st_mtime_ns, offset=3))
+    assert rig.journal.file(rig.file_id).sha256 == sha256(VALID)
+    assert rig.journal.file(rig.file_id).converted_from is None
+
+
+def test_a_bom_file_one_job_took_before_an_upgrade_goes_on_to_the_others(
+    tmp_path: Path
+) -> None:
+    content = b"\xef\xbb\xbf" + VALID
+    rig = make(tmp_path, FakeClient(), content=content, jobs=("1", "2"))
+    # The journal of the last version: the BOM hashed, job 1 served.
+    rig.journal.validated(rig.file_id, size=len(content), sha256=sha256(content))
+    rig.journal.upload_started(rig.file_id, "1")
+    rig.journal.delivery_ended(rig.file_id, "1", UPLOADED, nbytes=len(content),
+                               sha256=sha256(content))
+    assert rig.deliver().verdict is Verdict.DELIVERED
+    assert rig.client.uploaded_to == ["2"]
+    assert rig.journal.file(rig.file_id).sha256 == sha256(VALID)
+
+
+def test_a_converted_file_sends_its_staged_copy_and_records_what_it_was(
+    tmp_path: Path
+) -> None:
+    original = b"Email;name\r\na@example.com;A\r\n"
+    rig = make(tmp_path, FakeClient(), content=original.decode().encode("utf-16"),
+               jobs=("1", "2"))
+    assert rig.deliver().verdict is Verdict.DELIVERED
+    staged = staged_path(rig.path)
+    canonical = b"Email,name\r\na@example.com,A\r\n"
+    assert staged.read_bytes() == canonical
+    for call in rig.client.uploads:
+        assert call.source == str(staged)
+        assert call.expected == ExpectedBody(size=len(canonical), sha256=sha256(canonical),
+                                             mtime_ns=staged.stat().st_mtime_ns)
+    row = rig.journal.file(rig.file_id)
+    assert (row.sha256, row.size) == (sha256(canonical), len(canonical))
+    assert row.converted_from == "UTF-16LE with a byte order mark, semicolon-separated"
+    assert rig.path.read_bytes() == original.decode().encode("utf-16"), "the original is kept"
+
+
+def test_a_converted_original_that_changed_after_it_was_sent_is_refused(
+    tmp_path: Path
+) -> None:
+    rig = make(tmp_path, FakeClient(), content=b"Email;name\na@example.com;A\n",
+               stat=FakeStat(grow=5))
+    result = rig.deliver()
+    assert result.verdict is Verdict.REJECTED
+    assert result.reason is not None and "changed after job(s) 1 received it" in result.reason
+
+
+def test_a_converted_file_that_cannot_be_read_fails_its_jobs(tmp_path: Path) -> None:
+    rig = make(tmp_path, FakeClient(), content=b"Email;name\na@example.com;Ren\xe9e\n",
+               jobs=("1", "2"))
+    result = rig.deliver()
+    assert result.verdict is Verdict.REJECTED
+    assert rig.client.uploads == []
+    assert result.reason == (
+        "invalid CSV: line 2: byte 0xE9 is not UTF-8; if your exporter writes Windows-1252, set "
+        "input.encoding: cp1252 (or the code page it writes)")
+    assert sorted(rig.client.failed) == ["1", "2"]
+
+
+def test_the_dialect_of_the_files_segment_is_used(tmp_path: Path) -> None:
+    rig = make(tmp_path, FakeClient(), content="Email;name\na@example.com;Renée\n".encode(
+        "cp1252"), dialect=InputDialect(encoding="cp1252"))
+    assert rig.deliver().verdict is Verdict.DELIVERED
+    assert staged_path(rig.path).read_bytes() == "Email,name\r\na@example.com,Renée\r\n".encode()
+    assert rig.journal.file(rig.file_id).converted_from == "cp1252, semicolon-separated"
 
 
 # --- 1. definite answers to an upload -------------------------------------------------------------

@@ -17,6 +17,9 @@ import pytest
 from pushagent import validator
 from pushagent.validator import CSVReport, missing_columns, validate_csv
 
+# The first byte that is not UTF-8 says what to do.
+HINT = ("; if your exporter writes Windows-1252, set input.encoding: cp1252 (or the code page "
+        "it writes)")
 # Chunk sizes that put a chunk boundary inside every kind of token (BOM, CRLF, quotes, UTF-8).
 CHUNK_SIZES = (1, 2, 3, 7, 64, 4 * 1024 * 1024)
 
@@ -104,18 +107,18 @@ def test_a_ten_megabyte_line_validates(tmp_path: Path) -> None:
         pytest.param(b'a,b\n"x\ny",1,2\n3,4\n', ("line 2: expected 2 fields, found 3",),
                      id="ragged-record-names-its-first-line"),
         pytest.param(b"a,b\n1,2\nM\xfcller,3\n",
-                     ("line 3: not valid UTF-8 (byte 0xfc at column 2)",), id="latin-1"),
+                     ("line 3: not valid UTF-8 (byte 0xfc at column 2)" + HINT,), id="latin-1"),
         pytest.param(b"a,b\n1,2\nzo\xc3\xab,\xe6\x97\xa5\xff\n",
-                     ("line 3: not valid UTF-8 (byte 0xff at column 6)",),
+                     ("line 3: not valid UTF-8 (byte 0xff at column 6)" + HINT,),
                      id="bad-utf8-column-counts-characters"),
         pytest.param(b"a,b\n1,2\n3,\xe6\x97\n",
-                     ("line 3: not valid UTF-8 (byte 0xe6 at column 3)",),
+                     ("line 3: not valid UTF-8 (byte 0xe6 at column 3)" + HINT,),
                      id="truncated-character"),
         pytest.param(b"a,b\n1,2\n3,4\x00\n",
                      ("line 3: NUL byte at column 4: this looks like a binary file, not CSV text",),
                      id="nul"),
         pytest.param(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
-                     ("line 1: not valid UTF-8 (byte 0x89 at column 1)",
+                     ("line 1: not valid UTF-8 (byte 0x89 at column 1)" + HINT,
                       "line 3: NUL byte at column 1: this looks like a binary file, not CSV text"),
                      id="binary"),
         pytest.param(b"Email,name,Email\n1,2,3\n",
@@ -331,8 +334,9 @@ def test_missing_columns_names_each_missing_column_once() -> None:
         source="the job's identityMappings",
     )
     assert problems == [
-        "line 1: column 'Email' required by the job's identityMappings is missing from the "
-        "header (the header has 'email'; names must match exactly)",
+        "line 1: column 'Email' not found; the header has 'email' (names must match exactly, "
+        "case and spaces included: rename the column, or the name in the job's "
+        "identityMappings)",
         "line 1: column 'zip' required by the job's identityMappings is missing from the header",
     ]
 
@@ -355,7 +359,7 @@ def sha256(data: bytes) -> str:
 @pytest.mark.parametrize(
     "data",
     [
-        pytest.param(b"\xef\xbb\xbfEmail,name\na@x.com,Ann\n", id="bom-is-hashed"),
+        pytest.param(b"\xef\xbb\xbfEmail,name\na@x.com,Ann\n", id="bom-is-left-out"),
         pytest.param(b"Email,name\na@x.com\nb@x.com,Bob\n", id="invalid-but-read-to-the-end"),
         pytest.param(b"", id="empty"),
     ],
@@ -369,7 +373,9 @@ def test_report_holds_the_digest_size_and_mtime_of_the_bytes_read(
 
     report = validate_csv(path, chunk_size=chunk_size)
 
-    assert report.sha256 == sha256(data)
+    offset = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    assert report.sha256 == sha256(data[offset:]), "the upload starts after a byte order mark"
+    assert report.offset == offset
     assert (report.size, report.bytes) == (len(data), len(data))
     assert report.mtime_ns == path.stat().st_mtime_ns
     assert report.changed is None

@@ -369,7 +369,8 @@ def _check_upload(
                  args.file, report.data_rows, args.job_id)
     if report.sha256 is None:
         return None
-    return ExpectedBody(size=report.size, sha256=report.sha256, mtime_ns=report.mtime_ns)
+    return ExpectedBody(size=report.size - report.offset, sha256=report.sha256,
+                        mtime_ns=report.mtime_ns, offset=report.offset)
 
 
 def upload_job(args: argparse.Namespace, env: Environment) -> int:

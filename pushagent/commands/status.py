@@ -234,10 +234,10 @@ def render(snapshot: Snapshot, env: Environment, *, now: float, width: int | Non
 
     print(f"\nin flight ({len(snapshot.in_flight)}):", file=out)
     print_table(
-        ("FILE", "SEGMENT", "SIZE", "JOBS", "UPLOADING FOR"),
+        ("FILE", "SEGMENT", "SIZE", "JOBS", "UPLOADING FOR", "CONVERTED FROM"),
         [
             (row.rel_path, row.segment, format_bytes(row.size) if row.size else None,
-             _jobs(deliveries), _uploading_for(deliveries, now))
+             _jobs(deliveries), _uploading_for(deliveries, now), row.converted_from)
             for row, deliveries in snapshot.in_flight
         ],
         out, empty="(none)", width=width,
@@ -254,11 +254,12 @@ def render(snapshot: Snapshot, env: Environment, *, now: float, width: int | Non
 
     print(f"\nrecently finished ({len(snapshot.recent)}):", file=out)
     print_table(
-        ("STATE", "FILE", "FINISHED", "NOW AT", "REASON"),
+        ("STATE", "FILE", "FINISHED", "NOW AT", "CONVERTED FROM", "REASON"),
         [
             (row.state.value, row.rel_path,
              f"{format_age(now - row.finished_at)} ago" if row.finished_at else None,
-             row.final_path, row.reason if row.state is FileState.FAILED else None)
+             row.final_path, row.converted_from,
+             row.reason if row.state is FileState.FAILED else None)
             for row in snapshot.recent
         ],
         out, empty="(none)", width=width,

@@ -6,7 +6,8 @@ With ``--job``, the job is fetched once and each file must also have every colum
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import tempfile
+from pathlib import Path, PurePath
 from typing import Any
 
 from loguru import logger
@@ -19,10 +20,13 @@ from pushagent.commands.api import (
     load_config_arg,
     usage_errors,
 )
+from pushagent.config import AgentConfig, InputDialect
 from pushagent.env import Environment
 from pushagent.errors import EXIT_FAILURE, EXIT_OK, ConfigError
 from pushagent.exchange import JobCategory
+from pushagent.intake import prepare
 from pushagent.output import add_json_flag, print_json
+from pushagent.router import SegmentRouter
 from pushagent.validator import CSVReport, missing_columns, validate_csv
 
 
@@ -42,7 +46,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="check CSV files as the agent would, without uploading",
         parents=[connection_parent()],
         description=(
-            "Validate CSV files exactly as the agent does before an upload: UTF-8, a header "
+            "Validate CSV files exactly as the agent does before an upload (a file in another "
+            "encoding or dialect is converted first, by input: of the config with -c, else "
+            "auto): UTF-8, a header "
             "of unique non-empty names, the same number of fields in every row, at least one "
             "data row, and validation.max_bytes when -c is given. With --job, also every "
             "column the job maps (identityMappings, attributeMappings, sourceIdentifiers); "
@@ -84,8 +90,12 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         source = f"job {job_id}"
         if not job.is_waiting:
             logger.warning("job {} is {}: it takes no data now", job_id, job.status_raw)
-    results = [_validate(path, max_bytes, args.max_problems, required, source)
-               for path in args.files]
+    with tempfile.TemporaryDirectory(prefix="pushagent-validate-") as scratch:
+        results = [
+            _validate(path, max_bytes, args.max_problems, required, source,
+                      dialect=_dialect(config, path), staged=Path(scratch) / f"{n}.csv")
+            for n, path in enumerate(args.files)
+        ]
     valid = all(result["ok"] for result in results)
     if args.json:
         print_json({
@@ -103,22 +113,39 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     return EXIT_OK if valid else EXIT_FAILURE
 
 
+def _dialect(config: AgentConfig | None, path: Path) -> InputDialect:
+    """The input settings the agent would read ``path`` with, by its name (auto without -c)."""
+    if config is None:
+        return InputDialect()
+    router = SegmentRouter(names=config.segments, pattern=config.watch.filename_pattern)
+    return config.input.for_segment(*router.names_of(PurePath(path.name)))
+
+
 def _validate(
     path: Path, max_bytes: int | None, max_problems: int, required: tuple[str, ...], source: str,
+    *, dialect: InputDialect, staged: Path,
 ) -> dict[str, Any]:
+    """A file not in UTF-8 comma form is converted into ``staged`` and that copy checked, as
+    the agent does."""
     try:
-        report = validate_csv(path, max_bytes=max_bytes, max_problems=max_problems)
+        prepared = prepare(path, dialect=dialect, max_bytes=max_bytes, staged=staged)
+        if prepared.problem is not None:
+            return _result(path, None, [prepared.problem], prepared.converted_from)
+        report = validate_csv(prepared.send, max_bytes=max_bytes, max_problems=max_problems)
     except OSError as error:
         return _result(path, None, [f"cannot read it ({error.strerror})"])
     problems = list(report.problems)
     if report.header and required:
         problems += missing_columns(report.header, required, source=source)
-    return _result(path, report, problems)
+    return _result(path, report, problems, prepared.converted_from)
 
 
-def _result(path: Path, report: CSVReport | None, problems: list[str]) -> dict[str, Any]:
+def _result(
+    path: Path, report: CSVReport | None, problems: list[str], converted_from: str | None = None,
+) -> dict[str, Any]:
     return {
         "path": str(path),
+        "converted_from": converted_from,
         "ok": not problems,
         "header": list(report.header) if report else [],
         "data_rows": report.data_rows if report else 0,
@@ -130,5 +157,7 @@ def _result(path: Path, report: CSVReport | None, problems: list[str]) -> dict[s
 def _summary(result: dict[str, Any]) -> str:
     rows = result["data_rows"]
     columns = result["header"]
+    converted = (f"; converted from {result['converted_from']}"
+                 if result["converted_from"] else "")
     return (f"{rows} data row{'s' if rows != 1 else ''}, {len(columns)} column"
-            f"{'s' if len(columns) != 1 else ''} ({', '.join(columns)})")
+            f"{'s' if len(columns) != 1 else ''} ({', '.join(columns)}){converted}")

@@ -341,10 +341,11 @@ class _BodyChanged(Exception):
 
 def _stat_change(expected: ExpectedBody, now: os.stat_result) -> str | None:
     """How the file differs from what was validated, by its size and mtime; None: it does not."""
-    if now.st_size != expected.size:
-        return f"size {expected.size} -> {now.st_size} bytes"
+    size = expected.offset + expected.size
+    if now.st_size != size:
+        return f"size {size} -> {now.st_size} bytes"
     if expected.mtime_ns is not None and now.st_mtime_ns != expected.mtime_ns:
-        return f"rewritten at the same size of {expected.size} bytes"
+        return f"rewritten at the same size of {size} bytes"
     return None
 
 
@@ -675,7 +676,8 @@ class ExchangeClient:
         exactly one attempt (a POST is not idempotent; the agent checks the job status itself).
         An exception raised by ``progress`` aborts the upload and propagates.
 
-        With ``expected`` (the source must then be a path) exactly the validated bytes are sent,
+        With ``expected`` (the source must then be a path) exactly the validated bytes are sent
+        (from ``expected.offset`` on),
         or the upload never completes: SourceChanged is raised before anything is sent when the
         file's size or mtime differ from ``expected``, and from inside the upload, aborted
         before its final block (``FINAL_BLOCK``), when the bytes read are not the expected ones
@@ -704,6 +706,7 @@ class ExchangeClient:
                             f"changed after it was validated ({change}); {DROPPER_HINT}; "
                             "nothing was sent",
                         )
+                    stream.seek(expected.offset)
                     sender = _ExactBody(stream, expected, progress)
                 elif length is None:
                     sender = _ChunkedBody(stream, progress)

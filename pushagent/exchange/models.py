@@ -280,15 +280,19 @@ class ScheduledJob:
 @dataclass(frozen=True)
 class ExpectedBody:
     """The bytes an upload must send, as validation saw them: ``size`` bytes whose SHA-256 is
-    ``sha256`` (hex), in a file last modified at ``mtime_ns`` (None: not checked)."""
+    ``sha256`` (hex), starting ``offset`` bytes into a file (a byte order mark left out) of
+    ``offset + size`` bytes last modified at ``mtime_ns`` (None: not checked)."""
 
     size: int
     sha256: str
     mtime_ns: int | None = None
+    offset: int = 0
 
     def __post_init__(self) -> None:
         if self.size < 0:
             raise ValueError(f"ExpectedBody.size must be >= 0, got {self.size}")
+        if self.offset < 0:
+            raise ValueError(f"ExpectedBody.offset must be >= 0, got {self.offset}")
         if not _SHA256_HEX.fullmatch(self.sha256):
             raise ValueError("ExpectedBody.sha256 must be 64 lowercase hex digits")
 
