@@ -48,11 +48,11 @@ from pushagent.placement import Placer
 from pushagent.pool import Finished, WorkerPool
 from pushagent.readiness import Candidate, ReadinessTracker, open_for_writing
 from pushagent.router import (
+    Assignment,
     JobIndex,
     ListedJob,
     PendingFile,
     SegmentRouter,
-    WaitingJob,
     plan_assignments,
 )
 from pushagent.segments import SegmentCatalogue
@@ -117,6 +117,25 @@ class _Schedule:
 
     def __len__(self) -> int:
         return len(self._due)
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingFile:
+    """What the loop keeps of a file waiting for a job: about half its journal row's memory,
+    which counts with 20,000 files waiting at once."""
+
+    id: int
+    rel_path: str
+    path: str
+    segment: str | None
+    mtime: float | None
+    ready_at: float | None
+    in_claim_area: bool
+
+    @classmethod
+    def of(cls, row: FileRow) -> WaitingFile:
+        return cls(row.id, row.rel_path, row.path, row.segment, row.mtime, row.ready_at,
+                   row.in_claim_area)
 
 
 class Agent:
@@ -194,7 +213,7 @@ class Agent:
             size=1, report=lambda done: self._inbox.put(_Polled(done)), name="list"
         )
         self._segments: dict[Path, str | None] = {}  # settling drop paths -> segment
-        self._waiting: dict[int, FileRow] = {}
+        self._waiting: dict[int, WaitingFile] = {}
         # Keyed by the row's own path string: a Path per waiting file would add 300 bytes each.
         self._waiting_paths: dict[str, int] = {}
         self._resettling: dict[Path, int] = {}  # claimed files settling again
@@ -204,7 +223,7 @@ class Agent:
         self._reasons: dict[int, str] = {}
         self._streaks: dict[int, int] = {}
         self._jobs: dict[str, ListedJob] = {}
-        self._to_claim: deque[tuple[int, tuple[WaitingJob, ...]]] = deque()
+        self._to_claim: deque[Assignment] = deque()
         self._placed: deque[tuple[FileRow, Path, Path | None, DeliveryResult]] = deque()
         self._job_index = JobIndex([])
         self._idle_since: dict[str, float] = {}
@@ -507,7 +526,7 @@ class Agent:
     def _add_waiting(self, row: FileRow) -> None:
         if row.reason:
             self._reasons[row.id] = row.reason
-        self._waiting[row.id] = row
+        self._waiting[row.id] = WaitingFile.of(row)
         self._waiting_paths[row.path] = row.id
         self._fresh_files = True
 
@@ -526,7 +545,7 @@ class Agent:
                     "(matching.max_wait_seconds); check the segment export in the Exchange, "
                     "then drop the file again"
                 )
-                self._finish(row, DeliveryResult(Verdict.REJECTED, reason))
+                self._finish(self._journal.file(row.id), DeliveryResult(Verdict.REJECTED, reason))
                 self._forget_waiting(row.id)
 
     # --- the jobs ---------------------------------------------------------------------------------
@@ -547,7 +566,7 @@ class Agent:
         self._last_poll = now
         self._lister.submit(0, functools.partial(
             list_waiting, self._client, categories=self.config.matching.categories,
-            endpoint_id=self._endpoint,
+            endpoint_id=self._endpoint, known=self._jobs,  # replaced, never changed in place
         ))
 
     def _polled(self, finished: Finished[Listing]) -> None:
@@ -657,13 +676,13 @@ class Agent:
             if older_settling.get(row.segment or "", float("inf")) >= (row.mtime or 0.0)
         ]
         plan = plan_assignments(pending, self._job_index, busy_jobs=busy)
-        self._to_claim = deque((int(a.file.key), a.jobs) for a in plan)
-        planned = {file_id for file_id, _ in self._to_claim}
+        self._to_claim = deque(plan)
+        planned = {a.file.key for a in plan}
         for row in self._waiting.values():
-            if row.id not in planned:
+            if str(row.id) not in planned:
                 self._note_reason(row.id, self._waiting_reason(row))
 
-    def _waiting_reason(self, row: FileRow) -> str:
+    def _waiting_reason(self, row: FileRow | WaitingFile) -> str:
         """Why a file waits; a segment that looks mistyped is warned about once per file."""
         reason = f"waiting for a job for segment {row.segment}"
         doubt = self._catalogue.doubt(row.segment or "")
@@ -683,9 +702,9 @@ class Agent:
         while self._to_claim and room > 0 and self._clock() < deadline:
             if self.conditions.blocks_claims or self._stopping is not None:
                 return
-            file_id, jobs = self._to_claim.popleft()
-            row = self._waiting.get(file_id)
-            if row is not None and self._claim(row, [str(job.job_id) for job in jobs]):
+            planned = self._to_claim.popleft()
+            row = self._waiting.get(int(planned.file.key))
+            if row is not None and self._claim(row, [str(job.job_id) for job in planned.jobs]):
                 self._start(row.id)
                 room -= 1
 
@@ -700,7 +719,7 @@ class Agent:
             self._reasons[file_id] = reason
             self._journal.set_reason(file_id, reason)
 
-    def _claim(self, row: FileRow, job_ids: list[str]) -> bool:
+    def _claim(self, row: WaitingFile, job_ids: list[str]) -> bool:
         """Move the file out of the drop folder, so a new drop under its name cannot mix in."""
         self._forget_waiting(row.id)
         categories = {job_id: self._jobs[job_id].category for job_id in job_ids
