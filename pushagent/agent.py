@@ -65,6 +65,7 @@ MIN_POLL_GAP_SECONDS = 0.2
 IDLE_WAIT_SECONDS = 1.0
 CLAIM_BUDGET_SECONDS = 0.05
 CLAIMS_PER_WORKER = 4
+READY_LINES_MAX = 100  # more files ready at once: one INFO line for them all
 MOVE_RETRY_MAX_SECONDS = 30.0
 PRUNE_INTERVAL_SECONDS = 86400.0
 EXPIRY_CHECK_SECONDS = 60.0
@@ -516,9 +517,15 @@ class Agent:
                 relative, candidate.path, size=candidate.size, mtime=candidate.mtime
             )
             self._finish(self._journal.file(file_id), DeliveryResult(Verdict.REJECTED, reason))
-        for row in self._journal.admit_many(matched):
+        admitted = self._journal.admit_many(matched)
+        # A start with 20,000 files present says so in one line, not 20,000 (a second of logging
+        # before the first upload); each file's own line is still there at DEBUG.
+        level = "INFO" if len(admitted) <= READY_LINES_MAX else "DEBUG"
+        if level == "DEBUG":
+            logger.info("{} files ready (each one's line at DEBUG)", len(admitted))
+        for row in admitted:
             self._add_waiting(row)
-            logger.bind(file=row.rel_path, segment=row.segment).info("ready")
+            logger.bind(file=row.rel_path, segment=row.segment).log(level, "ready")
             # Before the first list of jobs, which id strings exist is not known yet.
             if self._polled_once and self._catalogue.doubt(row.segment or "") is not None:
                 self._note_reason(row.id, self._waiting_reason(row))

@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 
 import pytest
 import yaml
+from loguru import logger
 
 from pushagent.agent import Agent
 from pushagent.config import AgentConfig, load_config
@@ -621,3 +622,25 @@ def test_two_thousand_files_at_once_cost_a_handful_of_list_calls(
     assert all(len(got) == 1 for got in exchange.uploads.values())
     assert exchange.fails == []
     assert os.listdir(run.config.folders.drop) == []
+
+
+@pytest.mark.parametrize(("count", "summaries", "file_lines"), [(3, 0, 3), (150, 1, 0)])
+def test_many_files_ready_at_once_are_one_info_line_not_one_each(
+    agents: AgentFactory, count: int, summaries: int, file_lines: int
+) -> None:
+    segments = [200_000 + n for n in range(count)]
+    run = agents(FakeExchange(*segments))
+    written_long_ago = time.time() - 3600  # all settled at the first scan: one batch
+    for segment in segments:
+        os.utime(run.drop(f"{segment}.csv"), (written_long_ago, written_long_ago))
+    lines: list[str] = []
+    handler = logger.add(lambda m: lines.append(str(m)), level="INFO", format="{message}")
+    try:
+        assert run_once(run) == 0
+    finally:
+        logger.remove(handler)
+
+    assert sum(line.strip() == f"{count} files ready (each one's line at DEBUG)"
+               for line in lines) == summaries
+    assert sum(line.strip() == "ready" for line in lines) == file_lines
+    assert len(run.done()) == count
