@@ -16,6 +16,7 @@ import heapq
 import json
 import os
 import queue
+import shlex
 import threading
 import time
 from collections import deque
@@ -550,7 +551,8 @@ class Agent:
                 reason = (
                     f"no job was waiting for segment {row.segment} within {limit:g} s "
                     "(matching.max_wait_seconds); check the segment export in the Exchange, "
-                    "then drop the file again"
+                    f"then put the file back with: pushagent retry -c "
+                    f"{shlex.quote(str(self.config.source))} {shlex.quote(row.rel_path)}"
                 )
                 self._finish(self._journal.file(row.id), DeliveryResult(Verdict.REJECTED, reason))
                 self._forget_waiting(row.id)

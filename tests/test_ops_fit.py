@@ -273,8 +273,11 @@ def test_retry_moves_failed_files_back_and_the_agent_delivers_them(
     wait_for(failed_for_want_of_a_job, timeout=30, what="vip.csv to fail for want of a job")
     assert (home.failed / "45311" / "vip.csv").exists()
     assert (home.failed / "other.csv.error.json").exists()
+    report = json.loads((home.failed / "45311" / "vip.csv.error.json").read_text())
+    hint = report["reason"].split("then put the file back with: ")[1]
+    assert hint == f"pushagent retry -c {home.config} 45311/vip.csv"
 
-    done = pushagent_cli("retry", "-c", str(home.config), "45311/vip.csv")
+    done = pushagent_cli(*hint.split()[1:])
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == (f"retried  {home.failed / '45311' / 'vip.csv'} -> "
                                    f"{home.drop / '45311' / 'vip.csv'}")
