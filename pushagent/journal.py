@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +224,34 @@ def _marks(values: Iterable[Any]) -> tuple[str, tuple[str, ...]]:
     return ", ".join("?" for _ in texts), texts
 
 
+def move_row(
+    db: sqlite3.Connection,
+    *,
+    table: str,
+    where: Mapping[str, object],
+    to: Enum,
+    sources: Iterable[Enum],
+    sets: str,
+    params: tuple[Any, ...],
+    what: str,
+) -> None:
+    """UPDATE the one row of ``table`` matching ``where`` to state ``to`` (and ``sets``), only
+    from ``sources``, the states its lifecycle table allows; IllegalTransition naming ``what``
+    otherwise. The check is in the UPDATE itself, so no other writer can slip in between."""
+    marks, allowed = _marks(source.value for source in sources)
+    condition = " AND ".join(f"{column} = ?" for column in where)
+    cursor = db.execute(
+        f"UPDATE {table} SET state = ?{', ' + sets if sets else ''} "
+        f"WHERE {condition} AND state IN ({marks})",
+        (to.value, *params, *where.values(), *allowed),
+    )
+    if cursor.rowcount != 1:
+        row = db.execute(f"SELECT state FROM {table} WHERE {condition}",
+                         tuple(where.values())).fetchone()
+        now = row["state"] if row else "nowhere (it is not in the journal)"
+        raise IllegalTransition(f"journal: {what} cannot go from {now} to {to.value}")
+
+
 class Journal:
     """Thread-safe: workers and the agent loop share one connection behind a lock."""
 
@@ -328,34 +357,14 @@ class Journal:
     def _move(self, db: sqlite3.Connection, file_id: int, to: FileState, sets: str,
               params: tuple[Any, ...]) -> None:
         """UPDATE one file to ``to``, only from a state the lifecycle table allows."""
-        marks, sources = _marks(sources_of(to))
-        cursor = db.execute(
-            f"UPDATE files SET state = ?{', ' + sets if sets else ''} "
-            f"WHERE id = ? AND state IN ({marks})",
-            (to.value, *params, file_id, *sources),
-        )
-        if cursor.rowcount != 1:
-            row = db.execute("SELECT state FROM files WHERE id = ?", (file_id,)).fetchone()
-            now = row["state"] if row else "no such file"
-            raise IllegalTransition(f"journal: file {file_id} cannot go from {now} to {to.value}")
+        move_row(db, table="files", where={"id": file_id}, to=to, sources=sources_of(to),
+                 sets=sets, params=params, what=f"file {file_id}")
 
     def _move_delivery(self, db: sqlite3.Connection, file_id: int, job_id: str,
                        to: DeliveryState, sets: str, params: tuple[Any, ...]) -> None:
-        marks, sources = _marks(delivery_sources_of(to))
-        cursor = db.execute(
-            f"UPDATE deliveries SET state = ?{', ' + sets if sets else ''} "
-            f"WHERE file_id = ? AND job_id = ? AND state IN ({marks})",
-            (to.value, *params, file_id, job_id, *sources),
-        )
-        if cursor.rowcount != 1:
-            row = db.execute(
-                "SELECT state FROM deliveries WHERE file_id = ? AND job_id = ?", (file_id, job_id)
-            ).fetchone()
-            now = row["state"] if row else "no such delivery"
-            raise IllegalTransition(
-                f"journal: delivery of file {file_id} to job {job_id} cannot go from {now} "
-                f"to {to.value}"
-            )
+        move_row(db, table="deliveries", where={"file_id": file_id, "job_id": job_id}, to=to,
+                 sources=delivery_sources_of(to), sets=sets, params=params,
+                 what=f"delivery of file {file_id} to job {job_id}")
 
     # --- files in the drop folder -------------------------------------------------------------
 

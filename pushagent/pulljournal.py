@@ -13,9 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pushagent.journal import Journal
+from pushagent.journal import Journal, move_row
 from pushagent.lifecycle import (
-    IllegalTransition,
     PullFileState,
     PullJobState,
     pull_file_sources_of,
@@ -146,32 +145,15 @@ class PullJournal:
 
     def _move_job(self, db: sqlite3.Connection, job_id: str, to: PullJobState, sets: str,
                   params: tuple[Any, ...]) -> None:
-        marks, sources = _marks(pull_job_sources_of(to))
-        cursor = db.execute(
-            f"UPDATE pull_jobs SET state = ?{', ' + sets if sets else ''} "
-            f"WHERE job_id = ? AND state IN ({marks})",
-            (to.value, *params, job_id, *sources),
-        )
-        if cursor.rowcount != 1:
-            row = db.execute("SELECT state FROM pull_jobs WHERE job_id = ?", (job_id,)).fetchone()
-            now = row["state"] if row else "no such job"
-            raise IllegalTransition(
-                f"journal: pull job {job_id} cannot go from {now} to {to.value}")
+        move_row(db, table="pull_jobs", where={"job_id": job_id}, to=to,
+                 sources=pull_job_sources_of(to), sets=sets, params=params,
+                 what=f"pull job {job_id}")
 
     def _move_file(self, db: sqlite3.Connection, job_id: str, name: str, to: PullFileState,
                    sets: str, params: tuple[Any, ...]) -> None:
-        marks, sources = _marks(pull_file_sources_of(to))
-        cursor = db.execute(
-            f"UPDATE pull_files SET state = ?{', ' + sets if sets else ''} "
-            f"WHERE job_id = ? AND name = ? AND state IN ({marks})",
-            (to.value, *params, job_id, name, *sources),
-        )
-        if cursor.rowcount != 1:
-            row = db.execute("SELECT state FROM pull_files WHERE job_id = ? AND name = ?",
-                             (job_id, name)).fetchone()
-            now = row["state"] if row else "no such file"
-            raise IllegalTransition(
-                f"journal: file {name!r} of pull job {job_id} cannot go from {now} to {to.value}")
+        move_row(db, table="pull_files", where={"job_id": job_id, "name": name}, to=to,
+                 sources=pull_file_sources_of(to), sets=sets, params=params,
+                 what=f"file {name!r} of pull job {job_id}")
 
     # --- reading ---------------------------------------------------------------------------
 

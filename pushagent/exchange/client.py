@@ -126,6 +126,11 @@ def _same(job: Job) -> Job:
     return job
 
 
+def _not_json(path: str, status: int, body: bytes) -> UnexpectedResponse:
+    return UnexpectedResponse("the answer is not JSON", method="GET", url=path, status=status,
+                              server_message=server_message(body))
+
+
 def _session_from_environment(
     base_url: str, verify: bool | str
 ) -> tuple[requests.Session, bool | str]:
@@ -978,13 +983,7 @@ class ExchangeClient:
         try:
             return json.loads(content, parse_float=Decimal)
         except ValueError as e:
-            raise UnexpectedResponse(
-                "the answer is not JSON",
-                method="GET",
-                url=path,
-                status=response.status_code,
-                server_message=server_message(content),
-            ) from e
+            raise _not_json(path, response.status_code, content) from e
 
     def _get_items(
         self, path: str, params: Mapping[str, str], parse: Callable[[dict[str, Any]], T],
@@ -1007,13 +1006,7 @@ class ExchangeClient:
                     parsed.extend(self._parse_items([item], parse, path, what, first=index))
                 return parsed
             except ValueError as e:
-                raise UnexpectedResponse(
-                    "the answer is not JSON",
-                    method="GET",
-                    url=path,
-                    status=response.status_code,
-                    server_message=server_message(stream.head.encode()),
-                ) from e
+                raise _not_json(path, response.status_code, stream.head.encode()) from e
 
     def _body_chunks(self, response: requests.Response, path: str) -> Iterator[bytes]:
         try:
