@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -26,9 +27,11 @@ PARTIAL_SUFFIX = ".partial"
 FALLBACK_STEM_BYTES = 100
 
 
+@functools.lru_cache(maxsize=1024)
 def name_limit(folder: Path) -> int:
     """The longest file name, in bytes, ``folder`` takes; asked of the nearest existing folder
-    (a missing one is made on its parent's filesystem), 255 when that cannot be told."""
+    (a missing one is made on its parent's filesystem), 255 when that cannot be told. Asked
+    once per folder: a pathconf per file placed and per claim cost 3 % of the agent's CPU."""
     for candidate in (folder, *folder.parents):
         try:
             limit = os.pathconf(candidate, "PC_NAME_MAX")

@@ -47,8 +47,6 @@ class Placer:
         self._failed = failed
         self._trigger = trigger_suffix
         self._wall = wall
-        # Asked once per folder: a pathconf for every file cost 3 % of the agent's CPU.
-        self._name_limits: dict[Path, int] = {}
 
     def folder(self, *, delivered: bool) -> Path:
         return self._done if delivered else self._failed
@@ -61,8 +59,7 @@ class Placer:
         intended = Path(row.final_path) if row.final_path else None
         if intended is None or (os.path.lexists(intended) and not same_entry(source, intended)):
             folder = self.folder(delivered=delivered)
-            intended = unique_target(folder, relative, with_report=not delivered,
-                                     name_max=self._name_limit)
+            intended = unique_target(folder, relative, with_report=not delivered)
             self._journal.intend_final(row.id, intended)
         intended.parent.mkdir(parents=True, exist_ok=True)
         report = None if delivered else write_error_report(intended, self.report(row, reason))
@@ -83,13 +80,7 @@ class Placer:
     def claim_path(self, file_id: int, name: str) -> Path:
         """``claimed/<id>-<name>``: flat (no folder to make and remove per file), unique by
         id, and still readable by a person; the name is cut to fit the folder's limit."""
-        return self._claimed / fit_name(f"{file_id}-{name}", self._name_limit(self._claimed))
-
-    def _name_limit(self, folder: Path) -> int:
-        limit = self._name_limits.get(folder)
-        if limit is None:
-            limit = self._name_limits[folder] = name_limit(folder)
-        return limit
+        return self._claimed / fit_name(f"{file_id}-{name}", name_limit(self._claimed))
 
     def claim(self, dropped: Path, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
