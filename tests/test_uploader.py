@@ -33,14 +33,14 @@ from pushagent.errors import (
     SourceChanged,
     UnexpectedResponse,
 )
-from pushagent.exchange import ExpectedBody, Job, JobCategory, JobStatus, UploadResult
+from pushagent.exchange import BodyGate, ExpectedBody, Job, JobCategory, JobStatus, UploadResult
 from pushagent.intake import staged_path
 from pushagent.journal import Journal
 from pushagent.lifecycle import DeliveryState
 from pushagent.metrics import AgentMetrics
 from pushagent.uploader import Deliverer, DeliveryResult, DeliverySettings, Verdict
 from pushagent.validator import CSVReport, validate_csv
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, run_gate
 
 NAME = "45311.csv"
 VALID = b"Email,name\na@example.com,A\n"
@@ -170,13 +170,14 @@ class FakeClient:
         retry: bool = True,
         progress: Any = None,
         expected: ExpectedBody | None = None,
+        gate: BodyGate | None = None,
     ) -> UploadResult:
         assert isinstance(source, (str, os.PathLike)), "the deliverer uploads by path"
         self.uploads.append(UploadCall(str(job_id), os.fspath(source), content_type, retry,
                                        expected))
         if self.before_upload is not None:
             self.before_upload(str(job_id))
-        content = Path(source).read_bytes()
+        content = Path(source).read_bytes() if gate is None else run_gate(source, gate)
         if expected is not None:
             content = content[expected.offset:]
             if len(content) != expected.size:
