@@ -475,3 +475,33 @@ def test_more_bytes_read_than_the_size_at_open_is_reported_changed(tmp_path: Pat
 
     assert report.changed is not None
     assert "(14 bytes read from a file of 10 bytes)" in report.changed
+
+
+@pytest.mark.parametrize("content", [
+    b"a,b\n1,2\n",
+    b"\xef\xbb\xbfa,b\r\n\"x,\ny\",2\r\n3,4",
+    b"a,b\n1\n2,3,4\n\n5,\xe9\n",
+    b"a,b\n1,\"open\n",
+    b"a,a\n1,2\n",
+    b"\xef\xbb",
+    b"\xef",
+    b"a",
+    b"",
+    b"a,b\n1,2\0\n",
+])
+def test_fed_in_any_pieces_the_check_reports_as_validate_csv(
+    tmp_path: Path, content: bytes
+) -> None:
+    path = tmp_path / "fed.csv"
+    path.write_bytes(content)
+    whole = validator.validate_csv(path)
+    for seed in range(5):
+        rng = random.Random(seed)
+        check = validator.CSVCheck()
+        at = 0
+        while at < len(content):
+            step = rng.randint(1, 7)
+            check.feed(content[at:at + step])
+            at += step
+        fed = check.finish(path, size=whole.size, mtime_ns=whole.mtime_ns)
+        assert fed == whole, f"pieces from seed {seed}"
