@@ -31,6 +31,7 @@ from typing import Any, BinaryIO, TypeVar
 from urllib.parse import quote, urlsplit
 
 import requests
+import requests.adapters
 import tenacity
 from loguru import logger
 
@@ -79,6 +80,8 @@ UPLOAD_CHUNK = 1 << 20
 # An exact upload holds back at least this much of its end until every byte is known to be the
 # validated one: a request cut off before its last bytes is never an accepted upload.
 FINAL_BLOCK = 64 * 1024
+# An upload body goes to the socket this much at a time (see _BlockAdapter).
+SEND_BLOCK = 256 * 1024
 # A gated upload reads ahead this much at a time: the gate (the validator) is fastest on blocks
 # of this size, while the transport asks for 16 KiB at a time.
 GATE_BLOCK = 256 * 1024
@@ -130,6 +133,16 @@ def _same(job: Job) -> Job:
     return job
 
 
+class _BlockAdapter(requests.adapters.HTTPAdapter):
+    """Sends a request body in blocks of ``SEND_BLOCK``, not http.client's 16 KiB: a 1 GB upload
+    makes 4,000 send calls instead of 65,000 (on loopback the POST took about a third less)."""
+
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
+    ) -> None:
+        super().init_poolmanager(connections, maxsize, block, blocksize=SEND_BLOCK, **pool_kwargs)
+
+
 def _session_from_environment(
     base_url: str, verify: bool | str
 ) -> tuple[requests.Session, bool | str]:
@@ -139,6 +152,8 @@ def _session_from_environment(
     would replace the key's Authorization header."""
     session = requests.Session()
     session.trust_env = False
+    for scheme in ("https://", "http://"):
+        session.mount(scheme, _BlockAdapter())
     session.proxies.update(requests.utils.get_environ_proxies(base_url))
     if verify is True:
         verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
