@@ -113,3 +113,18 @@ def test_kill_9_mid_pipelined_upload_loses_nothing_and_sends_nothing_twice(
         assert_invariant(home, sim, [Drop("45311.csv", data, (first, second))])
     for job in (first, second):
         assert [r["status"] for r in posts(sim, job) if r["status"] is not None] == [200]
+
+
+def test_with_validate_while_sending_false_an_invalid_file_is_never_sent(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    job = waiting_job(sim)
+    data = big_csv("first", bad_line=ROWS // 2)
+    home = FaultHome(tmp_path / "agent", sim.url)
+    # The upload section is the config's last: the fallback setting goes at its end.
+    home.config.write_text(home.config.read_text() + "  validate_while_sending: false\n")
+    with running(home):
+        drop_atomically(home.drop, "45311.csv", data)
+        assert_invariant(home, sim, [Drop("45311.csv", data, (job,), outcome="failed")])
+    assert f"line {ROWS // 2}: expected 2 fields" in str(sim.job(job)["errorDetails"])
+    assert posts(sim, job) == [], "validated first: not one byte was sent"
