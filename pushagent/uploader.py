@@ -57,6 +57,9 @@ from pushagent.validator import (
     validate_csv,
 )
 
+# A smaller file is validated first (a few milliseconds), then sent: it would gain nothing, and
+# a problem in it is found before the request starts rather than by cutting it.
+STREAM_MIN_SIZE = 1024 * 1024
 # A job that left the waiting state for one of these did not get our data.
 NO_DATA_STATUSES = frozenset({JobStatus.ERROR, JobStatus.CANCELLED, JobStatus.NOTFOUND})
 
@@ -314,11 +317,11 @@ class Deliverer:
 
     def _may_stream(self, file: FileRow, source: Source) -> bool:
         """Whether the first upload may validate ``source`` while it sends it: the dropped file
-        itself, within the size limit, and no job took it yet (else the bytes must first be
-        shown to be the ones that job took)."""
+        itself, of ``STREAM_MIN_SIZE`` or more, within the size limit, and no job took it yet
+        (else the bytes must first be shown to be the ones that job took)."""
         limit = self._settings.max_bytes
         return (source.converted_from is None and source.problem is None
-                and not (limit and source.size > limit)
+                and source.size >= STREAM_MIN_SIZE and not (limit and source.size > limit)
                 and not any(d.state is DeliveryState.UPLOADED
                             for d in self._journal.deliveries(file.id)))
 
@@ -448,7 +451,8 @@ class Deliverer:
 
     def _send(self, job_id: str, snapshot: _Snapshot, gate: _ValidatingGate | None) -> UploadResult:
         if gate is not None:
-            logger.debug("uploading {} to job {}, validated while sent", snapshot.send, job_id)
+            logger.debug("uploading {} bytes to job {}, validated while sent", snapshot.size,
+                         job_id)
             return self._client.upload_data(
                 job_id, snapshot.send, content_type=self._settings.content_type, retry=False,
                 gate=gate,

@@ -846,8 +846,9 @@ def test_repeated_server_errors_fail_the_jobs_after_max_attempts(tmp_path: Path)
 
 # --- validated while sent (upload.validate_while_sending) -----------------------------------------
 
-# Bigger than the final block (64 KiB) that the first upload withholds until the file passed.
-BIG = b"Email,name\n" + b"".join(b"u%d@example.com,U %d\n" % (n, n) for n in range(8000))
+# Big enough to be validated while sent (STREAM_MIN_SIZE), and many times the final block
+# (64 KiB) that the first upload withholds until the file passed.
+BIG = b"Email,name\n" + b"".join(b"u%d@example.com,U %d\n" % (n, n) for n in range(60_000))
 
 
 def counted(calls: list[int]) -> Callable[..., CSVReport]:
@@ -938,3 +939,11 @@ def test_a_retry_after_the_streamed_upload_failed_streams_again(tmp_path: Path) 
     assert rig.deliver().verdict is Verdict.DELIVERED
     assert [call.expected for call in rig.client.uploads] == [None, None]
     assert rig.client.taken == {"1": [BIG]}
+
+
+def test_a_small_file_is_validated_before_it_is_sent(tmp_path: Path) -> None:
+    validations: list[int] = []
+    rig = make(tmp_path, FakeClient(), content=VALID, stream=True, validate=counted(validations))
+    assert rig.deliver().verdict is Verdict.DELIVERED
+    assert validations == [1]
+    assert rig.client.uploads[0].expected is not None
