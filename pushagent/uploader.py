@@ -12,13 +12,14 @@ starts after it), and the upload withholds its final block unless what it read h
 A file that changed since is sent back to settle; one that changed after a job already took it is
 refused, since its jobs could no longer all get the same bytes.
 
-With ``validate_while_sending`` (the default) the first upload of a file that is sent as it is
-reads it once: each block is validated and hashed (``_ValidatingGate``), then sent, and the final
-block is withheld until the whole file has passed. A problem found on the way stops the upload
+With ``validate_while_sending`` (the default) the first upload of a file of ``STREAM_MIN_SIZE``
+or more that is sent as it is reads it once: each block is validated and hashed
+(``_ValidatingGate``), then sent, and the final block is withheld until the whole file has
+passed. A problem found on the way stops the upload
 before its final block (no server takes an incomplete body); the whole file is then validated
 as before, and its jobs failed with that report. The file's other jobs get it from the file
-again, checked against the first pass's hash. A converted file's staged copy is validated first,
-then sent.
+again, checked against the first pass's hash. A smaller file, a converted file's staged copy,
+and a file a job already took are validated first, then sent.
 """
 
 from __future__ import annotations
