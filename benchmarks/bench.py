@@ -7,9 +7,11 @@ Starts the simulator (``pushagent simulator`` in a subprocess) and one agent (``
 with the default settings, in a work folder on one disk (``--workdir``, default a temporary
 folder), then measures:
 
-- large file: rename of a generated CSV into the drop folder -> validated -> uploaded -> in done/,
-  next to ``curl --data-binary @file`` (and a streamed ``curl -T``) to the same simulator, each
-  best of ``--repeat``; and the agent's peak RSS (VmHWM);
+- large file, two shapes (mostly unquoted rows with LF; CRM-shaped: a BOM, CRLF, every field
+  quoted): rename of a generated CSV into the drop folder -> validated while sent -> uploaded ->
+  in done/, next to a streamed ``curl -T`` to the same simulator, each best of ``--repeat``; then
+  the same through the simulator's receive throttle (``--link-mbps``, a stand-in for a real
+  link), best of ``--link-repeat``; and the agent's peak RSS (VmHWM);
 - validation: ``validate_csv`` next to a bare ``csv.reader`` loop over the same file, each in a
   fresh process (benchmarks/validation_speed.py);
 - latency: rename of a tiny file -> start of its upload request at the simulator (the request
@@ -37,7 +39,9 @@ Scale phases, each with its own simulator and agent(s):
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
+import dataclasses
 import hashlib
 import os
 import platform
@@ -240,21 +244,34 @@ def machine() -> str:
 # --- the work -----------------------------------------------------------------------------------
 
 
-def generate_csv(path: Path, *, size: int, mix: validation_speed.Mix) -> str:
+def generate_csv(path: Path, *, size: int, mix: validation_speed.Mix) -> tuple[str, str]:
     """A CSV of realistic rows (by default some quoted fields, rare line breaks), a block
-    repeated; its sha256."""
+    repeated, in ``mix``'s shape (a UTF-8 BOM, every field quoted, its line ending); the sha256
+    of what the agent sends (after a BOM) and of the whole file (what curl sends)."""
     rng = random.Random(11)
     block = "".join(validation_speed._row(rng, n, mix) for n in range(20_000)).encode()
-    header = validation_speed.HEADER.encode()
-    digest = hashlib.sha256(header)
+    names = validation_speed.HEADER.strip().split(",")
+    if mix.quote_all:
+        names = [f'"{name}"' for name in names]
+    header = (",".join(names) + mix.eol).encode()
+    bom = codecs.BOM_UTF8 if mix.bom else b""
+    sent = hashlib.sha256(header)
     with open(path, "wb") as out:
-        out.write(header)
-        written = len(header)
+        out.write(bom + header)
+        written = len(bom) + len(header)
         while written < size:
             out.write(block)
-            digest.update(block)
+            sent.update(block)
             written += len(block)
-    return digest.hexdigest()
+    whole = hashlib.sha256(bom)
+    whole.update(header)
+    if bom:  # the file hashed again: only the BOM differs, at its start
+        with open(path, "rb") as stream:
+            stream.seek(len(bom) + len(header))
+            while chunk := stream.read(1 << 20):
+                whole.update(chunk)
+        return sent.hexdigest(), whole.hexdigest()
+    return sent.hexdigest(), sent.hexdigest()
 
 
 class Bench:
@@ -355,92 +372,80 @@ class Bench:
         self.forget_uploads(job)
         return seconds, self.upload_seconds(job), done
 
-    def large_file(self, size: int, *, repeat: int) -> tuple[list[Row], Path]:
-        """Each contender ``repeat`` times in turn, its best kept: the simulator writes every
-        upload to disk, and on a shared VM single runs vary by 2x."""
-        path = self.stage / "large.csv"
-        print(f"generating {size / 1e9:.2f} GB of CSV ...", file=sys.stderr)
-        digest = self.large_digest = generate_csv(path, size=size, mix=self.mix)
+    def large_file(
+        self, shape: str, mix: validation_speed.Mix, size: int, *, repeat: int,
+        link_repeat: int, link_rate: int,
+    ) -> tuple[list[Row], Path]:
+        """The agent and ``curl -T`` in turn, ``repeat`` times on loopback, then
+        ``link_repeat`` times through the simulator's receive throttle at ``link_rate`` bytes
+        per second; each contender's best kept (the simulator writes every upload to disk, and
+        on a shared VM single runs vary by 2x)."""
+        path = self.stage / f"large-{shape.split()[0]}.csv"
+        print(f"generating {size / 1e9:.2f} GB of CSV ({shape}) ...", file=sys.stderr)
+        sent, whole = generate_csv(path, size=size, mix=mix)
+        self.large_digest = sent
         size = path.stat().st_size
-        slurps: list[float | str] = []
+        mb = size / 1e6
+        rows: list[Row] = []
+        for link in (0, link_rate):
+            where = f"a {link / 1e6:.0f} MB/s link" if link else "loopback"
+            rounds = link_repeat if link else repeat
+            streamed, agent_seconds, posting = self.contest(
+                path, (sent, whole), link=link, rounds=rounds, what=f"{shape}, {where}"
+            )
+            ratio = agent_seconds / streamed
+            target = 1.1 if link else 2.0
+            label = f"large file {size / 1e9:.2f} GB, {shape}, {where}"
+            rows += [
+                Row(f"{label}: curl -T (streamed), best of {rounds}", self.speed(streamed, mb),
+                    "", None),
+                Row(f"{label}: agent, rename -> validated while sent -> done/",
+                    self.speed(agent_seconds, mb), "", None),
+                Row(f"{label}: agent / curl -T", f"{ratio:.2f}x", f"<= {target}x",
+                    ratio <= target),
+                Row(f"{label}: of which the agent's POST", self.speed(posting, mb), "", None),
+            ]
+        rss = peak_rss_mib(self.agent.pid)
+        rows.append(Row(f"agent peak RSS (VmHWM) after the {shape} files", f"{rss:.1f} MiB",
+                        "<= 100 MiB", rss <= 100))
+        return rows, path
+
+    def contest(
+        self, path: Path, digests: tuple[str, str], *, link: int, rounds: int, what: str
+    ) -> tuple[float, float, float]:
+        """Best seconds of ``curl -T``, of the agent, and of the agent's POST alone."""
+        sent, whole = digests
         streams: list[float | str] = []
         agents: list[tuple[float, float]] = []
 
         def agent() -> None:
-            seconds, posting, done = self.agent_upload(path, digest)
+            seconds, posting, done = self.agent_upload(path, sent)
             agents.append((seconds, posting))
             os.rename(done, path)
 
         contenders: list[Callable[[], None]] = [
-            lambda: slurps.append(self.curl(path, digest, "--data-binary", f"@{path}")),
-            lambda: streams.append(self.curl(path, digest, "-T", str(path), "-X", "POST")),
+            lambda: streams.append(self.curl(path, whole, "-T", str(path), "-X", "POST")),
             agent,
         ]
-        for round_ in range(repeat):
-            print(f"large file: round {round_ + 1} of {repeat} ...", file=sys.stderr)
-            # Each round starts with another contender: none always runs right after the
-            # simulator wrote a gigabyte.
-            for n in range(len(contenders)):
-                contenders[(round_ + n) % len(contenders)]()
+        self.sim.set_max_bytes_per_second(link)
+        try:
+            for round_ in range(rounds):
+                print(f"large file, {what}: round {round_ + 1} of {rounds} ...", file=sys.stderr)
+                # Each round starts with the other contender: neither always runs right after
+                # the simulator wrote a gigabyte.
+                for n in range(len(contenders)):
+                    contenders[(round_ + n) % len(contenders)]()
+        finally:
+            self.sim.set_max_bytes_per_second(0)
         failed = [s for s in streams if isinstance(s, str)]
         if failed:
             raise SystemExit(f"bench: curl -T failed: {failed[0]}")
-        streamed = min(s for s in streams if isinstance(s, float))
-        timed = [s for s in slurps if isinstance(s, float)]
-        slurped: float | str = min(timed) if timed else str(slurps[0])
         agent_seconds, posting = min(agents)
-        rss = peak_rss_mib(self.agent.pid)
-        mb = size / 1e6
+        return min(s for s in streams if isinstance(s, float)), agent_seconds, posting
 
-        def speed(seconds: float | str) -> str:
-            return (
-                seconds
-                if isinstance(seconds, str)
-                else f"{seconds:.2f} s ({mb / seconds:.0f} MB/s)"
-            )
-
-        # The target is against the --data-binary command; when curl cannot load the file,
-        # against the streamed upload instead, which is the harder reference.
-        reference, label = (
-            (slurped, "--data-binary")
-            if isinstance(slurped, float)
-            else (streamed, "-T (--data-binary failed)")
-        )
-        ratio = agent_seconds / reference
-        rows = [
-            Row(
-                f"large file: {size / 1e9:.2f} GB, best of {repeat}: curl --data-binary @file",
-                speed(slurped),
-                "",
-                None,
-            ),
-            Row(
-                "large file: agent, rename -> validated -> uploaded -> done/",
-                speed(agent_seconds),
-                "",
-                None,
-            ),
-            Row(
-                f"large file: agent time / curl {label} time",
-                f"{ratio:.2f}x",
-                "<= 1.5x",
-                ratio <= 1.5,
-            ),
-            Row("large file: of which the agent's POST alone", speed(posting), "", None),
-            Row(
-                "large file: curl -T file -X POST (streamed, for reference)",
-                speed(streamed),
-                "",
-                None,
-            ),
-            Row(
-                f"agent peak RSS (VmHWM) after {repeat} large files",
-                f"{rss:.1f} MiB",
-                "<= 100 MiB",
-                rss <= 100,
-            ),
-        ]
-        return rows, path
+    @staticmethod
+    def speed(seconds: float, mb: float) -> str:
+        return f"{seconds:.2f} s ({mb / seconds:.0f} MB/s)"
 
     def large_files_at_once(self, path: Path, digest: str, count: int) -> list[Row]:
         """``count`` copies of the large file dropped together: one per upload worker, each
@@ -875,7 +880,18 @@ def shared_phases(work: Path, phases: set[str], args: argparse.Namespace) -> lis
         )
         bench = Bench(work, url, agent, mix=mix)
         if "large" in phases:
-            found, large = bench.large_file(int(args.size_gb * 1e9), repeat=args.repeat)
+            # The two shapes of issue 14: plain unquoted rows; a CRM export (a BOM, CRLF, every
+            # field quoted, and --quoted-share of the rows with commas and quotes inside).
+            plain = validation_speed.Mix(0.0, 0.0, False, "\n")
+            crm = dataclasses.replace(mix, quote_all=True, eol="\r\n", bom=True)
+            size = int(args.size_gb * 1e9)
+            options = {"repeat": args.repeat, "link_repeat": args.link_repeat,
+                       "link_rate": int(args.link_mbps * 1e6)}
+            found, large = bench.large_file("CRM-shaped (BOM, CRLF, all quoted)", crm, size,
+                                            **options)
+            rows += found
+            large.unlink()
+            found, large = bench.large_file("plain unquoted rows, LF", plain, size, **options)
             rows += found
             rows += bench.large_files_at_once(large, bench.large_digest, UPLOAD_WORKERS)
             if "validation" in phases:
@@ -910,7 +926,16 @@ def main() -> int:
         help="large file: share of rows with a line break in a field (0.001)",
     )
     parser.add_argument(
-        "--repeat", type=int, default=3, help="large-file uploads per contender, best kept (3)"
+        "--repeat", type=int, default=3,
+        help="large-file uploads per contender on loopback, best kept (3)",
+    )
+    parser.add_argument(
+        "--link-mbps", type=float, default=50.0,
+        help="large file: the simulator's receive throttle for the link rows, MB/s (50)",
+    )
+    parser.add_argument(
+        "--link-repeat", type=int, default=1,
+        help="large-file uploads per contender through the throttle, best kept (1)",
     )
     parser.add_argument(
         "--files", type=int, default=20_000, help="startup: files present at start (20000)"

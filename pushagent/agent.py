@@ -204,6 +204,7 @@ class Agent:
                 max_bytes=config.validation.max_bytes or None,
                 check_mapped_columns=config.validation.check_mapped_columns,
                 max_attempts=config.upload.max_attempts,
+                validate_while_sending=config.upload.validate_while_sending,
             ),
             dialect_for=lambda row: config.input.for_segment(
                 *self._router.names_of(PurePath(row.rel_path))),

@@ -112,6 +112,10 @@ class UploadSettings:
     max_backoff: float = 300.0
     shutdown_grace_seconds: float = 30.0
     max_bytes_per_second: int = 0  # all workers together; 0 = no cap
+    # Read a file once for its first job: validate, hash and send each block, the final block
+    # only once the whole file passed (an incomplete body is never accepted). False: validate
+    # the whole file first, then send it.
+    validate_while_sending: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -409,6 +413,7 @@ class _Reader:
                 "max_backoff": self.number(),
                 "shutdown_grace_seconds": self.number(minimum=0.0),
                 "max_bytes_per_second": self.integer(minimum=0),
+                "validate_while_sending": self.boolean,
             }, check=self.backoffs),
             "logging": self.section_of(LoggingSettings, {
                 "level": self.level,

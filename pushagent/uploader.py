@@ -11,16 +11,27 @@ validated: validation records their size and SHA-256 (a UTF-8 byte order mark le
 starts after it), and the upload withholds its final block unless what it read hashes the same.
 A file that changed since is sent back to settle; one that changed after a job already took it is
 refused, since its jobs could no longer all get the same bytes.
+
+With ``validate_while_sending`` (the default) the first upload of a file of ``STREAM_MIN_SIZE``
+or more that is sent as it is reads it once: each block is validated and hashed
+(``_ValidatingGate``), then sent, and the final block is withheld until the whole file has
+passed. A problem found on the way stops the upload
+before its final block (no server takes an incomplete body); the whole file is then validated
+as before, and its jobs failed with that report. The file's other jobs get it from the file
+again, checked against the first pass's hash. A smaller file, a converted file's staged copy,
+and a file a job already took are validated first, then sent.
 """
 
 from __future__ import annotations
 
+import codecs
+import dataclasses
 import errno
 import getpass
 import hashlib
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -31,7 +42,7 @@ from loguru import logger
 from pushagent.config import InputDialect
 from pushagent.errors import ExchangeError, SourceChanged
 from pushagent.exchange import ExchangeClient, Job, JobCategory, JobStatus
-from pushagent.exchange.models import ExpectedBody
+from pushagent.exchange.models import ExpectedBody, UploadResult
 from pushagent.exchange.outcome import Outcome, classify, counts_as_attempt, is_redirect
 from pushagent.intake import Source, prepare
 from pushagent.journal import DeliveryRow, FileRow, Journal
@@ -39,8 +50,17 @@ from pushagent.lifecycle import OPEN_DELIVERIES, DeliveryState
 from pushagent.metrics import AgentMetrics
 from pushagent.readiness import open_for_writing
 from pushagent.router import ListedJob
-from pushagent.validator import CHUNK_SIZE, CSVReport, missing_columns, validate_csv
+from pushagent.validator import (
+    CHUNK_SIZE,
+    CSVCheck,
+    CSVReport,
+    missing_columns,
+    validate_csv,
+)
 
+# A smaller file is validated first (a few milliseconds), then sent: it would gain nothing, and
+# a problem in it is found before the request starts rather than by cutting it.
+STREAM_MIN_SIZE = 1024 * 1024
 # A job that left the waiting state for one of these did not get our data.
 NO_DATA_STATUSES = frozenset({JobStatus.ERROR, JobStatus.CANCELLED, JobStatus.NOTFOUND})
 
@@ -69,14 +89,16 @@ class DeliverySettings:
     max_bytes: int | None
     check_mapped_columns: bool
     max_attempts: int
+    validate_while_sending: bool = True
 
 
 @dataclass(frozen=True)
 class _Snapshot:
     """What one attempt sends: ``report`` of the file ``send`` (the dropped file or its staged
-    copy), and the dropped file's size and mtime, which must not change until it is done."""
+    copy), and the dropped file's size and mtime, which must not change until it is done.
+    ``report`` is None until the file is validated: the next upload validates while it sends."""
 
-    report: CSVReport
+    report: CSVReport | None
     send: Path
     size: int
     mtime_ns: int
@@ -95,6 +117,62 @@ class _Retry(Exception):
         self.retry_after = retry_after
         self.counts = counts
         self.key_refused = key_refused
+
+
+class _Invalid(Exception):
+    """The bytes read so far cannot pass (a problem, the job's columns missing): the upload is
+    stopped before its final block."""
+
+
+class _ValidatingGate:
+    """Validates and hashes an upload's blocks before they leave (``BodyGate``); the final block
+    goes only once the whole file has passed, and its report is recorded (``on_valid``)."""
+
+    def __init__(
+        self, path: Path, *, max_bytes: int | None, required: Iterable[str] | None,
+        on_valid: Callable[[CSVReport], None],
+    ) -> None:
+        self._path = path
+        self._check = CSVCheck(max_bytes=max_bytes)
+        self._required = required
+        self._on_valid = on_valid
+        self._opened: os.stat_result | None = None
+        self.report: CSVReport | None = None
+
+    def begin(self, head: bytes, opened: os.stat_result) -> int:
+        self._opened = opened
+        if self._check.refuse_size(opened.st_size):
+            raise _Invalid("over the size limit")
+        if head.startswith(codecs.BOM_UTF8):
+            self._check.feed(codecs.BOM_UTF8)  # not sent: the body starts after it
+            return len(codecs.BOM_UTF8)
+        return 0
+
+    def feed(self, block: bytes) -> None:
+        self._check.feed(block)
+        if self._check.problems:
+            raise _Invalid("a problem")
+        self._check_columns()
+
+    def _check_columns(self) -> None:
+        header = self._check.header
+        if self._required is not None and header is not None:
+            required, self._required = self._required, None
+            if missing_columns(header, required):
+                raise _Invalid("a column the job maps is missing")
+
+    def release(self) -> str:
+        assert self._opened is not None
+        report = self._check.finish(self._path, size=self._opened.st_size,
+                                    mtime_ns=self._opened.st_mtime_ns)
+        if report.problems:
+            raise _Invalid("a problem")
+        self._check_columns()
+        assert report.sha256 is not None, "a report without problems hashes it all"
+        # On record before the upload can complete: a crash after it leaves the hash to check.
+        self._on_valid(report)
+        self.report = report
+        return report.sha256
 
 
 class _Stop(Exception):
@@ -135,10 +213,10 @@ class Deliverer:
 
     def deliver(self, file: FileRow, known_jobs: Mapping[str, ListedJob]) -> DeliveryResult:
         try:
-            snapshot = self._read(file)
+            snapshot = self._read(file, stream=self._settings.validate_while_sending)
             for delivery in self._journal.deliveries(file.id):
                 if delivery.state in OPEN_DELIVERIES:
-                    self._deliver_one(file, delivery, snapshot, known_jobs)
+                    snapshot = self._deliver_one(file, delivery, snapshot, known_jobs)
         except _Retry as retry:
             return self._retry_or_give_up(file, retry)
         except _Stop as stop:
@@ -172,9 +250,10 @@ class Deliverer:
 
     # --- the file -------------------------------------------------------------------------------
 
-    def _read(self, file: FileRow) -> _Snapshot:
+    def _read(self, file: FileRow, *, stream: bool = False) -> _Snapshot:
         """Convert (if need be) and validate the file as it is now; raises _Stop or _Retry when
-        it cannot be sent."""
+        it cannot be sent. With ``stream``, a file sent as it is (not converted), that no job
+        has taken yet, is left to be validated while its first upload sends it."""
         log = logger.bind(file=file.rel_path, segment=file.segment)
         if self._being_written(Path(file.path)):
             # Renamed in (or found at a start) while its writer still holds it open: it waits,
@@ -187,6 +266,8 @@ class Deliverer:
                                    max_bytes=self._settings.max_bytes)
             if source.changed:
                 self._changed(file, source.changed)
+            if stream and self._may_stream(file, source):
+                return _Snapshot(None, source.send, source.size, source.mtime_ns)
             report = None if source.problem else self._validate(
                 source.send, max_bytes=self._settings.max_bytes)
         except FileNotFoundError:
@@ -235,6 +316,22 @@ class Deliverer:
             return _Snapshot(report, source.send, report.size, report.mtime_ns)
         return _Snapshot(report, source.send, source.size, source.mtime_ns)
 
+    def _may_stream(self, file: FileRow, source: Source) -> bool:
+        """Whether the first upload may validate ``source`` while it sends it: the dropped file
+        itself, of ``STREAM_MIN_SIZE`` or more, within the size limit, and no job took it yet
+        (else the bytes must first be shown to be the ones that job took)."""
+        limit = self._settings.max_bytes
+        return (source.converted_from is None and source.problem is None
+                and source.size >= STREAM_MIN_SIZE and not (limit and source.size > limit)
+                and not any(d.state is DeliveryState.UPLOADED
+                            for d in self._journal.deliveries(file.id)))
+
+    def _validated_while_sending(self, file: FileRow, report: CSVReport) -> None:
+        if report.sha256 != file.sha256:
+            assert report.sha256 is not None
+            self._journal.validated(file.id, size=report.size, sha256=report.sha256,
+                                    converted_from=None)
+
     def _changed(self, file: FileRow, what: str, *, settle_if_untaken: bool = True) -> None:
         """The bytes moved under us. Before any job took them: settle again. After: refuse.
         Returns only when no job took them and ``settle_if_untaken`` is False."""
@@ -262,45 +359,79 @@ class Deliverer:
     def _deliver_one(
         self, file: FileRow, delivery: DeliveryRow, snapshot: _Snapshot,
         known: Mapping[str, ListedJob],
-    ) -> None:
+    ) -> _Snapshot:
+        """Returns the snapshot the file's next jobs are sent: validated, once one upload has
+        validated it while sending."""
         job_id, state, category = delivery.job_id, delivery.state, _category(delivery)
-        log = logger.bind(file=file.rel_path, segment=file.segment, job=job_id, category=category)
         job: Job | ListedJob | None = known.get(job_id)
         if state is DeliveryState.UPLOADING or job is None:
             # An earlier attempt may have reached the server: its status is the only witness.
             job = self._current_job(job_id, category)
             if not job.is_waiting:
                 self._settle_stopped_job(file, job_id, state, job.status)
-                return
+                return snapshot
+        return self._to_job(file, delivery, job, snapshot)
+
+    def _to_job(
+        self, file: FileRow, delivery: DeliveryRow, job: Job | ListedJob, snapshot: _Snapshot,
+    ) -> _Snapshot:
+        """The file to a job that waits for it."""
+        job_id, state, category = delivery.job_id, delivery.state, _category(delivery)
+        log = logger.bind(file=file.rel_path, segment=file.segment, job=job_id, category=category)
+        if snapshot.report is None:
+            return self._upload_validating(file, delivery, job, snapshot)
         if self._settings.check_mapped_columns:
             missing = missing_columns(snapshot.report.header, job.required_columns())
             if missing:
                 reason = "; ".join(missing)
                 log.warning("rejected for job {}: {}", job_id, reason)
                 self._fail_job(file, job_id, reason, category)
-                return
+                return snapshot
         if state is DeliveryState.ASSIGNED:
             self._journal.upload_started(file.id, job_id)
         self._upload(file, job_id, category, snapshot,
                      maybe_landed=state is DeliveryState.UPLOADING)
+        return snapshot
+
+    def _upload_validating(
+        self, file: FileRow, delivery: DeliveryRow, job: Job | ListedJob, snapshot: _Snapshot,
+    ) -> _Snapshot:
+        """The first upload, validating the file as it goes. When validation stops it, the
+        whole file is validated as before, and this job handled with that report."""
+        job_id, state, category = delivery.job_id, delivery.state, _category(delivery)
+        gate = _ValidatingGate(
+            snapshot.send, max_bytes=self._settings.max_bytes,
+            required=job.required_columns() if self._settings.check_mapped_columns else None,
+            on_valid=lambda report: self._validated_while_sending(file, report),
+        )
+        if state is DeliveryState.ASSIGNED:
+            self._journal.upload_started(file.id, job_id)
+        try:
+            self._upload(file, job_id, category, snapshot,
+                         maybe_landed=state is DeliveryState.UPLOADING, gate=gate)
+        except _Invalid as invalid:
+            # Stopped before its final block: the job cannot have taken it.
+            self._journal.delivery_ended(file.id, job_id, DeliveryState.ASSIGNED)
+            logger.bind(file=file.rel_path, segment=file.segment, job=job_id).info(
+                "stopped the upload to job {} before its last bytes ({}); validating the whole "
+                "file", job_id, invalid)
+            checked = self._read(file)
+            again = dataclasses.replace(delivery, state=DeliveryState.ASSIGNED)
+            return self._to_job(file, again, job, checked)
+        if gate.report is None:  # the upload did not go through (a retry, a job gone)
+            return snapshot
+        return _Snapshot(gate.report, snapshot.send, gate.report.size, gate.report.mtime_ns)
 
     def _upload(
         self, file: FileRow, job_id: str, category: str, snapshot: _Snapshot, *,
-        maybe_landed: bool,
+        maybe_landed: bool, gate: _ValidatingGate | None = None,
     ) -> None:
-        """``maybe_landed``: an earlier attempt got no answer, so the job may hold it already."""
+        """``maybe_landed``: an earlier attempt got no answer, so the job may hold it already.
+        With ``gate``, the file is validated while it is sent (_Invalid propagates)."""
         log = logger.bind(file=file.rel_path, segment=file.segment, job=job_id, category=category)
-        report = snapshot.report
-        assert report.sha256 is not None
-        expected = ExpectedBody(size=report.size - report.offset, sha256=report.sha256,
-                                mtime_ns=report.mtime_ns, offset=report.offset)
         started = self._clock()
-        log.debug("uploading {} bytes to job {}", expected.size, job_id)
         try:
-            result = self._client.upload_data(
-                job_id, snapshot.send, content_type=self._settings.content_type, retry=False,
-                expected=expected,
-            )
+            result = self._send(job_id, snapshot, gate)
         except SourceChanged as changed:
             self._journal.delivery_ended(file.id, job_id, DeliveryState.ASSIGNED,
                                          error=str(changed))
@@ -317,6 +448,24 @@ class Deliverer:
         self._metrics.job_uploads.labels(category=category).inc()
         log.bind(bytes=result.bytes_sent, duration=f"{elapsed:.3f}s").info(
             "uploaded to job {}", job_id
+        )
+
+    def _send(self, job_id: str, snapshot: _Snapshot, gate: _ValidatingGate | None) -> UploadResult:
+        if gate is not None:
+            logger.debug("uploading {} bytes to job {}, validated while sent", snapshot.size,
+                         job_id)
+            return self._client.upload_data(
+                job_id, snapshot.send, content_type=self._settings.content_type, retry=False,
+                gate=gate,
+            )
+        report = snapshot.report
+        assert report is not None and report.sha256 is not None
+        expected = ExpectedBody(size=report.size - report.offset, sha256=report.sha256,
+                                mtime_ns=report.mtime_ns, offset=report.offset)
+        logger.debug("uploading {} bytes to job {}", expected.size, job_id)
+        return self._client.upload_data(
+            job_id, snapshot.send, content_type=self._settings.content_type, retry=False,
+            expected=expected,
         )
 
     def _upload_failed(

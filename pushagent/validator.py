@@ -23,6 +23,7 @@ chunk size, and the header row, up to ``HEADER_LIMIT``.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import hashlib
 import os
 import re
@@ -31,7 +32,6 @@ from dataclasses import dataclass
 from itertools import compress, repeat
 from operator import ne
 from pathlib import Path
-from typing import BinaryIO
 
 from pushagent.units import format_bytes
 
@@ -106,43 +106,143 @@ def validate_csv(
     read size (tests use tiny chunks to cross every boundary). OSError from opening or reading
     propagates: the caller tells a vanished file from an unreadable one. ``fstat`` is asked at
     open and after the read (tests pass one that shows a file changing meanwhile)."""
-    if max_problems < 1:
-        raise ValueError(f"max_problems must be at least 1, got {max_problems}")
-    if max_bytes is not None and max_bytes < 0:
-        raise ValueError(f"max_bytes must be 0 (no limit) or more, got {max_bytes}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-    limit = max_bytes or None
     file_path = Path(path)
-    problems = _Problems(max_problems)
-    scanner = _Scanner(problems)
-    digest = hashlib.sha256()
-    sha256: str | None = None
-    changed: str | None = None
+    check = CSVCheck(max_bytes=max_bytes, max_problems=max_problems)
     with open(file_path, "rb") as stream:
         opened = fstat(stream.fileno())
-        size = opened.st_size
-        if limit is not None and size > limit:
-            problems.add(0, f"the file is {_size(size)}, over the size limit of {_size(limit)}")
-            total = 0
-        else:
-            total, whole = _scan(stream, scanner, problems, limit=limit, chunk_size=chunk_size,
-                                 digest_update=digest.update)
-            changed = file_change(opened, fstat(stream.fileno()), read=total if whole else None)
-            if whole:
-                sha256 = digest.hexdigest()
-    return CSVReport(
-        path=file_path,
-        header=scanner.header or (),
-        data_rows=scanner.data_rows,
-        bytes=total,
-        problems=problems.render(),
-        sha256=sha256,
-        size=size,
-        mtime_ns=opened.st_mtime_ns,
-        changed=changed,
-        offset=len(codecs.BOM_UTF8) if scanner.bom else 0,
-    )
+        refused = check.refuse_size(opened.st_size)
+        if not refused:
+            # The first read takes a byte order mark on top, so what follows it is never
+            # empty by chance.
+            chunk = stream.read(chunk_size + len(codecs.BOM_UTF8))
+            while chunk and check.feed(chunk):
+                chunk = stream.read(chunk_size)
+        report = check.finish(file_path, size=opened.st_size, mtime_ns=opened.st_mtime_ns)
+        if not refused:
+            changed = file_change(opened, fstat(stream.fileno()),
+                                  read=check.bytes if report.sha256 is not None else None)
+            if changed is not None:
+                report = dataclasses.replace(report, changed=changed)
+    return report
+
+
+class CSVCheck:
+    """``validate_csv`` fed by the caller, block by block, so the bytes can be checked, hashed
+    and sent in one pass (the agent's ``upload.validate_while_sending``). ``feed`` returns
+    False once validation has stopped early (too many problems, a NUL byte, over the size
+    limit); ``problems`` tells at once whether any was found so far. ``finish`` gives the report
+    of what was fed: ``sha256`` only when validation went to the end."""
+
+    def __init__(self, *, max_bytes: int | None = None, max_problems: int = 10) -> None:
+        if max_problems < 1:
+            raise ValueError(f"max_problems must be at least 1, got {max_problems}")
+        if max_bytes is not None and max_bytes < 0:
+            raise ValueError(f"max_bytes must be 0 (no limit) or more, got {max_bytes}")
+        self._limit = max_bytes or None
+        self._problems = _Problems(max_problems)
+        self._scanner = _Scanner(self._problems)
+        self._text = _TextCheck(self._problems)
+        self._digest = hashlib.sha256()
+        self._head: bytes | None = b""  # bytes kept until a byte order mark can be told
+        self._carry = b""
+        self._empty = True
+        self.stopped = False
+        self.bytes = 0
+
+    @property
+    def problems(self) -> bool:
+        return bool(self._problems.found)
+
+    @property
+    def header(self) -> tuple[str, ...] | None:
+        return self._scanner.header
+
+    @property
+    def bom(self) -> bool:
+        return self._scanner.bom
+
+    def refuse_size(self, size: int) -> bool:
+        """True (and the problem noted) when a file of ``size`` bytes is over the limit: it is
+        refused unread."""
+        if self._limit is None or size <= self._limit:
+            return False
+        self._problems.add(0, f"the file is {_size(size)}, over the size limit of "
+                              f"{_size(self._limit)}")
+        self.stopped = True
+        return True
+
+    def feed(self, data: bytes) -> bool:
+        if self.stopped or not data:
+            return not self.stopped
+        self.bytes += len(data)
+        if self._head is not None:
+            data = self._head + data
+            if len(data) < len(codecs.BOM_UTF8) and codecs.BOM_UTF8.startswith(data):
+                self._head = data
+                return True
+            self._head = None
+            if data.startswith(codecs.BOM_UTF8):
+                data = data[len(codecs.BOM_UTF8):]
+                self._scanner.bom = True
+        self._digest.update(data)
+        if data:
+            self._empty = False
+            self._chunk(data)
+        return not self.stopped
+
+    def _chunk(self, chunk: bytes) -> None:
+        problems, scanner = self._problems, self._scanner
+        if self._limit is not None and self.bytes > self._limit:
+            problems.add(0, f"the file grew past the size limit of {_size(self._limit)} while "
+                            "it was being read")
+            self.stopped = True
+            return
+        line = scanner.line
+        nul = chunk.find(b"\0")
+        if nul >= 0:
+            problem_line, column = self._text.where(chunk, nul, line=line)
+            self._text.feed(chunk[:nul], line=line, final=False)
+            buf = self._carry + chunk[:nul]
+            scanner.feed(buf[: buf.rfind(b"\n") + 1], final=False)
+            problems.add(problem_line, f"NUL byte at column {column}: this looks like a binary "
+                                       "file, not CSV text")
+            self.stopped = True
+            return
+        self._text.feed(chunk, line=line, final=False)
+        buf = self._carry + chunk if self._carry else chunk
+        self._carry = buf[scanner.feed(buf, final=False):]
+        if problems.full or scanner.stopped:
+            self.stopped = True
+
+    def finish(self, path: Path, *, size: int, mtime_ns: int) -> CSVReport:
+        """The report of everything fed; ``size`` and ``mtime_ns`` are the file's at open."""
+        whole = not self.stopped
+        if whole:
+            head, self._head = self._head, None
+            if head:  # a file shorter than a byte order mark
+                self._digest.update(head)
+                self._empty = False
+                self._chunk(head)
+            self._text.feed(b"", line=self._scanner.line, final=True)
+            if self._carry:
+                self._scanner.feed(self._carry, final=True)
+                self._carry = b""
+            self._scanner.finish(empty=self._empty)
+            self.stopped = True
+        return CSVReport(
+            path=path,
+            header=self._scanner.header or (),
+            data_rows=self._scanner.data_rows,
+            bytes=self.bytes,
+            problems=self._problems.render(),
+            sha256=self._digest.hexdigest() if whole else None,
+            size=size,
+            mtime_ns=mtime_ns,
+            changed=None,
+            offset=len(codecs.BOM_UTF8) if self._scanner.bom else 0,
+        )
 
 
 def file_change(opened: os.stat_result, after: os.stat_result, *, read: int | None) -> str | None:
@@ -159,52 +259,6 @@ def file_change(opened: os.stat_result, after: os.stat_result, *, read: int | No
         return None
     return (f"the file changed while it was read ({what}); the dropper must finish writing "
             "before renaming it into the drop folder")
-
-
-def _scan(
-    stream: BinaryIO, scanner: _Scanner, problems: _Problems, *, limit: int | None,
-    chunk_size: int, digest_update: Callable[[bytes], object],
-) -> tuple[int, bool]:
-    """Feed the file to both checks and to ``digest_update``; returns how many bytes were read and
-    whether the read went to the end of the file (False: it stopped early)."""
-    text = _TextCheck(problems)
-    # The first read takes a byte order mark on top, so what follows it is never empty by chance.
-    chunk = stream.read(chunk_size + len(codecs.BOM_UTF8))
-    total = len(chunk)
-    if chunk.startswith(codecs.BOM_UTF8):
-        chunk = chunk[len(codecs.BOM_UTF8):]
-        scanner.bom = True
-    digest_update(chunk)
-    empty = not chunk
-    carry = b""
-    while chunk:
-        if limit is not None and total > limit:
-            problems.add(0, f"the file grew past the size limit of {_size(limit)} while it was "
-                            "being read")
-            return total, False
-        line = scanner.line
-        nul = chunk.find(b"\0")
-        if nul >= 0:
-            problem_line, column = text.where(chunk, nul, line=line)
-            text.feed(chunk[:nul], line=line, final=False)
-            buf = carry + chunk[:nul]
-            scanner.feed(buf[: buf.rfind(b"\n") + 1], final=False)
-            problems.add(problem_line, f"NUL byte at column {column}: this looks like a binary "
-                                       "file, not CSV text")
-            return total, False
-        text.feed(chunk, line=line, final=False)
-        buf = carry + chunk if carry else chunk
-        carry = buf[scanner.feed(buf, final=False):]
-        if problems.full or scanner.stopped:
-            return total, False
-        chunk = stream.read(chunk_size)
-        digest_update(chunk)
-        total += len(chunk)
-    text.feed(b"", line=scanner.line, final=True)
-    if carry:
-        scanner.feed(carry, final=True)
-    scanner.finish(empty=empty)
-    return total, True
 
 
 def missing_columns(

@@ -26,9 +26,10 @@ from loguru import logger
 from pushagent.agent import Agent
 from pushagent.config import AgentConfig, load_config
 from pushagent.errors import ExchangeError, ExchangeUnavailable, NotAuthenticated
-from pushagent.exchange import ExpectedBody, Job, JobCategory, JobStatus, UploadResult
+from pushagent.exchange import BodyGate, ExpectedBody, Job, JobCategory, JobStatus, UploadResult
 from pushagent.journal import Journal
 from pushagent.lifecycle import FileState
+from tests.fakes import run_gate
 
 VALID = b"Email,name\na@example.com,A\n"
 INVALID = b"Email,name\na@example.com\n"  # a row one field short
@@ -150,12 +151,13 @@ class FakeExchange:
         retry: bool = True,
         progress: Any = None,
         expected: ExpectedBody | None = None,
+        gate: BodyGate | None = None,
     ) -> UploadResult:
         assert isinstance(source, (str, os.PathLike)), "the agent uploads by path"
         with self._lock:
             self.upload_calls.append(str(job_id))
         with self._call(held=self.hold_uploads):
-            content = Path(source).read_bytes()
+            content = Path(source).read_bytes() if gate is None else run_gate(source, gate)
             with self._lock:
                 assert self.jobs[str(job_id)].is_waiting, f"job {job_id} got a second upload"
                 self.uploads.setdefault(str(job_id), []).append((Path(source).name, content))

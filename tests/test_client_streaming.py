@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 import tracemalloc
@@ -277,3 +278,110 @@ def test_body_cut_off_by_the_server_is_ambiguous(
 
     assert caught.value.body_sent
     assert classify(caught.value) is Outcome.AMBIGUOUS
+
+
+# --- a gated upload: each block shown to a gate before it leaves ----------------------------------
+
+
+class RecordingGate:
+    """A BodyGate that hashes what it is fed and, with ``refuse_at``, raises once it has been fed
+    that many bytes (a validator that found a problem there)."""
+
+    def __init__(self, *, skip_bom: bool = True, refuse_at: int | None = None) -> None:
+        self.skip_bom = skip_bom
+        self.refuse_at = refuse_at
+        self.fed = 0
+        self.released = False
+        self._digest = hashlib.sha256()
+
+    def begin(self, head: bytes, opened: os.stat_result) -> int:
+        return 3 if self.skip_bom and head == b"\xef\xbb\xbf" else 0
+
+    def feed(self, block: bytes) -> None:
+        assert not self.released
+        self.fed += len(block)
+        self._digest.update(block)
+        if self.refuse_at is not None and self.fed >= self.refuse_at:
+            raise Refusal(f"refused after {self.fed} bytes")
+
+    def release(self) -> str:
+        self.released = True
+        return self._digest.hexdigest()
+
+
+class Refusal(Exception):
+    pass
+
+
+def test_a_gated_upload_sends_what_the_gate_saw_after_a_bom(
+    sim: Simulator, sim_client: ExchangeClient, tmp_path: Path
+) -> None:
+    job_id = sim.add_job()["jobId"]
+    body = b"Email,name\n" + ROWS
+    source = tmp_path / "segment.csv"
+    source.write_bytes(b"\xef\xbb\xbf" + body)
+    gate = RecordingGate()
+
+    result = sim_client.upload_data(job_id, source, retry=False, gate=gate)
+
+    (upload,) = sim.uploads(job_id)
+    assert gate.released and gate.fed == len(body)
+    assert (upload.bytes, upload.sha256) == (len(body), hashlib.sha256(body).hexdigest())
+    assert result.sha256 == upload.sha256
+
+
+@pytest.mark.parametrize("where", ["early", "in the final block"])
+def test_a_gate_that_refuses_stops_the_body_before_its_end(
+    sim: Simulator, sim_client: ExchangeClient, tmp_path: Path, where: str
+) -> None:
+    job_id = sim.add_job()["jobId"]
+    source = tmp_path / "segment.csv"
+    source.write_bytes(b"Email,name\n" + ROWS)
+    size = source.stat().st_size
+    gate = RecordingGate(refuse_at=1 if where == "early" else size)
+
+    with pytest.raises(Refusal):
+        sim_client.upload_data(job_id, source, retry=False, gate=gate)
+
+    logged = wait_for(
+        lambda: [entry for entry in sim.request_log() if entry["path"].endswith("/data")],
+        "the simulator to log the cut-off upload",
+    )
+    assert [entry["status"] for entry in logged] == [None]
+    assert logged[0]["body_bytes"] <= size - FINAL_BLOCK
+    assert not gate.released
+    assert sim.uploads(job_id) == []
+    assert sim.job(job_id)["status"] == WAITING
+
+
+def test_a_file_changed_during_a_gated_upload_is_cut_before_its_final_block(
+    sim: Simulator, sim_client: ExchangeClient, tmp_path: Path
+) -> None:
+    job_id = sim.add_job()["jobId"]
+    source = tmp_path / "segment.csv"
+    source.write_bytes(b"Email,name\n" + ROWS)
+    dropper = source.open("ab")
+
+    def still_writing(sent: int) -> None:
+        if not dropper.closed:
+            dropper.write(b"late@example.com,Late\n")
+            dropper.close()
+
+    gate = RecordingGate()
+    with pytest.raises(SourceChanged) as caught:
+        sim_client.upload_data(job_id, source, retry=False, gate=gate, progress=still_writing)
+
+    assert "changed while it was sent" in str(caught.value)
+    assert not gate.released
+    wait_for(lambda: [e for e in sim.request_log() if e["path"].endswith("/data")],
+             "the simulator to log the cut-off upload")
+    assert sim.uploads(job_id) == []
+
+
+def test_a_gated_upload_needs_a_path_and_one_attempt(
+    sim_client: ExchangeClient, tmp_path: Path
+) -> None:
+    source = tmp_path / "segment.csv"
+    source.write_bytes(b"Email\nx@example.com\n")
+    with pytest.raises(TypeError):
+        sim_client.upload_data(1, source, gate=RecordingGate())  # retry defaults to True

@@ -77,7 +77,10 @@ def test_broken_files_fail_their_jobs_with_the_reason(tmp_path: Path, sim: Simul
             assert phrase.lower() in report["reason"].lower(), (name, report["reason"])
             assert report["job_ids"] == [str(drop.jobs[0])]
             assert phrase.lower() in str(sim.job(drop.jobs[0])["errorDetails"]).lower()
-        assert not [r for r in requests_to(sim, "POST", r"/data$") if r["status"] != 200]
+        # A large file is validated while sent: its problem cuts the body short (no status,
+        # nothing stored, as assert_invariant checked); no POST was answered with an error.
+        answered = [r["status"] for r in requests_to(sim, "POST", r"/data$")]
+        assert not [status for status in answered if status not in (200, None)]
 
 
 def test_links_and_directories_are_moved_aside_unread(tmp_path: Path, sim: Simulator) -> None:

@@ -23,7 +23,7 @@ COMMAND = [sys.executable, "-m", "pushagent", "simulator"]
 EXAMPLE_SEED = Path(__file__).resolve().parent.parent / "examples" / "simulator-jobs.yaml"
 OPTIONS = (
     "--host", "--port", "--jobs", "--account-key", "--endpoint-key", "--data-dir",
-    "--complete-after",
+    "--complete-after", "--max-bytes-per-second",
 )
 FIRST_LINE = re.compile(r"^pushagent simulator listening on (http://127\.0\.0\.1:\d+)$")
 MIB = 1024 * 1024
@@ -120,6 +120,7 @@ def test_process_prints_its_url_serves_seeded_jobs_and_exits_0_on_signal(
         (["--endpoint-key", "no-equals-sign"], "KEY=ENDPOINT_ID"),
         (["--jobs", "/nonexistent/seed.yaml"], "cannot read the jobs file"),
         (["--complete-after", "-1"], "--complete-after"),
+        (["--max-bytes-per-second", "-5"], "--max-bytes-per-second"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(args: list[str], expected: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 from collections.abc import Iterator
 from email.message import Message
 from pathlib import Path
@@ -50,6 +51,34 @@ def _csv(tmp_path: Path, text: str) -> Path:
 
 
 # -- control API ----------------------------------------------------------------------------
+
+
+def test_the_receive_throttle_is_set_and_read_through_the_control_api(
+    sim: Simulator, control: SimulatorControl
+) -> None:
+    assert control.max_bytes_per_second() == 0
+    control.set_max_bytes_per_second(5_000_000)
+    assert (control.max_bytes_per_second(), sim.max_bytes_per_second) == (5_000_000, 5_000_000)
+    with pytest.raises(SimulatorInputError):
+        control.set_max_bytes_per_second(-1)
+    control.set_max_bytes_per_second(0)
+    assert sim.max_bytes_per_second == 0
+
+
+def test_an_upload_through_the_throttle_takes_its_size_over_the_rate(
+    sim: Simulator, client: ExchangeClient, tmp_path: Path
+) -> None:
+    rate = 2_000_000
+    sim.set_max_bytes_per_second(rate)
+    job_id = sim.add_job()["jobId"]
+    body = "Email\n" + "".join(f"user{n}@example.com\n" for n in range(60_000))  # ~1.3 MB
+    started = time.monotonic()
+    client.upload_data(job_id, _csv(tmp_path, body), retry=False)
+    elapsed = time.monotonic() - started
+    # The throttle lets a burst of 0.1 s through at once; the rest arrives at the rate.
+    assert elapsed >= len(body) / rate - 0.15
+    (upload,) = sim.uploads(job_id)
+    assert upload.sha256 == hashlib.sha256(body.encode()).hexdigest()
 
 
 def test_control_creates_inspects_and_changes_jobs(

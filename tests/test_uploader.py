@@ -33,14 +33,14 @@ from pushagent.errors import (
     SourceChanged,
     UnexpectedResponse,
 )
-from pushagent.exchange import ExpectedBody, Job, JobCategory, JobStatus, UploadResult
+from pushagent.exchange import BodyGate, ExpectedBody, Job, JobCategory, JobStatus, UploadResult
 from pushagent.intake import staged_path
 from pushagent.journal import Journal
 from pushagent.lifecycle import DeliveryState
 from pushagent.metrics import AgentMetrics
 from pushagent.uploader import Deliverer, DeliveryResult, DeliverySettings, Verdict
 from pushagent.validator import CSVReport, validate_csv
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, run_gate
 
 NAME = "45311.csv"
 VALID = b"Email,name\na@example.com,A\n"
@@ -150,6 +150,7 @@ class FakeClient:
         self.fail_errors = list(fail_errors or [])
         self.before_upload = before_upload
         self.uploads: list[UploadCall] = []
+        self.taken: dict[str, list[bytes]] = {}  # the bodies that went through whole, by job
         self.fails: list[tuple[str, str]] = []
         self.status_asks: list[str] = []
         self.status_categories: list[str] = []
@@ -170,13 +171,14 @@ class FakeClient:
         retry: bool = True,
         progress: Any = None,
         expected: ExpectedBody | None = None,
+        gate: BodyGate | None = None,
     ) -> UploadResult:
         assert isinstance(source, (str, os.PathLike)), "the deliverer uploads by path"
         self.uploads.append(UploadCall(str(job_id), os.fspath(source), content_type, retry,
                                        expected))
         if self.before_upload is not None:
             self.before_upload(str(job_id))
-        content = Path(source).read_bytes()
+        content = Path(source).read_bytes() if gate is None else run_gate(source, gate)
         if expected is not None:
             content = content[expected.offset:]
             if len(content) != expected.size:
@@ -193,6 +195,7 @@ class FakeClient:
                 )
         if self.upload_errors:
             raise self.upload_errors.pop(0)
+        self.taken.setdefault(str(job_id), []).append(content)
         return UploadResult(job_id=job_id, bytes_sent=len(content), status_code=200,
                             response_text="", sha256=sha256(content))
 
@@ -281,6 +284,7 @@ def make(
     categories: dict[str, str] | None = None,
     name: str = NAME,
     dialect: InputDialect | None = None,
+    stream: bool = False,
 ) -> Rig:
     clock = FakeClock()
     journal = Journal.for_state_dir(tmp_path, clock=clock)
@@ -297,7 +301,7 @@ def make(
         journal=journal,
         settings=DeliverySettings(
             content_type="text/csv", max_bytes=None, check_mapped_columns=True,
-            max_attempts=max_attempts,
+            max_attempts=max_attempts, validate_while_sending=stream,
         ),
         metrics=metrics,
         clock=clock,
@@ -838,3 +842,108 @@ def test_repeated_server_errors_fail_the_jobs_after_max_attempts(tmp_path: Path)
     assert all("upload failed 3 times" in message for _, message in client.fails)
     assert rig.states() == {"1": REJECTED, "2": REJECTED}
     assert client.uploaded_to == ["1", "1", "1"]
+
+
+# --- validated while sent (upload.validate_while_sending) -----------------------------------------
+
+# Big enough to be validated while sent (STREAM_MIN_SIZE), and many times the final block
+# (64 KiB) that the first upload withholds until the file passed.
+BIG = b"Email,name\n" + b"".join(b"u%d@example.com,U %d\n" % (n, n) for n in range(60_000))
+
+
+def counted(calls: list[int]) -> Callable[..., CSVReport]:
+    def validate(path: str | os.PathLike[str], **options: Any) -> CSVReport:
+        calls.append(1)
+        return validate_csv(path, **options)
+    return validate
+
+
+def test_the_first_upload_validates_while_it_sends_and_the_others_match_its_hash(
+    tmp_path: Path
+) -> None:
+    validations: list[int] = []
+    rig = make(tmp_path, FakeClient(), content=BIG, jobs=("1", "2"), stream=True,
+               validate=counted(validations))
+    assert rig.deliver().verdict is Verdict.DELIVERED
+    assert validations == [], "one read: no validation before the first upload"
+    first, second = rig.client.uploads
+    assert first.expected is None, "the first upload is validated as it is sent"
+    assert second.expected == ExpectedBody(size=len(BIG), sha256=sha256(BIG),
+                                           mtime_ns=rig.path.stat().st_mtime_ns)
+    assert rig.client.taken == {"1": [BIG], "2": [BIG]}
+    assert rig.journal.file(rig.file_id).sha256 == sha256(BIG)
+    assert {d.sha256 for d in rig.journal.deliveries(rig.file_id)} == {sha256(BIG)}
+
+
+def test_a_streamed_bom_file_is_sent_after_its_bom(tmp_path: Path) -> None:
+    rig = make(tmp_path, FakeClient(), content=b"\xef\xbb\xbf" + BIG, jobs=("1", "2"),
+               stream=True)
+    assert rig.deliver().verdict is Verdict.DELIVERED
+    assert rig.client.taken == {"1": [BIG], "2": [BIG]}
+    assert rig.client.uploads[1].expected is not None
+    assert rig.client.uploads[1].expected.offset == 3
+    assert rig.journal.file(rig.file_id).sha256 == sha256(BIG)
+
+
+@pytest.mark.parametrize("where", ["early", "in the final block"])
+def test_a_problem_found_while_sending_stops_the_upload_and_fails_every_job(
+    tmp_path: Path, where: str
+) -> None:
+    lines = BIG.splitlines(keepends=True)
+    bad = 100 if where == "early" else len(lines) - 3
+    lines[bad] = b"broken@example.com\n"
+    rig = make(tmp_path, FakeClient(), content=b"".join(lines), jobs=("1", "2"), stream=True)
+    result = rig.deliver()
+    assert result.verdict is Verdict.REJECTED
+    assert rig.client.uploaded_to == ["1"], "the first upload started, the second never did"
+    assert rig.client.taken == {}, "the body never went through whole"
+    assert rig.client.failed == ["1", "2"]
+    for _, message in rig.client.fails:
+        assert f"line {bad + 1}: expected 2 fields, found 1" in message
+    assert rig.states() == {"1": REJECTED, "2": REJECTED}
+
+
+def test_a_job_whose_column_is_missing_is_failed_and_the_next_job_gets_the_file(
+    tmp_path: Path
+) -> None:
+    wants_phone = Job.from_json({"jobId": 1, "status": WAITING.value,
+                                 "identityMappings": {"Phone": "PHONE"}})
+    rig = make(tmp_path, FakeClient(), content=BIG, jobs=("1", "2"), stream=True)
+    assert rig.deliver({"1": wants_phone, "2": job("2")}).verdict is Verdict.REJECTED
+    assert rig.client.taken == {"2": [BIG]}
+    assert rig.client.failed == ["1"]
+    assert "column 'Phone'" in rig.client.fails[0][1]
+    assert rig.states() == {"1": REJECTED, "2": UPLOADED}
+
+
+def test_a_file_changed_between_its_first_and_second_job_never_completes_the_second(
+    tmp_path: Path
+) -> None:
+    def rewrite(job_id: str) -> None:
+        if job_id == "2":
+            rig.path.write_bytes(BIG.replace(b"u1@", b"x1@"))  # the same size, other bytes
+
+    rig = make(tmp_path, FakeClient(before_upload=rewrite), content=BIG, jobs=("1", "2"),
+               stream=True)
+    result = rig.deliver()
+    assert result.verdict is Verdict.REJECTED
+    assert rig.client.taken == {"1": [BIG]}
+    assert rig.states() == {"1": UPLOADED, "2": RELEASED}
+    assert result.reason is not None and "changed after job(s) 1 received it" in result.reason
+
+
+def test_a_retry_after_the_streamed_upload_failed_streams_again(tmp_path: Path) -> None:
+    rig = make(tmp_path, FakeClient(upload_errors=[http_error(503)]), content=BIG, stream=True)
+    result = rig.deliver()
+    rig.retry_later(result)
+    assert rig.deliver().verdict is Verdict.DELIVERED
+    assert [call.expected for call in rig.client.uploads] == [None, None]
+    assert rig.client.taken == {"1": [BIG]}
+
+
+def test_a_small_file_is_validated_before_it_is_sent(tmp_path: Path) -> None:
+    validations: list[int] = []
+    rig = make(tmp_path, FakeClient(), content=VALID, stream=True, validate=counted(validations))
+    assert rig.deliver().verdict is Verdict.DELIVERED
+    assert validations == [1]
+    assert rig.client.uploads[0].expected is not None

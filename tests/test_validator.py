@@ -219,14 +219,16 @@ def test_zero_means_no_size_limit(tmp_path: Path) -> None:
 
 
 def test_size_limit_is_checked_while_reading() -> None:
-    """A file that grew after it was measured: the bytes read count, not the size first seen."""
-    problems = validator._Problems(10)
-    read, whole = validator._scan(io.BytesIO(b"a,b\n1,2\n" * 100), validator._Scanner(problems),
-                                  problems, limit=64, chunk_size=16,
-                                  digest_update=hashlib.sha256().update)
-    assert read > 64
-    assert not whole
-    assert problems.render() == (
+    """A file that grew after it was measured: the bytes fed count, not the size first seen."""
+    check = validator.CSVCheck(max_bytes=64)
+    data = b"a,b\n1,2\n" * 100
+    fed = 0
+    while fed < len(data) and check.feed(data[fed:fed + 16]):
+        fed += 16
+    assert check.bytes > 64
+    report = check.finish(Path("grown.csv"), size=len(data), mtime_ns=0)
+    assert report.sha256 is None
+    assert report.problems == (
         "the file grew past the size limit of 64 bytes while it was being read",
     )
 
@@ -473,3 +475,33 @@ def test_more_bytes_read_than_the_size_at_open_is_reported_changed(tmp_path: Pat
 
     assert report.changed is not None
     assert "(14 bytes read from a file of 10 bytes)" in report.changed
+
+
+@pytest.mark.parametrize("content", [
+    b"a,b\n1,2\n",
+    b"\xef\xbb\xbfa,b\r\n\"x,\ny\",2\r\n3,4",
+    b"a,b\n1\n2,3,4\n\n5,\xe9\n",
+    b"a,b\n1,\"open\n",
+    b"a,a\n1,2\n",
+    b"\xef\xbb",
+    b"\xef",
+    b"a",
+    b"",
+    b"a,b\n1,2\0\n",
+])
+def test_fed_in_any_pieces_the_check_reports_as_validate_csv(
+    tmp_path: Path, content: bytes
+) -> None:
+    path = tmp_path / "fed.csv"
+    path.write_bytes(content)
+    whole = validator.validate_csv(path)
+    for seed in range(5):
+        rng = random.Random(seed)
+        check = validator.CSVCheck()
+        at = 0
+        while at < len(content):
+            step = rng.randint(1, 7)
+            check.feed(content[at:at + step])
+            at += step
+        fed = check.finish(path, size=whole.size, mtime_ns=whole.mtime_ns)
+        assert fed == whole, f"pieces from seed {seed}"

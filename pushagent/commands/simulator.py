@@ -70,6 +70,11 @@ def register(subparsers: Any) -> None:
         "--complete-after", type=float, default=0.5, metavar="SECONDS",
         help="seconds a job stays RUNNING after its upload before it reads COMPLETE (default 0.5)",
     )
+    parser.add_argument(
+        "--max-bytes-per-second", type=int, default=0, metavar="N",
+        help="read request bodies, all together, no faster than N bytes per second, to stand "
+             "in for a real link (default 0: no limit; also PUT /_sim/throttle)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -91,6 +96,10 @@ def _wait_for_stop_signal() -> None:
 def run(args: argparse.Namespace, env: Environment) -> int:
     if args.complete_after < 0:
         raise ConfigError(f"--complete-after must be >= 0 seconds, not {args.complete_after}")
+    if args.max_bytes_per_second < 0:
+        raise ConfigError(
+            f"--max-bytes-per-second must be 0 (no limit) or more, not {args.max_bytes_per_second}"
+        )
     seed = load_seed(args.jobs) if args.jobs else Seed(jobs=(), scheduled_jobs=())
     try:
         simulator = Simulator(
@@ -103,6 +112,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
             jobs=seed.jobs,
             scheduled_jobs=seed.scheduled_jobs,
             request_log_level="INFO",
+            max_bytes_per_second=args.max_bytes_per_second,
         )
     except OSError as error:
         raise ConfigError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pushagent.exchange.client import ExchangeClient, parse_retry_after
 from pushagent.exchange.models import (
+    BodyGate,
     ExpectedBody,
     Job,
     JobCategory,
@@ -14,6 +15,7 @@ from pushagent.exchange.models import (
 from pushagent.exchange.retry import RetryPolicy
 
 __all__ = [
+    "BodyGate",
     "ExchangeClient",
     "ExpectedBody",
     "Job",

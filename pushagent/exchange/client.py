@@ -31,6 +31,7 @@ from typing import Any, BinaryIO, TypeVar
 from urllib.parse import quote, urlsplit
 
 import requests
+import requests.adapters
 import tenacity
 from loguru import logger
 
@@ -56,6 +57,7 @@ from pushagent.errors import (
 )
 from pushagent.exchange.jsonstream import JsonArrayStream
 from pushagent.exchange.models import (
+    BodyGate,
     ExpectedBody,
     Job,
     JobCategory,
@@ -78,6 +80,11 @@ UPLOAD_CHUNK = 1 << 20
 # An exact upload holds back at least this much of its end until every byte is known to be the
 # validated one: a request cut off before its last bytes is never an accepted upload.
 FINAL_BLOCK = 64 * 1024
+# An upload body goes to the socket this much at a time (see _BlockAdapter).
+SEND_BLOCK = 256 * 1024
+# A gated upload reads ahead this much at a time: the gate (the validator) is fastest on blocks
+# of this size, while the transport asks for 16 KiB at a time.
+GATE_BLOCK = 256 * 1024
 RESPONSE_TEXT_LIMIT = 64 * 1024
 SERVER_MESSAGE_CHARS = 200
 FAIL_MESSAGE_LIMIT = 1000
@@ -131,15 +138,26 @@ def _not_json(path: str, status: int, body: bytes) -> UnexpectedResponse:
                               server_message=server_message(body))
 
 
+class _BlockAdapter(requests.adapters.HTTPAdapter):
+    """Sends a request body in blocks of ``SEND_BLOCK``, not http.client's 16 KiB: a 1 GB upload
+    makes 4,000 send calls instead of 65,000 (on loopback the POST took about a third less)."""
+
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
+    ) -> None:
+        super().init_poolmanager(connections, maxsize, block, blocksize=SEND_BLOCK, **pool_kwargs)
+
+
 def _session_from_environment(
     base_url: str, verify: bool | str
 ) -> tuple[requests.Session, bool | str]:
-    """A session that reads the proxy and CA-bundle variables once, here, not on every call
-    (a seventh of an upload's CPU went to
-    it), and never takes credentials from ~/.netrc, which
-    would replace the key's Authorization header."""
+    """A session that reads the proxy and CA-bundle variables once, here, not on every call (a
+    seventh of an upload's CPU went to it), never takes credentials from ~/.netrc (they would
+    replace the key's Authorization header), and sends bodies in large blocks."""
     session = requests.Session()
     session.trust_env = False
+    for scheme in ("https://", "http://"):
+        session.mount(scheme, _BlockAdapter())
     session.proxies.update(requests.utils.get_environ_proxies(base_url))
     if verify is True:
         verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
@@ -363,6 +381,8 @@ class _SizedBody:
     (chunked transfer, or a length measured from the current position).
     """
 
+    _hashes = True  # a gated body leaves the hash to its gate
+
     def __init__(self, stream: BinaryIO, length: int, progress: Progress | None) -> None:
         self._stream = stream
         self._length = length
@@ -397,7 +417,8 @@ class _SizedBody:
                 f"expected {self._length} bytes, the file ended after {self._pulled}"
             )
         self._pulled += len(data)
-        self._digest.update(data)
+        if self._hashes:
+            self._digest.update(data)
         return data
 
     def _count(self, data: bytes) -> bytes:
@@ -448,6 +469,63 @@ class _ExactBody(_SizedBody):
             change = f"the same size of {self._expected.size} bytes, but other bytes"
         if change is not None:
             raise _BodyChanged(change)
+
+
+class _GatedBody(_SizedBody):
+    """The file from where the gate said, each block shown to the gate before it is sent, and
+    the final block (``FINAL_BLOCK``, or the whole of a smaller body) only once the gate has
+    released it and the file still has the size and mtime it had at open. Otherwise ``read``
+    raises and the request ends with its body incomplete."""
+
+    _hashes = False
+
+    def __init__(
+        self, stream: BinaryIO, length: int, gate: BodyGate, opened: os.stat_result,
+        progress: Progress | None,
+    ) -> None:
+        super().__init__(stream, length, progress)
+        self._gate = gate
+        self._opened = opened
+        self._final_start = length - min(length, FINAL_BLOCK)
+        self._block = b""
+        self._block_at = 0  # where ``_block`` starts in the body
+        self._released: str | None = None
+
+    @property
+    def sha256(self) -> str:
+        """The gate's digest of the body; empty until the gate released the final block."""
+        return self._released or ""
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(UPLOAD_CHUNK), b""))
+        offset = self.sent - self._block_at
+        if offset >= len(self._block):
+            if self._released is not None:
+                return b""
+            self._block_at = self._pulled
+            self._block = self.next_block()
+            offset = 0
+        return self._count(self._block[offset : offset + size])
+
+    def next_block(self) -> bytes:
+        """The next block, fed to the gate; the final one only once the gate released it."""
+        if self._pulled < self._final_start:
+            block = self._pull(min(GATE_BLOCK, self._final_start - self._pulled))
+            self._gate.feed(block)
+            return block
+        pieces: list[bytes] = []
+        while self._pulled < self._length:
+            pieces.append(self._pull(self._length - self._pulled))
+        block = b"".join(pieces)
+        self._gate.feed(block)
+        now = os.fstat(self._stream.fileno())
+        if now.st_size != self._opened.st_size:
+            raise _BodyChanged(f"size {self._opened.st_size} -> {now.st_size} bytes")
+        if now.st_mtime_ns != self._opened.st_mtime_ns:
+            raise _BodyChanged(f"rewritten at the same size of {now.st_size} bytes")
+        self._released = self._gate.release()
+        return block
 
 
 class _ChunkedBody:
@@ -672,6 +750,7 @@ class ExchangeClient:
         retry: bool = True,
         progress: Progress | None = None,
         expected: ExpectedBody | None = None,
+        gate: BodyGate | None = None,
     ) -> UploadResult:
         """POST the file as the job's data, streamed from disk.
 
@@ -689,6 +768,11 @@ class ExchangeClient:
         or the file changed meanwhile. A file that shrinks while a body of announced length is
         being sent raises SourceChanged too. A transport failure after body bytes left raises
         ExchangeUnavailable with ``body_sent`` True: the upload may have arrived.
+
+        With ``gate`` (a path, ``retry=False``) every block is shown to the gate before it is
+        sent, and the final block withheld until the gate releases it (see ``BodyGate``): what
+        the gate raises propagates, the request aborted before its final block. A file that
+        changed while it was sent raises SourceChanged, aborted the same way.
         """
         path = f"/v1/jobs/{_segment(job_id, 'job_id')}/data"
         if not content_type.strip() or "\r" in content_type or "\n" in content_type:
@@ -696,6 +780,8 @@ class ExchangeClient:
         body = _UploadSource(source)
         if expected is not None and not body.is_path:
             raise TypeError("upload_data(expected=...) needs a path: the file is checked as opened")
+        if gate is not None and (not body.is_path or retry or expected is not None):
+            raise TypeError("upload_data(gate=...) needs a path, retry=False and no expected")
         if retry and not body.repeatable:
             logger.debug("POST {}: the source cannot be rewound, so one attempt only", path)
         progress = throttled(progress, self._throttle)
@@ -713,18 +799,28 @@ class ExchangeClient:
                         )
                     stream.seek(expected.offset)
                     sender = _ExactBody(stream, expected, progress)
+                elif gate is not None:
+                    opened = os.fstat(stream.fileno())
+                    skip = gate.begin(stream.read(len(codecs.BOM_UTF8)), opened)
+                    stream.seek(skip)
+                    sender = _GatedBody(stream, opened.st_size - skip, gate, opened, progress)
                 elif length is None:
                     sender = _ChunkedBody(stream, progress)
                 else:
                     sender = _SizedBody(stream, length, progress)
                 try:
+                    # An empty body is never read, so never checked.
                     if isinstance(sender, _ExactBody) and len(sender) == 0:
-                        sender.verify()  # an empty body is never read, so never checked
+                        sender.verify()
+                    if isinstance(sender, _GatedBody) and len(sender) == 0:
+                        sender.next_block()
                     response = self._send(
                         "POST", path, data=sender, content_type=content_type, accept=ANY_ACCEPT
                     )
                 except _BodyChanged as e:
-                    raise self._source_changed(body.name, path, e.detail, exact=expected) from e
+                    raise self._source_changed(
+                        body.name, path, e.detail, exact=expected, gated=gate is not None
+                    ) from e
                 with response:
                     text = _read_limited(response).decode("utf-8", errors="replace")
                 return UploadResult(
@@ -739,8 +835,14 @@ class ExchangeClient:
 
     @staticmethod
     def _source_changed(
-        name: str, path: str, detail: str, *, exact: ExpectedBody | None
+        name: str, path: str, detail: str, *, exact: ExpectedBody | None, gated: bool
     ) -> SourceChanged:
+        if gated:
+            return SourceChanged(
+                name,
+                f"changed while it was sent ({detail}); {DROPPER_HINT}; POST {path} was aborted "
+                "before its last bytes, so the Exchange did not take the upload",
+            )
         if exact is None:
             return SourceChanged(
                 name,

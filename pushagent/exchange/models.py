@@ -13,12 +13,13 @@ through ``float``. The client parses JSON with ``parse_float=Decimal``, so ``raw
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 
 class JobCategory(str, Enum):
@@ -295,6 +296,22 @@ class ExpectedBody:
             raise ValueError(f"ExpectedBody.offset must be >= 0, got {self.offset}")
         if not _SHA256_HEX.fullmatch(self.sha256):
             raise ValueError("ExpectedBody.sha256 must be 64 lowercase hex digits")
+
+
+class BodyGate(Protocol):
+    """Sees an upload's bytes before they leave (``upload_data(gate=...)``), so one read of the
+    file can check, hash and send it. ``begin`` gets the file's first bytes (up to 3) and its
+    stat at open, and returns how many of them the body skips (a UTF-8 byte order mark);
+    ``feed`` gets every block before it is sent; ``release`` is called before the final block
+    (``FINAL_BLOCK``), once every byte was fed and the file was found unchanged, and returns the
+    SHA-256 (hex) of the body. An exception raised by any of them aborts the request before its
+    final block, so no server can take the body as complete, and propagates."""
+
+    def begin(self, head: bytes, opened: os.stat_result) -> int: ...
+
+    def feed(self, block: bytes) -> None: ...
+
+    def release(self) -> str: ...
 
 
 @dataclass(frozen=True)

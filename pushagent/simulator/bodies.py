@@ -1,7 +1,9 @@
 """Request bodies read as a stream: Content-Length or chunked framing, never held whole in memory.
 
 A body that ends before its framing says it should (the sender died or the socket was cut)
-raises ``ConnectionAbortedError``; socket timeouts and resets surface as the ``OSError`` they are.
+raises ``ConnectionAbortedError``, so an incomplete body is never stored as an upload; socket
+timeouts and resets surface as the ``OSError`` they are. A ``ReceiveLimit`` reads bodies no
+faster than a set rate, so the simulator can stand in for a slow link.
 """
 
 from __future__ import annotations
@@ -13,7 +15,11 @@ from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
 
+from pushagent.throttle import Throttle
+
 CHUNK_SIZE = 1024 * 1024
+# Under a receive limit, bodies are read this much at a time, so the rate is smooth.
+LIMITED_CHUNK = 64 * 1024
 _MAX_LINE = 8192
 
 
@@ -21,10 +27,39 @@ def _truncated(what: str) -> ConnectionAbortedError:
     return ConnectionAbortedError(f"the request body ended early ({what})")
 
 
+class ReceiveLimit:
+    """All request bodies together are read at most ``rate`` bytes per second (0: no limit).
+    The sender's socket fills and it waits, as it would on a link of that speed."""
+
+    def __init__(self, rate: int = 0) -> None:
+        self._throttle: Throttle | None = None
+        self.rate = 0
+        self.set(rate)
+
+    def set(self, rate: int) -> None:
+        if rate < 0:
+            raise ValueError(f"the receive limit must be 0 (none) or more bytes per second, "
+                             f"not {rate}")
+        self.rate = rate
+        self._throttle = Throttle(rate) if rate else None
+
+    def piece(self, size: int) -> int:
+        """How much to read at a time."""
+        return min(size, LIMITED_CHUNK) if self._throttle is not None else size
+
+    def take(self, count: int) -> None:
+        throttle = self._throttle
+        if throttle is not None:
+            throttle.take(count)
+
+
 class RequestBody:
     """One request's body, read once: by ``chunks``, ``read_all``, ``read_some`` or ``drain``."""
 
-    def __init__(self, rfile: io.BufferedIOBase, headers: Message) -> None:
+    def __init__(
+        self, rfile: io.BufferedIOBase, headers: Message, *, limit: ReceiveLimit | None = None
+    ) -> None:
+        self._limit = limit or ReceiveLimit()
         self._rfile = rfile
         self.chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
         self.length: int | None = None
@@ -54,14 +89,17 @@ class RequestBody:
 
     def _counted_pieces(self, size: int) -> Iterator[bytes]:
         assert self.length is not None
+        size = self._limit.piece(size)
         while self.received < self.length:
             piece = self._rfile.read(min(size, self.length - self.received))
             if not piece:
                 raise _truncated(f"{self.received} of {self.length} bytes")
             self.received += len(piece)
+            self._limit.take(len(piece))
             yield piece
 
     def _chunked_pieces(self, size: int) -> Iterator[bytes]:
+        size = self._limit.piece(size)
         while True:
             line = self._rfile.readline(_MAX_LINE)
             if not line.endswith(b"\n"):
@@ -80,6 +118,7 @@ class RequestBody:
                     raise _truncated("inside a chunk")
                 left -= len(piece)
                 self.received += len(piece)
+                self._limit.take(len(piece))
                 yield piece
             if self._rfile.readline(_MAX_LINE).strip():
                 raise ConnectionAbortedError("a chunk was longer than its size line said")

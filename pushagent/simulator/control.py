@@ -22,12 +22,16 @@ Routes (JSON in and out; errors are {"message": ...} with 400 or 404):
                                   drop_after, body, location}   (see faults.py)
                                          -> 201 fault
   DELETE /_sim/faults                    -> 204
+  GET    /_sim/throttle                  -> {"maxBytesPerSecond": n}
+  PUT    /_sim/throttle {"maxBytesPerSecond": n} -> the same: request bodies are read no faster
+                                            (0: no limit)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pushagent.simulator.bodies import ReceiveLimit
 from pushagent.simulator.errors import SimulatorInputError
 from pushagent.simulator.faults import FaultBook
 from pushagent.simulator.messages import Request, Response, error_response, json_response, read_json
@@ -60,10 +64,14 @@ def _job_id(raw: str) -> int:
 
 
 class ControlAPI:
-    def __init__(self, store: JobStore, faults: FaultBook, log: RequestLog) -> None:
+    def __init__(
+        self, store: JobStore, faults: FaultBook, log: RequestLog, *,
+        receive_limit: ReceiveLimit | None = None,
+    ) -> None:
         self._store = store
         self._faults = faults
         self._log = log
+        self._receive_limit = receive_limit or ReceiveLimit()
 
     def handle(self, request: Request) -> Response:
         try:
@@ -110,7 +118,20 @@ class ControlAPI:
             if method == "DELETE":
                 self._faults.clear()
                 return Response(204)
+        if rest == ("throttle",):
+            if method == "PUT":
+                self._set_throttle(_object(request))
+            if method in ("GET", "PUT"):
+                return json_response(200, {"maxBytesPerSecond": self._receive_limit.rate})
         return error_response(404, f"no control call {method} {request.path}")
+
+    def _set_throttle(self, body: dict[str, Any]) -> None:
+        rate = body.get("maxBytesPerSecond")
+        if not isinstance(rate, int) or isinstance(rate, bool) or rate < 0:
+            raise SimulatorInputError(
+                'the body must be {"maxBytesPerSecond": <0 (no limit) or more>}'
+            )
+        self._receive_limit.set(rate)
 
     def _set_status(self, request: Request, job_id: int) -> Response:
         body = _object(request)

@@ -136,5 +136,12 @@ class SimulatorControl:
     def clear_faults(self) -> None:
         self._call("DELETE", "faults")
 
+    def set_max_bytes_per_second(self, rate: int) -> None:
+        """Request bodies are read no faster than ``rate`` bytes per second (0: no limit)."""
+        self._json("PUT", "throttle", payload={"maxBytesPerSecond": rate})
+
+    def max_bytes_per_second(self) -> int:
+        return int(self._json("GET", "throttle")["maxBytesPerSecond"])
+
     def close(self) -> None:
         self._session.close()

@@ -27,7 +27,7 @@ from loguru import logger
 from pushagent import __version__
 from pushagent.simulator import control
 from pushagent.simulator.api import ExchangeAPI
-from pushagent.simulator.bodies import CHUNK_SIZE, RequestBody
+from pushagent.simulator.bodies import CHUNK_SIZE, ReceiveLimit, RequestBody
 from pushagent.simulator.control import ControlAPI
 from pushagent.simulator.faults import Fault, FaultBook
 from pushagent.simulator.messages import Request, Response, error_response
@@ -62,6 +62,7 @@ class _Server(ThreadingHTTPServer):
         log: RequestLog,
         sleep: Callable[[float], None],
         log_level: str,
+        receive_limit: ReceiveLimit,
     ) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
@@ -72,6 +73,7 @@ class _Server(ThreadingHTTPServer):
         self.log = log
         self.sleep = sleep
         self.log_level = log_level
+        self.receive_limit = receive_limit
         self._connections: set[Any] = set()
         self._connections_lock = threading.Lock()
 
@@ -127,7 +129,7 @@ class _Handler(BaseHTTPRequestHandler):
         started = time.time()
         parts = urlsplit(self.path)
         try:
-            body = RequestBody(self.rfile, self.headers)
+            body = RequestBody(self.rfile, self.headers, limit=self.server.receive_limit)
         except ValueError as error:
             self.close_connection = True
             self._send(error_response(400, str(error)))
@@ -296,6 +298,8 @@ class Simulator:
     ``data_dir`` holds uploads and segment files; by default a temporary directory that
     ``stop()`` removes. ``sleep`` serves delay faults (tests pass one they control).
     ``request_log_level`` is the loguru level of the one line logged per API request.
+    ``max_bytes_per_second`` reads request bodies, all together, no faster (0: no limit), so a
+    benchmark can stand in for a real link; ``set_max_bytes_per_second`` changes it.
     """
 
     def __init__(
@@ -311,6 +315,7 @@ class Simulator:
         scheduled_jobs: Iterable[Mapping[str, Any]] = (),
         sleep: Callable[[float], None] = time.sleep,
         request_log_level: str = "DEBUG",
+        max_bytes_per_second: int = 0,
     ) -> None:
         self._owned_dir: Path | None = None
         if data_dir is None:
@@ -321,6 +326,7 @@ class Simulator:
             self._store = JobStore(data_dir=self.data_dir, complete_after=complete_after)
             self._faults = FaultBook()
             self._log = RequestLog()
+            self._receive_limit = ReceiveLimit(max_bytes_per_second)
             self._store.add_jobs(jobs)
             for scheduled in scheduled_jobs:
                 self._store.add_scheduled_job(scheduled)
@@ -329,11 +335,14 @@ class Simulator:
                 api=ExchangeAPI(
                     self._store, account_key=account_key, endpoint_keys=endpoint_keys or {}
                 ),
-                control_api=ControlAPI(self._store, self._faults, self._log),
+                control_api=ControlAPI(
+                    self._store, self._faults, self._log, receive_limit=self._receive_limit
+                ),
                 faults=self._faults,
                 log=self._log,
                 sleep=sleep,
                 log_level=request_log_level,
+                receive_limit=self._receive_limit,
             )
         except BaseException:
             self._remove_owned_dir()
@@ -412,6 +421,13 @@ class Simulator:
         return self._store.set_status(job_id, status, error_details=error_details)
 
     # -- uploads, requests, faults ----------------------------------------------------------
+
+    @property
+    def max_bytes_per_second(self) -> int:
+        return self._receive_limit.rate
+
+    def set_max_bytes_per_second(self, rate: int) -> None:
+        self._receive_limit.set(rate)
 
     def uploads(self, job_id: int) -> list[Upload]:
         return self._store.uploads(job_id)
