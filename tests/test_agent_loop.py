@@ -646,3 +646,25 @@ def test_many_files_ready_at_once_are_one_info_line_not_one_each(
                for line in lines) == summaries
     assert sum(line.strip() == "ready" for line in lines) == file_lines
     assert len(run.done()) == count
+
+
+def test_claim_and_final_folders_removed_while_running_are_made_again(
+    agents: AgentFactory,
+) -> None:
+    exchange = FakeExchange(45311, 45312)
+    run = agents(exchange)
+    run.drop("45311.csv")
+    run.start()
+    wait_for(lambda: run.done() == {"45311.csv"}, what="the first file in done/")
+    claimed = run.config.state_dir / "claimed"
+    claimed.rmdir()  # empty once the first file is done
+    (run.config.folders.done / "45311.csv").unlink()
+    run.config.folders.done.rmdir()
+
+    run.drop("45312.csv")
+
+    done = run.config.folders.done
+    wait_for(lambda: done.is_dir() and run.done() == {"45312.csv"},
+             what="the second file in done/")
+    assert len(exchange.uploads) == 2
+    assert all(len(got) == 1 for got in exchange.uploads.values())
