@@ -507,13 +507,30 @@ class Rewriter:
                 field = text[start:end]
                 parts += (text[done:start], '"', field.replace('"', '""'), '"')
                 done = end
-            elif text.count('"', start, comma) % 2 == 0:  # the comma is after the closing quote
+                comma = text.find(",", end)
+            elif _closed_before(text, start, comma):  # the comma is after the closing quote
+                # Only the lines before this one are covered: a field of this line quoted above
+                # must not go out too, or the line would be written twice. They are rewritten
+                # again on their own (they hold no such field), once per such line at most.
                 line_start = text.rfind("\n", 0, start) + 1
-                parts.append(text[done:line_start])
-                return "".join(parts), line_start
-            comma = text.find(",", end)
+                return self._quote_commas(text[:line_start])[0], line_start
+            else:  # inside the quotes; a later comma of this field may be after them
+                comma = text.find(",", comma + 1)
         parts.append(text[done:])
         return "".join(parts), len(text)
+
+
+def _closed_before(text: str, start: int, comma: int) -> bool:
+    """Whether the field quoted at ``start`` is closed before ``comma``: a quote there that is
+    not one of a doubled pair. Counting the quotes is not enough: in ``""x"y,`` csv closes the
+    field at the second quote and reads ``x"y,`` on as data."""
+    at = start + 1
+    while (quote := text.find('"', at, comma)) >= 0:
+        if text.startswith('""', quote):
+            at = quote + 2  # an escaped quote (its pair may be the comma's neighbour)
+        else:
+            return True
+    return False
 
 
 def _after_lines(text: str, count: int) -> int:

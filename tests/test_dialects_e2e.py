@@ -203,3 +203,24 @@ def test_a_kill_during_conversion_loses_nothing_and_sends_once(
     assert parsed(bodies[0]) == rows
     wait_for(lambda: not list(claimed.iterdir()), what="staged copies removed")
     assert home.stop() == 0
+
+
+def test_commas_in_and_after_quoted_fields_arrive_as_csv_reads_them(
+    home: AgentHome, sim: Simulator
+) -> None:
+    # Found by fuzzing the conversion: a ';' line with a comma in a plain field and one after
+    # a closing quote went out twice, merged into one row of the same width, so nothing
+    # refused it and the job took 'Müller, Hans"Müller, Hans' for a name.
+    text = ('name;Email;title\r\n'
+            'Müller, Hans;hans@example.com;"Dr." Med, PhD\r\n'
+            '",",;bo@example.com;""x"y,z\r\n')
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=";"))
+    assert rows[1] == ["Müller, Hans", "hans@example.com", "Dr. Med, PhD"]
+    job = waiting_job(sim)
+    home.start()
+    drop_atomically(home.drop, "45311.csv", text.encode())
+    wait_for((home.done / "45311.csv").exists, timeout=30, what="45311.csv in done/")
+    bodies = received(sim, job)
+    assert len(bodies) == 1
+    assert parsed(bodies[0]) == rows
+    assert home.stop() == 0
