@@ -31,6 +31,7 @@ import io
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import stat
@@ -43,6 +44,7 @@ import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,56 @@ SETTLE_DEADLINE = 30.0
 REPORT_SUFFIX = ".error.json"
 WATCHING = "pushagent watching"
 CONVERSION_WAIT = 15.0  # for a large drop's conversion to start, after its job is listed
+HOOK_TOKEN = "hook-token-5b7e21c4"  # in the webhook's URL and header: a secret like the key
+NOTIFY = f"""\
+notify:
+  webhook_url: "{{url}}/hook/{HOOK_TOKEN}"
+  headers: {{{{Authorization: "Bearer {HOOK_TOKEN}"}}}}
+  after_seconds: 1
+  max_attempts: 2
+"""
+
+
+class Webhook:
+    """``notify.webhook_url`` on loopback, for the full mix: keeps every body, answers most
+    posts 200, some 500, and holds some for a while (the agent must never wait on it)."""
+
+    def __init__(self, seed: int) -> None:
+        self.bodies: list[bytes] = []
+        self._rng = random.Random(f"{seed}:hook")
+        self._lock = threading.Lock()
+        self._release = threading.Event()
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with hook._lock:
+                    hook.bodies.append(body)
+                    choice = hook._rng.random()
+                if choice < 0.15:
+                    hook._release.wait(3)
+                self.send_response(500 if choice < 0.3 else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # the agent hung up on a held answer: expected
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, name="webhook", daemon=True).start()
+
+    def close(self) -> None:
+        self._release.set()
+        self._server.shutdown()
+        self._server.server_close()
 
 
 class Mix(Enum):
@@ -101,6 +153,7 @@ class StepKind(Enum):
     SIGTERM = "sigterm"
     PAUSE = "pause"
     CONVERT_KILL = "kill -9 while converting"
+    RETRY = "pushagent retry --all"
 
 
 class DropKind(Enum):
@@ -159,6 +212,8 @@ class Step:
             return f"fault: {json.dumps(self.fault, sort_keys=True)}"
         if self.kind in (StepKind.KILL9, StepKind.SIGTERM):
             return f"{self.kind.value}, restart after {self.seconds:.2f} s"
+        if self.kind is StepKind.RETRY:
+            return "retry: pushagent retry --all, the agent running"
         return f"pause {self.seconds:.2f} s"
 
 
@@ -178,6 +233,7 @@ def plan(
     }
     if full:
         weights[StepKind.CONVERT_KILL] = 1
+        weights[StepKind.RETRY] = 1
     segments = (*SEGMENTS, CP1252_SEGMENT) if full else SEGMENTS
     drops = list(DropKind) if full else list(CLASSIC_DROPS)
     while len(chosen) < steps:
@@ -211,6 +267,8 @@ def plan(
             chosen.append(Step(kind, fault=_fault(rng, full=full)))
         elif kind in (StepKind.KILL9, StepKind.SIGTERM):
             chosen.append(Step(kind, seconds=rng.uniform(0, 0.5)))
+        elif kind is StepKind.RETRY:
+            chosen.append(Step(kind))
         else:
             chosen.append(Step(kind, seconds=rng.uniform(0, 1.0)))
     return chosen
@@ -417,8 +475,9 @@ class Campaign:
         self.root = root
         self.sim = sim
         self.rng = random.Random(f"{seed}:run")  # choices that depend on what happened
-        self.home = CampaignHome(root / "agent", sim.url, agent_path=agent_path,
-                                 extra=INPUT if mix is Mix.FULL else "")
+        self.hook = Webhook(seed) if mix is Mix.FULL else None
+        extra = INPUT + NOTIFY.format(url=self.hook.url) if self.hook is not None else ""
+        self.home = CampaignHome(root / "agent", sim.url, agent_path=agent_path, extra=extra)
         self.stage = root / "stage"
         self.stage.mkdir()
         self.jobs: list[int] = []
@@ -458,6 +517,8 @@ class Campaign:
         finally:
             if self.home.process is not None:
                 self.home.kill9()
+            if self.hook is not None:
+                self.hook.close()
             self.result.log_tail = "\n".join(self.home.log().splitlines()[-60:])
             self.result.seconds = time.monotonic() - started
         return self.result
@@ -507,6 +568,8 @@ class Campaign:
             self.drop(number, step)
         elif step.kind is StepKind.CONVERT_KILL:
             self.kill_while_converting(number, step)
+        elif step.kind is StepKind.RETRY:
+            self.retry_failed(number)
         elif step.kind is StepKind.FAULT:
             assert step.fault is not None
             spec = dict(step.fault)
@@ -533,6 +596,20 @@ class Campaign:
         self.jobs.append(job)
         self.job_segment[job] = segment
         return job
+
+    def retry_failed(self, number: int) -> None:
+        """The operator's ``pushagent retry --all`` while the agent runs: every file in failed/
+        back to the drop folder (the campaign follows files by their bytes)."""
+        done = subprocess.run(
+            [sys.executable, "-m", "pushagent", "retry", "-c", str(self.home.config), "--all"],
+            capture_output=True, text=True, env=self.home.env(), cwd=self.home.root, timeout=60,
+        )
+        said = done.stdout + done.stderr
+        if done.returncode != 0 or "Traceback" in said:
+            self.violate("retry works", f"step {number}: pushagent retry --all exited "
+                         f"{done.returncode}", said[-2000:])
+        if KEY in said:
+            self.violate("no key anywhere", "pushagent retry printed the API key")
 
     def kill_while_converting(self, number: int, step: Step) -> None:
         """A large UTF-16 drop with a job waiting for it; kill -9 ``step.delay`` after its
@@ -967,8 +1044,8 @@ class Campaign:
     def check_errors(self) -> None:
         """A job is failed only when a file for it is invalid (or unreadable), the server refused
         the data for good, or the agent's attempts ran out against injected faults."""
-        bad_files = {d.rel_path for d in self.result.drops if not d.valid or d.kind is
-                     DropKind.UNREADABLE}
+        bad_files = {_unnumbered(d.rel_path) for d in self.result.drops
+                     if not d.valid or d.kind is DropKind.UNREADABLE}
         # Which files each job was given: from the reports in failed/ and from the journal (a
         # file whose move to failed/ has not happened yet has no report).
         blamed: dict[str, set[str]] = {}
@@ -995,7 +1072,8 @@ class Campaign:
             refused = [r for r in posts if r["status"] and 400 <= r["status"] < 500
                        and r["status"] not in NOT_PERMANENT]
             tries = [r for r in posts if r["fault"] is not None]
-            if blamed.get(str(job_id), set()) & bad_files or refused or len(tries) >= MAX_ATTEMPTS:
+            named = {_unnumbered(name) for name in blamed.get(str(job_id), set())}
+            if named & bad_files or refused or len(tries) >= MAX_ATTEMPTS:
                 continue
             self.violate(
                 "jobs failed only for bad files",
@@ -1021,10 +1099,28 @@ class Campaign:
             self.violate("no traceback", "the agent logged a traceback", log[at : at + 2500])
         if KEY in log:
             self.violate("no key anywhere", "the API key is in the agent's log")
+        if HOOK_TOKEN in log:
+            at = log.index(HOOK_TOKEN)
+            self.violate("no key anywhere", "the webhook's secret is in the agent's log",
+                         log[max(0, at - 300) : at + 100])
+        for body in self.hook.bodies if self.hook is not None else []:
+            if KEY.encode() in body or HOOK_TOKEN.encode() in body:
+                self.violate("no key anywhere", "a notification holds a secret", body[:500].decode(
+                    errors="replace"))
+            try:
+                json.loads(body)
+            except ValueError:
+                self.violate("notifications are JSON",
+                             f"a notification is not JSON: {body[:200]!r}")
 
 
 class _Abort(Exception):
     """The agent cannot run at all: the campaign stops with what it has."""
+
+
+def _unnumbered(rel_path: str) -> str:
+    """A name without the ``-2``, ``-3``... the agent or ``retry`` adds when it is taken."""
+    return re.sub(r"-\d+(?=(\.csv\.gz|\.[^./]*)$)", "", rel_path)
 
 
 def run_campaign(

@@ -2,7 +2,8 @@
 process, awkward drops, injected server faults, kill -9 and SIGTERM, then the whole promise.
 
 The classic seeds replay issue 9's plans; the full ones add IDENTITY_IMPORT jobs, drops in other
-dialects and kill -9 while a large file is converted. A failure prints the seed's steps and
+dialects, kill -9 while a large file is converted, ``pushagent retry --all`` while the agent runs,
+and a webhook that answers 500 or holds its answer. A failure prints the seed's steps and
 evidence; ``python -m tests.campaign --seed N [--mix classic]`` replays it.
 """
 
@@ -17,7 +18,8 @@ from tests.campaign import CLASSIC_DROPS, DropKind, Mix, StepKind, plan, run_cam
 pytestmark = pytest.mark.faults
 
 CLASSIC_SEEDS = (102, 202, 299)  # chosen for their mix: every drop kind, fault kind and signal
-FULL_SEEDS = (883, 746)  # between them: every dialect, an IDENTITY_IMPORT job, a kill -9 converting
+# Between them every dialect; each has IDENTITY_IMPORT jobs, a retry and a kill -9 converting.
+FULL_SEEDS = (2778, 1240)
 STEPS = 12
 FULL_STEPS = 20
 
@@ -48,7 +50,8 @@ def test_a_plan_depends_only_on_its_seed() -> None:
 def test_a_classic_plan_draws_only_issue_9s_steps() -> None:
     steps = plan(5, 300, as_root=False, mix=Mix.CLASSIC)
     assert {step.drop for step in steps if step.drop} == set(CLASSIC_DROPS)
-    assert {step.kind for step in steps} == set(StepKind) - {StepKind.CONVERT_KILL}
+    assert {step.kind for step in steps} == set(StepKind) - {StepKind.CONVERT_KILL,
+                                                             StepKind.RETRY}
     assert {step.category for step in steps} == {"SEGMENT_EXPORT"}
 
 
