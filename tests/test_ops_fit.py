@@ -19,6 +19,7 @@ import pushagent
 from pushagent import logs
 from pushagent.exchange import ExchangeClient
 from pushagent.journal import Journal
+from pushagent.outcomes import report_path_for
 from pushagent.simulator import Simulator
 from tests.e2e import ENDPOINT, KEY, AgentHome, drop_atomically, wait_for
 
@@ -336,6 +337,43 @@ def test_retried_csv_gz_files_of_one_name_both_go_back_as_drops_of_their_segment
     received = sorted(sim.upload_data(job, 0) for job in jobs)
     assert received == sorted(exports)
     assert list(home.failed.rglob("*.gz")) == []
+
+
+def test_retry_never_renames_a_file_into_another_segment(tmp_path: Path, sim: Simulator) -> None:
+    # '45311.csv' failed twice; both retried at once, the second found the first still in the
+    # drop folder and went back as '45311-2.csv': segment '45311-2', a job that never comes.
+    home = agent_home(tmp_path, sim)
+    env = {"E2E_EXCHANGE_KEY": KEY}
+    config = home.config.read_text()
+    home.config.write_text(config.replace("max_wait_seconds: 3600", "max_wait_seconds: 0.5"))
+    exports = [f"Email\nday{n}@example.com\n".encode() for n in range(2)]
+    for count, data in enumerate(exports, start=1):
+        drop_atomically(home.drop, "45311.csv", data)
+
+        def failed_for_want_of_a_job(count: int = count) -> bool:
+            pushagent_cli("run", "-c", str(home.config), "--once", env=env)
+            return len(list(home.failed.glob("*.error.json"))) == count
+
+        wait_for(failed_for_want_of_a_job, timeout=30, what="45311.csv to fail for want of a job")
+    home.config.write_text(config)
+
+    done = pushagent_cli("retry", "-c", str(home.config), "--all")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert [p.name for p in home.drop.iterdir() if not p.name.startswith(".")] == ["45311.csv"]
+    (refused,) = [line for line in done.stdout.splitlines() if line.startswith("FAIL")]
+    assert "another segment" in refused and "retry it once" in refused
+    (left,) = [p for p in home.failed.iterdir() if p.suffix == ".csv"]
+    assert report_path_for(left) is not None  # still failed, with its reason
+
+    jobs = [int(sim.add_job(producerEndpointID=ENDPOINT, producerSegmentID=45311)["jobId"])]
+    ran = pushagent_cli("run", "-c", str(home.config), "--once", env=env)
+    assert "done     45311.csv" in ran.stdout, ran.stdout + ran.stderr
+    again = pushagent_cli("retry", "-c", str(home.config), "--all")  # the name is free now
+    assert again.returncode == 0, again.stdout + again.stderr
+    jobs.append(int(sim.add_job(producerEndpointID=ENDPOINT, producerSegmentID=45311)["jobId"]))
+    ran = pushagent_cli("run", "-c", str(home.config), "--once", env=env)
+    assert "done     45311.csv" in ran.stdout, ran.stdout + ran.stderr
+    assert sorted(sim.upload_data(job, 0) for job in jobs) == sorted(exports)
 
 
 def test_retry_refuses_a_file_outside_failed(tmp_path: Path, sim: Simulator) -> None:
