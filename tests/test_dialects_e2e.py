@@ -224,3 +224,31 @@ def test_commas_in_and_after_quoted_fields_arrive_as_csv_reads_them(
     assert len(bodies) == 1
     assert parsed(bodies[0]) == rows
     assert home.stop() == 0
+
+
+def test_a_converted_file_waiting_again_keeps_no_staged_copy(
+    home: AgentHome, sim: Simulator
+) -> None:
+    # Found while adding kill -9 during conversion to the campaign: a file whose job stopped
+    # waiting before its upload went back to waiting in the claim area with its converted
+    # copy beside it - as large as the file, unexplained by status, for as long as it waits.
+    job = waiting_job(sim)
+    sim.add_fault(method="POST", path=rf"^/v1/jobs/{job}/data$", delay=2)
+    data = b"\xff\xfe" + written(ROWS, delimiter="\t").encode("utf-16-le")
+    claimed = home.root / "state" / "claimed"
+    home.start()
+    drop_atomically(home.drop, "45311.csv", data)
+    wait_for(lambda: not sim.faults(), timeout=30, what="the upload held by the server")
+    sim.set_status(job, "CANCELLED")
+
+    def waiting_again() -> bool:
+        pending = status_json(home).get("pending")
+        return isinstance(pending, list) and any(row["state"] == "waiting" for row in pending)
+
+    wait_for(waiting_again, timeout=30, what="45311.csv waiting for another job")
+    assert [p.name for p in claimed.iterdir()] == ["1-45311.csv"]
+    assert received(sim, job) == []
+    again = waiting_job(sim)
+    wait_for((home.done / "45311.csv").exists, timeout=30, what="45311.csv in done/")
+    assert [parsed(body) for body in received(sim, again)] == [ROWS]
+    assert home.stop() == 0
