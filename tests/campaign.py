@@ -87,6 +87,10 @@ QUIET = 3.0  # nothing changed for this long (longer than any backoff or held an
 SETTLE_DEADLINE = 30.0
 REPORT_SUFFIX = ".error.json"
 WATCHING = "pushagent watching"
+# Deliveries a file gave up on without sending: the job answered that it is gone or taken (404,
+# 409, 410; the file then goes to its other jobs), or the file's attempts never reached it. Such
+# a job may stay waiting, or take another file.
+LET_GO = frozenset({"gone", "released"})
 CONVERSION_WAIT = 15.0  # for a large drop's conversion to start, after its job is listed
 HOOK_TOKEN = "hook-token-5b7e21c4"  # in the webhook's URL and header: a secret like the key
 NOTIFY = f"""\
@@ -944,7 +948,7 @@ class Campaign:
                 self.result.notes.append("journal unreadable: done/ checked against any job")
                 continue
             for job, state in assigned:
-                if not job.isdigit() or int(job) not in statuses:
+                if not job.isdigit() or int(job) not in statuses or state in LET_GO:
                     continue
                 held = accepted.get(int(job))
                 if not self.delivered_as(data, held) and statuses[int(job)] == WAITING:
@@ -956,7 +960,8 @@ class Campaign:
                 elif held is not None and not self.delivered_as(data, held):
                     self.violate(
                         "done means sent to each job",
-                        f"done/{name!r} was assigned to job {job}, which holds other bytes",
+                        f"done/{name!r} was assigned to job {job} ({state}), which holds other "
+                        "bytes", self.requests_for(int(job)),
                     )
 
     def closest_upload(self, data: bytes, accepted: dict[int, bytes]) -> str:

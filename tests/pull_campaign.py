@@ -5,9 +5,9 @@ faults on the list, download, delete and complete calls, and kill -9 and SIGTERM
 After every kill -9, before the restart, the outbox is checked as a consumer would find it: no
 file under a final name that is not the Exchange's file whole, and ``job.json`` only in a folder
 whose files are all complete. At the end (faults cleared, every job let finish): each job
-COMPLETE at the Exchange exactly once, its folder holding every file whole and ``job.json``
-naming them with their SHA-256, no temporary file left, no file deleted at the Exchange before
-its job's ``job.json`` was written, no traceback and no key in the log.
+COMPLETE at the Exchange, its folder holding every file whole and ``job.json`` naming them with
+their SHA-256, no temporary file left, no file deleted and no job completed at the Exchange
+before its ``job.json`` was written, no traceback and no key in the log.
 
     python -m tests.pull_campaign --seeds 10           # seeds 0..9
     python -m tests.pull_campaign --seed 3 --keep      # one seed, its folder kept for a look
@@ -342,17 +342,15 @@ class PullCampaign:
             temporaries = [e for e in os.listdir(folder) if e.startswith(".")]
             if temporaries:
                 self.violate("no temporary left", f"job {job}: {temporaries}")
+            # A complete call may be sent again after a stop (the Exchange answers false, and
+            # the job's status says it is done): only its timing is the promise.
             prefix = f"/v1/jobs/{job}/"
-            completes = [r for r in log if r["method"] == "PUT" and r["path"] == f"{prefix}"
-                         "status/complete" and r["status"] is not None and r["status"] < 300
-                         and r["fault"] is None]
-            if len(completes) > 1:
-                self.violate("completed once", f"job {job} completed {len(completes)} times")
             for request in log:
-                if request["method"] == "DELETE" and request["path"].startswith(prefix) \
+                touches = request["method"] == "DELETE" or request["path"].endswith("/complete")
+                if touches and request["path"].startswith(prefix) \
                         and request["time"] < written - 1.0:  # mtime granularity, clocks
-                    self.violate("deleted only when safe",
-                                 f"job {job}: {request['path']} deleted "
+                    self.violate("deleted or completed only when safe",
+                                 f"job {job}: {request['method']} {request['path']} "
                                  f"{written - request['time']:.2f} s before {JOB_JSON}")
         text = self.home.log()
         if "Traceback" in text:
