@@ -304,7 +304,7 @@ def test_retried_csv_gz_files_of_one_name_both_go_back_as_drops_of_their_segment
     tmp_path: Path, sim: Simulator
 ) -> None:
     # Two failures of one daily export name: failed/ and then the drop folder hold a second
-    # name for it. Found by the campaign's review of retry: the counter went before '.gz'
+    # name for it. Found while adding retry to the campaign: the counter went before '.gz'
     # ('x.csv-2.gz'), a name no drop has, so the retried file failed again as unroutable.
     home = agent_home(tmp_path, sim)
     env = {"E2E_EXCHANGE_KEY": KEY}
