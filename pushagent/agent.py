@@ -779,6 +779,8 @@ class Agent:
         if result.verdict is Verdict.RETRY:
             self._schedule_retry(row, result)
         elif result.verdict is Verdict.REQUEUE:
+            # It may wait for days: its converted copy (made afresh at each attempt) goes now.
+            remove_staged(Path(row.path))
             row = self._journal.mark_waiting(
                 row.id, segment=row.segment or "",
                 reason=f"waiting for a job for segment {row.segment}: {result.reason}",

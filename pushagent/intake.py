@@ -52,6 +52,8 @@ _LABELS = {"utf-8": "UTF-8", "utf-16-le": "UTF-16LE", "utf-16-be": "UTF-16BE"}
 _DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)")
 _BARE_CR = re.compile(r"\r(?!\n)")
+# Inside a quoted field: up to its closing quote, doubled quotes read as one (as csv does).
+_QUOTED_BODY = re.compile(r'(?:[^"]+|"")*+')
 _SMALL_PIECE = 2048  # characters: a failed piece this small goes line by line
 _STAGED_SUFFIX = ".staged.csv"
 _SNIFF_LIMIT = 1024 * 1024  # the delimiter is sniffed from a header line within this
@@ -507,13 +509,29 @@ class Rewriter:
                 field = text[start:end]
                 parts += (text[done:start], '"', field.replace('"', '""'), '"')
                 done = end
-            elif text.count('"', start, comma) % 2 == 0:  # the comma is after the closing quote
+                comma = text.find(",", end)
+                continue
+            closing = _closing_quote(text, start + 1, end)
+            if closing == end or text.find(",", closing, end) >= 0:
+                # A comma after the closing quote, which csv reads on as data. Only the lines
+                # before this one are covered: a field of this line quoted above must not go
+                # out too, or the line would be written twice. They are rewritten again on
+                # their own (they hold no such field), once per such line at most.
                 line_start = text.rfind("\n", 0, start) + 1
-                parts.append(text[done:line_start])
-                return "".join(parts), line_start
+                return self._quote_commas(text[:line_start])[0], line_start
             comma = text.find(",", end)
         parts.append(text[done:])
         return "".join(parts), len(text)
+
+
+def _closing_quote(text: str, at: int, end: int) -> int:
+    """Where csv closes a quoted field read from ``at`` (inside its quotes) that ends at
+    ``end``: its first quote that is not half of a doubled pair (``end`` if none). Counting the
+    quotes is not enough: in ``""x"y,`` the field closes at the second quote, and ``x"y,`` is
+    data read on after it."""
+    match = _QUOTED_BODY.match(text, at, end)
+    assert match is not None, "the pattern matches the empty string"
+    return match.end()
 
 
 def _after_lines(text: str, count: int) -> int:

@@ -58,10 +58,11 @@ def unique_target(
     ``write_error_report``."""
     parent = folder / relative.parent
     budget = name_max(parent) - (_size(REPORT_SUFFIX) if with_report else 0)
+    stem, suffix = _split(relative.name)
     n = 1
     while True:
         counter = "" if n == 1 else f"-{n}"
-        target = parent / _fit(relative.name, relative.stem, counter, relative.suffix, budget)
+        target = parent / _fit(relative.name, stem, counter, suffix, budget)
         if not os.path.lexists(target) and not (with_report and report_path_for(target)):
             return target
         n += 1
@@ -69,8 +70,22 @@ def unique_target(
 
 def fit_name(name: str, budget: int) -> str:
     """``name`` cut (whole characters, the extension kept) to ``budget`` bytes."""
+    stem, suffix = _split(name)
+    return _fit(name, stem, "", suffix, budget)
+
+
+# An extension of two parts, kept whole: "x.csv.gz" taken gives "x-2.csv.gz", still a drop
+# the router reads (``router.DROP_SUFFIXES``); "x.csv-2.gz" would fail when retried.
+_DOUBLE_SUFFIXES = (".csv.gz",)
+
+
+def _split(name: str) -> tuple[str, str]:
+    """(stem, extension) of a file name, a double extension such as ``.csv.gz`` as one."""
+    for double in _DOUBLE_SUFFIXES:
+        if name.lower().endswith(double) and len(name) > len(double):
+            return name[: -len(double)], name[-len(double):]
     relative = PurePath(name)
-    return _fit(name, relative.stem, "", relative.suffix, budget)
+    return relative.stem, relative.suffix
 
 
 def _fit(name: str, stem: str, counter: str, suffix: str, budget: int) -> str:

@@ -566,6 +566,14 @@ class Deliverer:
                 self._journal.delivery_ended(file.id, delivery.job_id, DeliveryState.RELEASED,
                                              error=reason)
 
+    def _release_untried(self, file: FileRow, reason: str) -> None:
+        """Jobs the attempts never reached (each attempt stopped at an earlier job's failure):
+        left waiting, for another file; only the jobs it was tried on are failed."""
+        for delivery in self._journal.deliveries(file.id):
+            if delivery.state is DeliveryState.ASSIGNED and delivery.started_at is None:
+                self._journal.delivery_ended(file.id, delivery.job_id, DeliveryState.RELEASED,
+                                             error=f"never tried: {reason}")
+
     def _landed_before(self, file: FileRow, delivery: DeliveryRow) -> bool:
         """For an upload a crash or silence cut short: True when the job's status settled it
         (it stopped waiting); False for any delivery the job may still take."""
@@ -599,6 +607,7 @@ class Deliverer:
             if _is_unreadable(retry):
                 self._release_open(file, reason)
             else:
+                self._release_untried(file, reason)
                 self._fail_open_jobs(file, reason)
         except _Retry as again:
             return DeliveryResult(Verdict.RETRY, again.reason, again.retry_after, False,

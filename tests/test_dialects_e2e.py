@@ -203,3 +203,52 @@ def test_a_kill_during_conversion_loses_nothing_and_sends_once(
     assert parsed(bodies[0]) == rows
     wait_for(lambda: not list(claimed.iterdir()), what="staged copies removed")
     assert home.stop() == 0
+
+
+def test_commas_in_and_after_quoted_fields_arrive_as_csv_reads_them(
+    home: AgentHome, sim: Simulator
+) -> None:
+    # Found by fuzzing the conversion: a ';' line with a comma in a plain field and one after
+    # a closing quote went out twice, merged into one row of the same width, so nothing
+    # refused it and the job took 'Müller, Hans"Müller, Hans' for a name.
+    text = ('name;Email;title\r\n'
+            'Müller, Hans;hans@example.com;"Dr." Med, PhD\r\n'
+            '",",;bo@example.com;""x"y,z\r\n')
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=";"))
+    assert rows[1] == ["Müller, Hans", "hans@example.com", "Dr. Med, PhD"]
+    job = waiting_job(sim)
+    home.start()
+    drop_atomically(home.drop, "45311.csv", text.encode())
+    wait_for((home.done / "45311.csv").exists, timeout=30, what="45311.csv in done/")
+    bodies = received(sim, job)
+    assert len(bodies) == 1
+    assert parsed(bodies[0]) == rows
+    assert home.stop() == 0
+
+
+def test_a_converted_file_waiting_again_keeps_no_staged_copy(
+    home: AgentHome, sim: Simulator
+) -> None:
+    # Found while adding kill -9 during conversion to the campaign: a file whose job stopped
+    # waiting before its upload went back to waiting in the claim area with its converted
+    # copy beside it - as large as the file, unexplained by status, for as long as it waits.
+    job = waiting_job(sim)
+    sim.add_fault(method="POST", path=rf"^/v1/jobs/{job}/data$", delay=2)
+    data = b"\xff\xfe" + written(ROWS, delimiter="\t").encode("utf-16-le")
+    claimed = home.root / "state" / "claimed"
+    home.start()
+    drop_atomically(home.drop, "45311.csv", data)
+    wait_for(lambda: not sim.faults(), timeout=30, what="the upload held by the server")
+    sim.set_status(job, "CANCELLED")
+
+    def waiting_again() -> bool:
+        pending = status_json(home).get("pending")
+        return isinstance(pending, list) and any(row["state"] == "waiting" for row in pending)
+
+    wait_for(waiting_again, timeout=30, what="45311.csv waiting for another job")
+    assert [p.name for p in claimed.iterdir()] == ["1-45311.csv"]
+    assert received(sim, job) == []
+    again = waiting_job(sim)
+    wait_for((home.done / "45311.csv").exists, timeout=30, what="45311.csv in done/")
+    assert [parsed(body) for body in received(sim, again)] == [ROWS]
+    assert home.stop() == 0

@@ -234,3 +234,32 @@ def test_a_job_deleted_before_its_upload_leaves_the_file_for_the_next_job(
         replacement = waiting_job(sim)
         assert_invariant(home, sim, [Drop("45311.csv", data, (replacement,))], timeout=6)
         assert received(sim, job) == []
+
+
+def test_attempts_run_out_on_one_job_and_the_job_never_tried_is_left_waiting(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    # Found by the campaign (full mix, seed 1001): a file assigned to two jobs retried the
+    # first (deliveries go in job id order) until its attempts ran out, then failed both; the
+    # second never saw a byte, yet was failed for the first one's HTTP 5xx, and the next file
+    # of its segment had no job left to go to.
+    broken, never_tried = waiting_job(sim, 50004), waiting_job(sim, 50004)
+    assert broken < never_tried
+    sim.add_fault(method="POST", path=data_path(broken), status=503, count=None)
+    home = FaultHome(tmp_path / "agent", sim.url, max_attempts=3)
+    first = Drop("50004/first.csv", csv_rows("first"), (broken,), outcome="failed")
+    with running(home):
+        (home.drop / "50004").mkdir()
+        drop_atomically(home.drop / "50004", "first.csv", first.data)
+        wait_for(lambda: (home.failed / "50004" / "first.csv.error.json").exists(), timeout=30,
+                 what="first.csv in failed/")
+        assert sim.job(never_tried)["status"] == WAITING, sim.job(never_tried)["errorDetails"]
+        assert requests_to(sim, "POST", data_path(never_tried)) == []
+        second = Drop("50004/second.csv", csv_rows("second"), (never_tried,))
+        drop_atomically(home.drop / "50004", "second.csv", second.data)
+        assert_invariant(home, sim, [first, second], timeout=30)
+    report = json.loads((home.failed / "50004" / "first.csv.error.json").read_text())
+    assert "upload failed 3 times" in report["reason"]
+    assert report["failed_jobs"] == [str(broken)]
+    assert {j["job_id"]: j["state"] for j in report["jobs"]} == {
+        str(broken): "rejected", str(never_tried): "released"}

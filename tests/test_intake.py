@@ -172,10 +172,39 @@ def test_a_decimal_comma_export_quotes_the_fields_with_commas(tmp_path: Path) ->
 @pytest.mark.parametrize("text", [
     'h1;h2;h3;h4\nx;a"b,c;"q"r,s;"t,u"\n' * 3,  # data quotes, a field going on after its quote
     '"a;b";"c""d,e";f,g\r\n"h\ni";j;k\r\n' * 3,  # a delimiter and a line break in quotes
+    # A comma in a plain field, then one after a closing quote in the same line: the line went
+    # out twice, its start merged into the first field ('Müller, Hans"Müller, Hans').
+    'name;Email;title\nMüller, Hans;hans@example.com;"Dr." Med, PhD\n' * 3,
+    # A comma inside the quotes, then one after them, in one field: csv reads ',,'.
+    'a;b\n",",;x\n' * 3,
+    # '""' right after the opening quote closes the field: the comma after it is data.
+    'a;b;c\n"";;""x"y,x"y\n' * 3,
 ])
 def test_commas_beside_quotes_keep_csvs_values(tmp_path: Path, text: str) -> None:
     source = convert(tmp_path, text.encode(), chunk_size=4096, delimiter=";")
     assert canonical_rows(source.send.read_bytes()) == csv_rows(text, ";", '"')
+
+
+# Whole fields, as exporters and hand edits write them, beside commas and quotes: tokens rarely
+# line up into these shapes (the fast path's mistakes above were each one of them).
+FIELD_SHAPES = ["", "a", "a,b", '"a,b"', '"a"b,c', '""x"y,z', '","', '",",', 'a"b,c', '""',
+                '""""', '"a""b,c"', '"a;b"', '"a\nb"', "é"]
+
+
+@PROPERTY
+@given(
+    lines=st.lists(st.lists(st.sampled_from(FIELD_SHAPES), min_size=1, max_size=4),
+                   min_size=1, max_size=6),
+    delimiter=st.sampled_from([";", "\t", "|"]),
+    newline=st.sampled_from(["\n", "\r\n"]),
+)
+def test_fields_of_every_shape_keep_csvs_values(
+    tmp_path: Path, lines: list[list[str]], delimiter: str, newline: str
+) -> None:
+    text = "".join(delimiter.join(fields) + newline for fields in lines)
+    source = convert(tmp_path, text.encode(), chunk_size=4096, delimiter=delimiter)
+    assert source.problem is None, source.problem
+    assert canonical_rows(source.send.read_bytes()) == csv_rows(text, delimiter, '"')
 
 
 @pytest.mark.parametrize(

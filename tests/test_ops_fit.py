@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import pty
@@ -18,6 +19,7 @@ import pushagent
 from pushagent import logs
 from pushagent.exchange import ExchangeClient
 from pushagent.journal import Journal
+from pushagent.outcomes import report_path_for
 from pushagent.simulator import Simulator
 from tests.e2e import ENDPOINT, KEY, AgentHome, drop_atomically, wait_for
 
@@ -299,6 +301,82 @@ def test_retry_moves_failed_files_back_and_the_agent_delivers_them(
     assert every.returncode == 0, every.stderr
     assert [Path(f["now_at"]).name for f in json.loads(every.stdout)["files"]] == ["other.csv"]
     assert sorted(p.name for p in home.failed.rglob("*") if p.is_file()) == []
+
+
+def test_retried_csv_gz_files_of_one_name_both_go_back_as_drops_of_their_segment(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    # Two failures of one daily export name: failed/ and then the drop folder hold a second
+    # name for it. Found while adding retry to the campaign: the counter went before '.gz'
+    # ('x.csv-2.gz'), a name no drop has, so the retried file failed again as unroutable.
+    home = agent_home(tmp_path, sim)
+    env = {"E2E_EXCHANGE_KEY": KEY}
+    (home.drop / "45311").mkdir()
+    config = home.config.read_text()
+    home.config.write_text(config.replace("max_wait_seconds: 3600", "max_wait_seconds: 0.5"))
+    exports = [f"Email\nday{n}@example.com\n".encode() for n in range(2)]
+    for count, data in enumerate(exports, start=1):
+        drop_atomically(home.drop / "45311", "x.csv.gz", gzip.compress(data))
+
+        def failed_for_want_of_a_job(count: int = count) -> bool:
+            pushagent_cli("run", "-c", str(home.config), "--once", env=env)
+            return len(list((home.failed / "45311").glob("*.error.json"))) == count
+
+        wait_for(failed_for_want_of_a_job, timeout=30, what="x.csv.gz to fail for want of a job")
+    failed = sorted(p.name for p in (home.failed / "45311").iterdir())
+    assert failed == ["x-2.csv.gz", "x-2.csv.gz.error.json", "x.csv.gz", "x.csv.gz.error.json"]
+
+    home.config.write_text(config)  # jobs come now: they may wait
+    done = pushagent_cli("retry", "-c", str(home.config), "--all")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in (home.drop / "45311").iterdir()) == ["x-2.csv.gz", "x.csv.gz"]
+    jobs = [int(sim.add_job(producerEndpointID=ENDPOINT, producerSegmentID=45311)["jobId"])]
+    for _ in range(2):
+        ran = pushagent_cli("run", "-c", str(home.config), "--once", env=env)
+        assert "failed" not in ran.stdout, ran.stdout + ran.stderr
+        if len(jobs) == 1:
+            jobs.append(int(sim.add_job(producerEndpointID=ENDPOINT,
+                                        producerSegmentID=45311)["jobId"]))
+    received = sorted(sim.upload_data(job, 0) for job in jobs)
+    assert received == sorted(exports)
+    assert list(home.failed.rglob("*.gz")) == []
+
+
+def test_retry_never_renames_a_file_into_another_segment(tmp_path: Path, sim: Simulator) -> None:
+    # '45311.csv' failed twice; both retried at once, the second found the first still in the
+    # drop folder and went back as '45311-2.csv': segment '45311-2', a job that never comes.
+    home = agent_home(tmp_path, sim)
+    env = {"E2E_EXCHANGE_KEY": KEY}
+    config = home.config.read_text()
+    home.config.write_text(config.replace("max_wait_seconds: 3600", "max_wait_seconds: 0.5"))
+    exports = [f"Email\nday{n}@example.com\n".encode() for n in range(2)]
+    for count, data in enumerate(exports, start=1):
+        drop_atomically(home.drop, "45311.csv", data)
+
+        def failed_for_want_of_a_job(count: int = count) -> bool:
+            pushagent_cli("run", "-c", str(home.config), "--once", env=env)
+            return len(list(home.failed.glob("*.error.json"))) == count
+
+        wait_for(failed_for_want_of_a_job, timeout=30, what="45311.csv to fail for want of a job")
+    home.config.write_text(config)
+
+    done = pushagent_cli("retry", "-c", str(home.config), "--all")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert [p.name for p in home.drop.iterdir() if not p.name.startswith(".")] == ["45311.csv"]
+    (refused,) = [line for line in done.stdout.splitlines() if line.startswith("FAIL")]
+    assert "another segment" in refused and "retry it once" in refused
+    (left,) = [p for p in home.failed.iterdir() if p.suffix == ".csv"]
+    assert report_path_for(left) is not None  # still failed, with its reason
+
+    jobs = [int(sim.add_job(producerEndpointID=ENDPOINT, producerSegmentID=45311)["jobId"])]
+    ran = pushagent_cli("run", "-c", str(home.config), "--once", env=env)
+    assert "done     45311.csv" in ran.stdout, ran.stdout + ran.stderr
+    again = pushagent_cli("retry", "-c", str(home.config), "--all")  # the name is free now
+    assert again.returncode == 0, again.stdout + again.stderr
+    jobs.append(int(sim.add_job(producerEndpointID=ENDPOINT, producerSegmentID=45311)["jobId"]))
+    ran = pushagent_cli("run", "-c", str(home.config), "--once", env=env)
+    assert "done     45311.csv" in ran.stdout, ran.stdout + ran.stderr
+    assert sorted(sim.upload_data(job, 0) for job in jobs) == sorted(exports)
 
 
 def test_retry_refuses_a_file_outside_failed(tmp_path: Path, sim: Simulator) -> None:

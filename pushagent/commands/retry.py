@@ -25,6 +25,7 @@ from pushagent.lifecycle import FileState
 from pushagent.names import printable
 from pushagent.outcomes import REPORT_SUFFIX, move_to, report_path_for, unique_target
 from pushagent.output import add_json_flag, print_json
+from pushagent.router import SegmentRouter
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,11 @@ def _every_failed_file(failed: Path) -> list[Path]:
     return found
 
 
+def _segment_of(config: AgentConfig, relative: PurePath) -> str | None:
+    router = SegmentRouter(names=config.segments, pattern=config.watch.filename_pattern)
+    return router.segment_of(relative)
+
+
 def _failed_rows(journal: Journal) -> dict[str, FileRow]:
     try:
         return {row.final_path: row for row in journal.files(FileState.FAILED) if row.final_path}
@@ -135,6 +141,12 @@ def _retry(
     drop = folders.drop
     try:
         target = unique_target(drop, relative, with_report=False)
+        if _segment_of(config, target.relative_to(drop)) != _segment_of(config, relative):
+            # The name is taken (a file of that name still waits there), and the file's name
+            # says its segment: another name would send it to another segment, or none.
+            return Retried(source, None, f"{drop / relative} is still in the drop folder, and "
+                           "under another name this file would go to another segment; retry it "
+                           "once that one is taken")
         target.parent.mkdir(parents=True, exist_ok=True)
         report = report_path_for(source)
         move_to(source, target)
