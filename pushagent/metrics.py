@@ -6,6 +6,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["AgentMetrics"]
 
+# One transfer of one file: from a small file on loopback to a large one on a thin link.
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
 
 class AgentMetrics:
     def __init__(self) -> None:
@@ -22,7 +25,7 @@ class AgentMetrics:
         self.upload_seconds = Histogram(
             "pushagent_upload_duration_seconds",
             "Duration of one upload to one job",
-            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+            buckets=DURATION_BUCKETS,
             registry=r,
         )
         self.pending_files = Gauge(
@@ -79,7 +82,7 @@ class PullMetrics:
         self.download_seconds = Histogram(
             "pushagent_pull_download_duration_seconds",
             "Duration of one file's download, fsync included (validation and hashing not)",
-            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+            buckets=DURATION_BUCKETS,
             registry=r,
         )
         self.failures = Counter(

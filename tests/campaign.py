@@ -1157,11 +1157,12 @@ def _make_removable(root: Path) -> None:
 
 
 @contextlib.contextmanager
-def _kept(keep: bool, seed: int) -> Iterator[Path | None]:
+def kept_folder(keep: bool, seed: int, *, prefix: str = "campaign") -> Iterator[Path | None]:
+    """With ``keep``, a folder for the seed's run that stays (and is named) afterwards."""
     if not keep:
         yield None
         return
-    folder = Path(tempfile.mkdtemp(prefix=f"campaign-seed{seed}-"))
+    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}-seed{seed}-"))
     yield folder
     print(f"kept: {folder}")
 
@@ -1189,7 +1190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
     failing: list[int] = []
     for seed in seeds:
-        with _kept(args.keep, seed) as folder:
+        with kept_folder(args.keep, seed) as folder:
             result = run_campaign(
                 seed, steps=args.steps, workdir=folder, agent_path=args.agent_path,
                 mix=Mix(args.mix),

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -35,6 +35,7 @@ from typing import Any
 from loguru import logger
 
 from pushagent.simulator import Simulator
+from tests.campaign import kept_folder
 from tests.e2e import KEY, AgentHome
 from tests.faultkit import simulator
 
@@ -376,16 +377,6 @@ def run_pull_campaign(seed: int, *, steps: int = 12, workdir: Path | None = None
         return campaign.result
 
 
-@contextlib.contextmanager
-def _kept(keep: bool, seed: int) -> Iterator[Path | None]:
-    if not keep:
-        yield None
-        return
-    folder = Path(tempfile.mkdtemp(prefix=f"pullcamp-seed{seed}-"))
-    yield folder
-    print(f"kept: {folder}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.pull_campaign", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -402,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
     failing: list[int] = []
     for seed in seeds:
-        with _kept(args.keep, seed) as folder:
+        with kept_folder(args.keep, seed, prefix="pullcamp") as folder:
             result = run_pull_campaign(seed, steps=args.steps, workdir=folder)
         if result.violations:
             failing.append(seed)
