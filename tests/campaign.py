@@ -41,12 +41,12 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from loguru import logger
 
@@ -1156,8 +1156,53 @@ def _make_removable(root: Path) -> None:
                 path.chmod(0o700)
 
 
+class SeedResult(Protocol):
+    violations: list[Violation]
+    seconds: float
+
+    def report(self) -> str: ...
+
+
+def seed_parser(prog: str, description: str | None, *, steps: int) -> argparse.ArgumentParser:
+    """The options every campaign takes: which seeds, how many steps, keep, quiet."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--seed", type=int, help="run this one seed")
+    which.add_argument("--seeds", type=int, default=5, help="run seeds FIRST..FIRST+N-1")
+    parser.add_argument("--first", type=int, default=0, help="the first seed of --seeds")
+    parser.add_argument("--steps", type=int, default=steps,
+                        help=f"steps per seed (default {steps})")
+    parser.add_argument("--keep", action="store_true", help="keep each seed's folder")
+    parser.add_argument("--quiet", action="store_true", help="print only the failing seeds")
+    return parser
+
+
+def run_seeds(
+    args: argparse.Namespace, run: Callable[[int, Path | None], SeedResult], *, prefix: str
+) -> int:
+    """Each seed ``seed_parser`` asked for, through ``run(seed, workdir)``; prints each report
+    (or one line per passing seed with --quiet), then the failing seeds; 1 if any failed."""
+    # The simulator logs every request at DEBUG; the report is what matters here.
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+    seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
+    failing: list[int] = []
+    for seed in seeds:
+        with kept_folder(args.keep, seed, prefix=prefix) as folder:
+            result = run(seed, folder)
+        if result.violations:
+            failing.append(seed)
+        if result.violations or not args.quiet:
+            print(result.report(), flush=True)
+        else:
+            print(f"seed {seed}: ok in {result.seconds:.1f} s", flush=True)
+    print(f"{len(failing)} of {len(seeds)} seed(s) broke the promise: {failing}")
+    return 1 if failing else 0
+
+
 @contextlib.contextmanager
-def kept_folder(keep: bool, seed: int, *, prefix: str = "campaign") -> Iterator[Path | None]:
+def kept_folder(keep: bool, seed: int, *, prefix: str) -> Iterator[Path | None]:
     """With ``keep``, a folder for the seed's run that stays (and is named) afterwards."""
     if not keep:
         yield None
@@ -1168,41 +1213,17 @@ def kept_folder(keep: bool, seed: int, *, prefix: str = "campaign") -> Iterator[
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.campaign", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--seed", type=int, help="run this one seed")
-    which.add_argument("--seeds", type=int, default=5, help="run seeds FIRST..FIRST+N-1")
-    parser.add_argument("--first", type=int, default=0, help="the first seed of --seeds")
-    parser.add_argument("--steps", type=int, default=14, help="steps per seed (default 14)")
-    parser.add_argument("--keep", action="store_true", help="keep each seed's folder")
+    parser = seed_parser("python -m tests.campaign", __doc__, steps=14)
     parser.add_argument("--mix", choices=[m.value for m in Mix], default=Mix.FULL.value,
                         help="full (default): with IDENTITY_IMPORT jobs, other dialects and "
                              "kill -9 while converting; classic: issue 9's plans")
     parser.add_argument("--agent-path", type=Path, metavar="DIR",
                         help="run the agent with pushagent imported from DIR (e.g. a `git "
                              "archive` of another commit); the simulator stays this tree's")
-    parser.add_argument("--quiet", action="store_true", help="print only the failing seeds")
     args = parser.parse_args(argv)
-    # The simulator logs every request at DEBUG; the report is what matters here.
-    logger.remove()
-    logger.add(sys.stderr, level="WARNING")
-    seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
-    failing: list[int] = []
-    for seed in seeds:
-        with kept_folder(args.keep, seed) as folder:
-            result = run_campaign(
-                seed, steps=args.steps, workdir=folder, agent_path=args.agent_path,
-                mix=Mix(args.mix),
-            )
-        if result.violations:
-            failing.append(seed)
-        if result.violations or not args.quiet:
-            print(result.report(), flush=True)
-        else:
-            print(f"seed {seed}: ok in {result.seconds:.1f} s", flush=True)
-    print(f"{len(failing)} of {len(seeds)} seed(s) broke the promise: {failing}")
-    return 1 if failing else 0
+    return run_seeds(args, lambda seed, folder: run_campaign(
+        seed, steps=args.steps, workdir=folder, agent_path=args.agent_path, mix=Mix(args.mix),
+    ), prefix="campaign")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ before its ``job.json`` was written, no traceback and no key in the log.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -32,10 +31,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from loguru import logger
-
 from pushagent.simulator import Simulator
-from tests.campaign import kept_folder
+from tests.campaign import Violation, run_seeds, seed_parser
 from tests.e2e import KEY, AgentHome
 from tests.faultkit import simulator
 
@@ -115,12 +112,6 @@ def _fault(rng: random.Random) -> dict[str, Any]:
     else:
         spec[what] = True
     return spec
-
-
-@dataclass(frozen=True)
-class Violation:
-    rule: str
-    message: str
 
 
 @dataclass
@@ -378,31 +369,9 @@ def run_pull_campaign(seed: int, *, steps: int = 12, workdir: Path | None = None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.pull_campaign", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--seed", type=int, help="run this one seed")
-    which.add_argument("--seeds", type=int, default=5, help="run seeds FIRST..FIRST+N-1")
-    parser.add_argument("--first", type=int, default=0, help="the first seed of --seeds")
-    parser.add_argument("--steps", type=int, default=12, help="steps per seed (default 12)")
-    parser.add_argument("--keep", action="store_true", help="keep each seed's folder")
-    parser.add_argument("--quiet", action="store_true", help="print only the failing seeds")
-    args = parser.parse_args(argv)
-    logger.remove()
-    logger.add(sys.stderr, level="WARNING")
-    seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
-    failing: list[int] = []
-    for seed in seeds:
-        with kept_folder(args.keep, seed, prefix="pullcamp") as folder:
-            result = run_pull_campaign(seed, steps=args.steps, workdir=folder)
-        if result.violations:
-            failing.append(seed)
-        if result.violations or not args.quiet:
-            print(result.report(), flush=True)
-        else:
-            print(f"seed {seed}: ok in {result.seconds:.1f} s", flush=True)
-    print(f"{len(failing)} of {len(seeds)} seed(s) broke the promise: {failing}")
-    return 1 if failing else 0
+    args = seed_parser("python -m tests.pull_campaign", __doc__, steps=12).parse_args(argv)
+    return run_seeds(args, lambda seed, folder: run_pull_campaign(
+        seed, steps=args.steps, workdir=folder), prefix="pullcamp")
 
 
 if __name__ == "__main__":
