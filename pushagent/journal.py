@@ -219,8 +219,9 @@ class StateLock:
             self._fd = None
 
 
-def _marks(values: Iterable[Any]) -> tuple[str, tuple[str, ...]]:
-    texts = tuple(v.value if isinstance(v, (FileState, DeliveryState)) else str(v) for v in values)
+def in_marks(values: Iterable[Any]) -> tuple[str, tuple[str, ...]]:
+    """``?, ?, ?`` for an ``IN (...)`` and the values to bind: a state's value, else its text."""
+    texts = tuple(v.value if isinstance(v, Enum) else str(v) for v in values)
     return ", ".join("?" for _ in texts), texts
 
 
@@ -238,7 +239,7 @@ def move_row(
     """UPDATE the one row of ``table`` matching ``where`` to state ``to`` (and ``sets``), only
     from ``sources``, the states its lifecycle table allows; IllegalTransition naming ``what``
     otherwise. The check is in the UPDATE itself, so no other writer can slip in between."""
-    marks, allowed = _marks(source.value for source in sources)
+    marks, allowed = in_marks(sources)
     condition = " AND ".join(f"{column} = ?" for column in where)
     cursor = db.execute(
         f"UPDATE {table} SET state = ?{', ' + sets if sets else ''} "
@@ -374,7 +375,7 @@ class Journal:
     ) -> tuple[int, bool]:
         """The row of the file at ``path`` in the drop folder, or a new settling one; True when
         it is new."""
-        marks, states = _marks(IN_DROP_FOLDER)
+        marks, states = in_marks(IN_DROP_FOLDER)
         row = db.execute(
             f"SELECT id FROM files WHERE path = ? AND state IN ({marks})", (str(path), *states)
         ).fetchone()
@@ -451,7 +452,7 @@ class Journal:
 
     def forget(self, file_id: int) -> None:
         """A settling or waiting file vanished from the drop folder before it was claimed."""
-        marks, states = _marks(IN_DROP_FOLDER)
+        marks, states = in_marks(IN_DROP_FOLDER)
         with self._tx() as db:
             db.execute(
                 f"DELETE FROM files WHERE id = ? AND claimed_at IS NULL AND state IN ({marks})",
@@ -585,7 +586,7 @@ class Journal:
         Finished files count for ``RESERVE_SECONDS``: long enough for any lag in the server's
         list of waiting jobs, short enough that the query stays small after months of work.
         """
-        marks, states = _marks(RESERVING)
+        marks, states = in_marks(RESERVING)
         with self._lock:
             rows = self._db.execute(
                 "SELECT DISTINCT d.job_id FROM deliveries d JOIN files f ON f.id = d.file_id "
@@ -597,7 +598,7 @@ class Journal:
     def prune(self, *, keep_seconds: float = KEEP_FINISHED_SECONDS) -> int:
         """Forget files finished longer ago than ``keep_seconds``; returns how many."""
         cutoff = self._clock() - keep_seconds
-        marks, states = _marks(FINISHED)
+        marks, states = in_marks(FINISHED)
         old = f"SELECT id FROM files WHERE state IN ({marks}) AND finished_at < ?"
         with self._tx() as db:
             db.execute(f"DELETE FROM deliveries WHERE file_id IN ({old})", (*states, cutoff))
@@ -615,7 +616,7 @@ class Journal:
 
     def files(self, *states: FileState) -> list[FileRow]:
         """Files in ``states``, oldest first."""
-        marks, values = _marks(states)
+        marks, values = in_marks(states)
         return self._select(
             f"SELECT * FROM files WHERE state IN ({marks}) "
             "ORDER BY COALESCE(mtime, ready_at, seen_at), id",
@@ -625,7 +626,7 @@ class Journal:
     def paths(self, *states: FileState, page: int = 1000) -> Iterator[tuple[int, str, bool]]:
         """(id, path, in claim area) of every file in ``states``, read a page at a time: a sweep
         over 20,000 files never holds them all as rows, nor the journal's lock between pages."""
-        marks, values = _marks(states)
+        marks, values = in_marks(states)
         after = 0
         while True:
             rows = self._read(
@@ -640,7 +641,7 @@ class Journal:
             after = rows[-1][0]
 
     def recently_finished(self, *, limit: int) -> list[FileRow]:
-        marks, values = _marks((FileState.DONE, FileState.FAILED))
+        marks, values = in_marks((FileState.DONE, FileState.FAILED))
         return self._select(
             f"SELECT * FROM files WHERE state IN ({marks}) ORDER BY finished_at DESC LIMIT ?",
             (*values, limit),

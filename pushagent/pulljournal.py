@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pushagent.journal import Journal, move_row
+from pushagent.journal import Journal, in_marks, move_row
 from pushagent.lifecycle import (
     PullFileState,
     PullJobState,
@@ -56,11 +56,6 @@ class PullFileRow:
         values = dict(row)
         values["state"] = PullFileState(values["state"])
         return cls(**values)
-
-
-def _marks(states: Iterable[PullJobState | PullFileState]) -> tuple[str, tuple[str, ...]]:
-    values = tuple(state.value for state in states)
-    return ", ".join("?" for _ in values), values
 
 
 class PullJournal:
@@ -163,13 +158,13 @@ class PullJournal:
 
     def jobs(self, *states: PullJobState) -> list[PullJobRow]:
         """Jobs in ``states``, first seen first."""
-        marks, values = _marks(states)
+        marks, values = in_marks(states)
         rows = self._journal._read(
             f"SELECT * FROM pull_jobs WHERE state IN ({marks}) ORDER BY seen_at, job_id", values)
         return [PullJobRow.of(row) for row in rows]
 
     def recently_finished(self, *, limit: int) -> list[PullJobRow]:
-        marks, values = _marks((PullJobState.DONE, PullJobState.GONE))
+        marks, values = in_marks((PullJobState.DONE, PullJobState.GONE))
         rows = self._journal._read(
             f"SELECT * FROM pull_jobs WHERE state IN ({marks}) ORDER BY finished_at DESC LIMIT ?",
             (*values, limit))
