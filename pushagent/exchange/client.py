@@ -1110,9 +1110,13 @@ class ExchangeClient:
             except ValueError as e:
                 raise _not_json(path, response.status_code, stream.head.encode()) from e
 
-    def _body_chunks(self, response: requests.Response, path: str) -> Iterator[bytes]:
+    def _body_chunks(
+        self, response: requests.Response, path: str, *, chunk_size: int = LIST_CHUNK
+    ) -> Iterator[bytes]:
+        """The body as it arrives; a connection lost on the way is the client's transport
+        error for ``GET path``."""
         try:
-            yield from response.iter_content(chunk_size=LIST_CHUNK)
+            yield from response.iter_content(chunk_size=chunk_size)
         except requests.RequestException as e:
             raise self._transport_error("GET", path, e) from e
 
@@ -1203,14 +1207,11 @@ class ExchangeClient:
         progress: Progress | None,
     ) -> int:
         written = 0
-        try:
-            for chunk in response.iter_content(chunk_size=DOWNLOAD_CHUNK):
-                sink.write(chunk)
-                written += len(chunk)
-                if progress is not None:
-                    progress(written)
-        except requests.RequestException as e:
-            raise self._transport_error("GET", path, e) from e
+        for chunk in self._body_chunks(response, path, chunk_size=DOWNLOAD_CHUNK):
+            sink.write(chunk)
+            written += len(chunk)
+            if progress is not None:
+                progress(written)
         announced = response.headers.get("Content-Length", "")
         # A body cut short is never taken for the file (a decoded body has another length).
         if announced.isdigit() and "Content-Encoding" not in response.headers \
