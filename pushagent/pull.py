@@ -47,7 +47,7 @@ from pushagent.lifecycle import PullFileState, PullJobState
 from pushagent.metrics import PullMetrics
 from pushagent.names import local_file_name, printable
 from pushagent.pulljournal import PullFileRow, PullJobRow, PullJournal
-from pushagent.validator import CSVReport, validate_csv
+from pushagent.validator import CSVReport, sha256_of, validate_csv
 
 JOB_JSON = "job.json"
 MERGED = "segment.csv"
@@ -98,14 +98,6 @@ def fsync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _header_end(stream: BinaryIO, path: Path) -> tuple[bytes, int]:

@@ -28,7 +28,6 @@ import codecs
 import dataclasses
 import errno
 import getpass
-import hashlib
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -51,10 +50,10 @@ from pushagent.metrics import AgentMetrics
 from pushagent.readiness import open_for_writing
 from pushagent.router import ListedJob
 from pushagent.validator import (
-    CHUNK_SIZE,
     CSVCheck,
     CSVReport,
     missing_columns,
+    sha256_of,
     validate_csv,
 )
 
@@ -643,17 +642,13 @@ def _category(delivery: DeliveryRow) -> str:
 
 
 def _whole_file_hash(path: Path) -> str | None:
-    """The SHA-256 of the whole file: what a journal of schema 1 recorded for a file with a
+    """The SHA-256 of the whole file: what a journal before schema 4 recorded for a file with a
     UTF-8 byte order mark, which is now left out of the hash (and of the upload); a file it
     recorded so is the same file, not a changed one. None when it cannot be read."""
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as stream:
-            while chunk := stream.read(CHUNK_SIZE):
-                digest.update(chunk)
+        return sha256_of(path)
     except OSError:
         return None
-    return digest.hexdigest()
 
 
 def _is_unreadable(retry: _Retry) -> bool:

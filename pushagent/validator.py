@@ -245,6 +245,15 @@ class CSVCheck:
         )
 
 
+def sha256_of(path: Path) -> str:
+    """The SHA-256 of the whole file, read a chunk at a time; OSError when it cannot be read."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(CHUNK_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def file_change(opened: os.stat_result, after: os.stat_result, *, read: int | None) -> str | None:
     """Why the bytes read may not be the file at open (``read``: all bytes to the end, or None
     when the read stopped early), or None."""
