@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
 import io
 import json
 import socket
@@ -142,9 +144,42 @@ def test_jobs_upload_json_reports_the_result(sim: Simulator, tmp_path: Path) -> 
     job = waiting_job(sim)
     result = api(sim, "jobs", "upload", str(job), str(csv_file(tmp_path)), "--json")
     assert result.json() == {
-        "ok": True, "job_id": job, "file": str(tmp_path / "seg.csv"), "bytes_sent": len(VALID),
-        "status_code": 200, "response_text": str(job),
+        "ok": True, "job_id": job, "file": str(tmp_path / "seg.csv"), "converted_from": None,
+        "bytes_sent": len(VALID), "status_code": 200, "response_text": str(job),
     }
+
+
+def test_jobs_upload_sends_an_excel_or_compressed_export_converted_as_the_agent_does(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    rows = [["Email", "firstName"], ["zoë@example.com", "Zoë"], ["bo@example.com", 'Bo "B", Jr']]
+    excel = tmp_path / "unicode-text.csv"  # Excel's "Unicode Text": UTF-16LE, BOM, tab, CRLF
+    excel.write_bytes("\ufeff".encode("utf-16-le")
+                      + "".join("\t".join(row) + "\r\n" for row in rows).encode("utf-16-le"))
+    packed = tmp_path / "seg.csv.gz"
+    packed.write_bytes(gzip.compress(VALID.encode()))
+    originals = {path: path.read_bytes() for path in (excel, packed)}
+    for path, expected in ((excel, rows), (packed, list(csv.reader(io.StringIO(VALID))))):
+        job = waiting_job(sim)
+        result = api(sim, "jobs", "upload", str(job), str(path), "--json")
+        assert result.code == 0, result.err
+        assert result.json()["converted_from"], result.out
+        sent = sim.upload_data(job, 0)
+        assert list(csv.reader(io.StringIO(sent.decode("utf-8"), newline=""))) == expected
+        assert result.json()["bytes_sent"] == len(sent)
+    assert {path: path.read_bytes() for path in originals} == originals, "the files are as given"
+
+
+def test_jobs_upload_refuses_an_archive_it_cannot_read_and_sends_nothing(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    job = waiting_job(sim)
+    path = tmp_path / "seg.csv.gz"
+    path.write_bytes(b"Email\nana@example.com\n")
+    result = api(sim, "jobs", "upload", str(job), str(path))
+    assert result.code == 1
+    assert result.err.startswith(f"pushagent: error: {path}: ") and "not a valid gzip" in result.err
+    assert sim.uploads(job) == []
 
 
 def test_a_definite_answer_is_not_called_maybe_delivered_but_silence_is(

@@ -11,14 +11,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import tempfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from loguru import logger
 
 from pushagent import logs
-from pushagent.config import AgentConfig, load_config
+from pushagent.config import AgentConfig, InputDialect, load_config
 from pushagent.env import Environment
 from pushagent.errors import (
     EXIT_USAGE,
@@ -30,8 +31,10 @@ from pushagent.errors import (
 from pushagent.exchange import ExchangeClient, Job, JobCategory, JobStatus, RetryPolicy
 from pushagent.exchange.models import ExpectedBody
 from pushagent.exchange.outcome import Outcome, classify
+from pushagent.intake import prepare
 from pushagent.output import add_json_flag, print_fields, print_json, print_table
 from pushagent.progress import progress_bar
+from pushagent.router import SegmentRouter
 from pushagent.runtime import build_client
 from pushagent.validator import missing_columns, validate_csv
 
@@ -54,6 +57,14 @@ CONNECTION_HELP = (
 
 
 # --- shared by the commands that talk to the Exchange ----------------------------------------
+
+
+def dialect_of(config: AgentConfig | None, path: Path) -> InputDialect:
+    """The input settings the agent would read ``path`` with, by its name (auto without -c)."""
+    if config is None:
+        return InputDialect()
+    router = SegmentRouter(names=config.segments, pattern=config.watch.filename_pattern)
+    return config.input.for_segment(*router.names_of(PurePath(path.name)))
 
 
 def _number(what: str) -> Callable[[str], int]:
@@ -254,7 +265,9 @@ def _register_jobs(subparsers: argparse._SubParsersAction[Any]) -> None:
         group, "upload", help="upload a CSV file as a job's data", handler=upload_job,
         description=(
             "POST /v1/jobs/{jobId}/data, streamed. First, unless --no-validate: the file is "
-            "validated as the agent does it (max_bytes from -c), and the job is fetched to "
+            "validated as the agent does it (max_bytes from -c; a file in another encoding or "
+            "dialect, or compressed, is converted by input: of -c, else auto, and the "
+            "converted copy is sent), and the job is fetched to "
             "check it is waiting and that the file has every column it maps. One attempt "
             "only: a POST is not idempotent, so when it fails midway, check the job with "
             "'jobs show' before sending again."
@@ -341,12 +354,17 @@ def show_job(args: argparse.Namespace, env: Environment) -> int:
 
 
 def _check_upload(
-    client: ExchangeClient, args: argparse.Namespace, config: AgentConfig | None
-) -> ExpectedBody | None:
-    """Validate the file for the job; returns the bytes validated, which are what is sent."""
+    client: ExchangeClient, args: argparse.Namespace, config: AgentConfig | None, *,
+    staged: Path,
+) -> tuple[Path, ExpectedBody | None, str | None]:
+    """Convert the file if the agent would (into ``staged``) and validate it for the job;
+    returns the file to send, the bytes validated (which are what is sent) and what the
+    original was when it was converted."""
     max_bytes = (config.validation.max_bytes or None) if config is not None else None
     try:
-        report = validate_csv(args.file, max_bytes=max_bytes)
+        prepared = prepare(args.file, dialect=dialect_of(config, args.file), max_bytes=max_bytes,
+                           staged=staged)
+        report = None if prepared.problem else validate_csv(prepared.send, max_bytes=max_bytes)
     except OSError as error:
         raise ConfigError(f"{args.file}: cannot read it ({error.strerror})") from error
     job = client.get_job(args.category, args.job_id)
@@ -356,21 +374,25 @@ def _check_upload(
             " it takes no data now, so nothing was sent; find a waiting job with `pushagent jobs "
             f"list {args.category} --status WAITING_TO_RECIEVE_DATA`"
         )
-    problems = list(report.problems)
+    problems = [prepared.problem] if prepared.problem else []
+    if prepared.changed:
+        problems.append(prepared.changed)
     check_columns = config is None or config.validation.check_mapped_columns
-    if report.header and check_columns:
-        problems += missing_columns(report.header, job.required_columns(),
-                                    source=f"job {args.job_id}")
-    if problems:
+    if report is not None:
+        problems += report.problems
+        if report.header and check_columns:
+            problems += missing_columns(report.header, job.required_columns(),
+                                        source=f"job {args.job_id}")
+    if problems or report is None:
         # Only here can --no-validate help: the Exchange may take what this check refuses.
         raise CSVValidationError(str(args.file), problems,
                                  hint="nothing was sent (--no-validate sends it as it is)")
     logger.debug("{}: valid, {} data rows, has the columns job {} maps",
                  args.file, report.data_rows, args.job_id)
-    if report.sha256 is None:
-        return None
-    return ExpectedBody(size=report.size - report.offset, sha256=report.sha256,
-                        mtime_ns=report.mtime_ns, offset=report.offset)
+    expected = None if report.sha256 is None else ExpectedBody(
+        size=report.size - report.offset, sha256=report.sha256, mtime_ns=report.mtime_ns,
+        offset=report.offset)
+    return prepared.send, expected, prepared.converted_from
 
 
 def upload_job(args: argparse.Namespace, env: Environment) -> int:
@@ -380,12 +402,16 @@ def upload_job(args: argparse.Namespace, env: Environment) -> int:
     content_type = args.content_type or (
         config.upload.content_type if config is not None else "text/csv"
     )
-    with usage_errors(), build_command_client(args, env, config) as client:
-        expected = None if args.no_validate else _check_upload(client, args, config)
-        bar = progress_bar(env, label=f"job {args.job_id}", total=args.file.stat().st_size)
+    with usage_errors(), build_command_client(args, env, config) as client, \
+            tempfile.TemporaryDirectory(prefix="pushagent-upload-") as scratch:
+        send, expected, converted_from = (
+            (args.file, None, None) if args.no_validate
+            else _check_upload(client, args, config, staged=Path(scratch) / "converted.csv")
+        )
+        bar = progress_bar(env, label=f"job {args.job_id}", total=send.stat().st_size)
         try:
             result = client.upload_data(
-                args.job_id, args.file, content_type=content_type, retry=False, progress=bar,
+                args.job_id, send, content_type=content_type, retry=False, progress=bar,
                 expected=expected,
             )
         except ExchangeError as error:
@@ -399,12 +425,14 @@ def upload_job(args: argparse.Namespace, env: Environment) -> int:
         finally:
             if bar is not None:
                 bar.finish()
+    converted = f" (converted from {converted_from})" if converted_from else ""
     return _done(
         args, env,
-        f"uploaded {result.bytes_sent} bytes of {args.file} to job {args.job_id} "
+        f"uploaded {result.bytes_sent} bytes of {args.file}{converted} to job {args.job_id} "
         f"(HTTP {result.status_code})",
-        job_id=args.job_id, file=str(args.file), bytes_sent=result.bytes_sent,
-        status_code=result.status_code, response_text=result.response_text,
+        job_id=args.job_id, file=str(args.file), converted_from=converted_from,
+        bytes_sent=result.bytes_sent, status_code=result.status_code,
+        response_text=result.response_text,
     )
 
 

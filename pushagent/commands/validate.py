@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any
 
 from loguru import logger
@@ -17,16 +17,16 @@ from pushagent.commands.api import (
     build_command_client,
     category_arg,
     connection_parent,
+    dialect_of,
     load_config_arg,
     usage_errors,
 )
-from pushagent.config import AgentConfig, InputDialect
+from pushagent.config import InputDialect
 from pushagent.env import Environment
 from pushagent.errors import EXIT_FAILURE, EXIT_OK, ConfigError
 from pushagent.exchange import JobCategory
 from pushagent.intake import prepare
 from pushagent.output import add_json_flag, print_json
-from pushagent.router import SegmentRouter
 from pushagent.validator import CSVReport, missing_columns, validate_csv
 
 
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     with tempfile.TemporaryDirectory(prefix="pushagent-validate-") as scratch:
         results = [
             _validate(path, max_bytes, args.max_problems, required, source,
-                      dialect=_dialect(config, path), staged=Path(scratch) / f"{n}.csv")
+                      dialect=dialect_of(config, path), staged=Path(scratch) / f"{n}.csv")
             for n, path in enumerate(args.files)
         ]
     valid = all(result["ok"] for result in results)
@@ -111,14 +111,6 @@ def run(args: argparse.Namespace, env: Environment) -> int:
             for problem in result["problems"]:
                 print(f"FAIL {result['path']}: {problem}", file=env.stdout)
     return EXIT_OK if valid else EXIT_FAILURE
-
-
-def _dialect(config: AgentConfig | None, path: Path) -> InputDialect:
-    """The input settings the agent would read ``path`` with, by its name (auto without -c)."""
-    if config is None:
-        return InputDialect()
-    router = SegmentRouter(names=config.segments, pattern=config.watch.filename_pattern)
-    return config.input.for_segment(*router.names_of(PurePath(path.name)))
 
 
 def _validate(
