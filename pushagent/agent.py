@@ -885,6 +885,11 @@ class Agent:
         """Resume what a previous run left. Settling and waiting rows in the drop folder stay
         (the first scan finds their files again and keeps their times); the rest goes on."""
         self._sweep_vanished()
+        # Claimed rows first: one whose file never left the drop folder (stopped between the
+        # claim's journal write and its move) is unclaimed to WAITING there, and must then go
+        # back to settling below with the others, or the first scan admits it a second time.
+        for row in self._journal.files(FileState.CLAIMED):
+            self._recover_claimed(row)
         for row in self._journal.files(FileState.WAITING):
             if row.in_claim_area:
                 self._add_waiting(row)
@@ -897,8 +902,6 @@ class Agent:
         for row in self._journal.files(FileState.RESETTLING):
             self._resettling[Path(row.path)] = row.id
             self._readiness.observe(Path(row.path), event="scan")
-        for row in self._journal.files(FileState.CLAIMED):
-            self._recover_claimed(row)
 
     def _recover_claimed(self, row: FileRow) -> None:
         dropped = self._drop / row.rel_path

@@ -668,3 +668,35 @@ def test_claim_and_final_folders_removed_while_running_are_made_again(
              what="the second file in done/")
     assert len(exchange.uploads) == 2
     assert all(len(got) == 1 for got in exchange.uploads.values())
+
+
+# --- 9. a restart after kill -9 -----------------------------------------------------------------
+
+
+def test_a_claim_journalled_but_never_moved_is_taken_again_at_the_next_start(
+    agents: AgentFactory,
+) -> None:
+    """kill -9 between the claim's journal write and its move out of the drop folder: the next
+    start puts the file back to waiting (``unclaim``), and the first scan then finds it in the
+    drop folder like any other file. It once found it already waiting there and the agent exited
+    with "journal: file N cannot go from waiting to waiting" (repeated kill -9 under load)."""
+    exchange = FakeExchange(45311)
+    run = agents(exchange)
+    dropped = run.drop("45311.csv")
+    stat = dropped.stat()
+    # What the killed run left: waiting, then claimed in the journal, the file still dropped.
+    (row,) = run.journal.admit_many(
+        [("45311.csv", dropped, stat.st_size, stat.st_mtime, "45311")]
+    )
+    claim_path = run.config.state_dir / "claimed" / f"{row.id}-45311.csv"
+    run.journal.claim(row.id, path=claim_path, job_ids=["10000"])
+    assert run.state_of("45311.csv") is FileState.CLAIMED and dropped.exists()
+
+    run.start()
+
+    # The journal says done once the move is on disk, just after the file shows in done/.
+    wait_for(lambda: run.state_of("45311.csv") is FileState.DONE or not run.running,
+             what="the file done (or the agent to end)")
+    assert run.running, "the agent ended at its start"
+    assert run.done() == {"45311.csv"}
+    assert [data for _, data in exchange.uploads["10000"]] == [VALID]
