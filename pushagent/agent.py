@@ -239,6 +239,8 @@ class Agent:
         self._key_refused_first = False
         self._last_poll = float("-inf")
         self._next_poll = 0.0
+        # The next poll waits out a backoff or a Retry-After: a fresh file does not bring it on.
+        self._poll_backing_off = False
         self._poll_failures = 0
         self._next_rescan = 0.0
         self._next_prune = 0.0
@@ -563,9 +565,10 @@ class Agent:
     def _next_poll_time(self) -> float:
         if self._poll_in_flight:
             return float("inf")
-        if self._waiting and self._fresh_files:
-            # A file ready just after a list call waits for the gap, not for the next poll.
-            return self._last_poll + MIN_POLL_GAP_SECONDS
+        if self._waiting and self._fresh_files and not self._poll_backing_off:
+            # A file ready just after a list call waits for the gap, not for the next poll; a
+            # poll due sooner than the gap is not put off for it.
+            return min(self._next_poll, self._last_poll + MIN_POLL_GAP_SECONDS)
         return self._next_poll
 
     def _poll_if_due(self, now: float) -> None:
@@ -589,6 +592,7 @@ class Agent:
         interval = self.config.matching
         self._next_poll = now + (interval.poll_seconds if self._waiting
                                  else interval.idle_poll_seconds)
+        self._poll_backing_off = False
         self.last_contact = self._wall()
         self.metrics.last_successful_poll.set(self.last_contact)
         self.conditions.clear(Cause.KEY_REFUSED)
@@ -625,6 +629,7 @@ class Agent:
             delay = max(delay, error.retry_after or 0.0)
         if any(error.retryable for error in listing.errors.values()):
             self._next_poll = max(self._next_poll, now + delay)
+            self._poll_backing_off = True
         named = "; ".join(f"{category}: {error}" for category, error in listing.errors.items())
         self.conditions.raise_(
             Cause.CATEGORY_UNLISTED,
@@ -650,6 +655,7 @@ class Agent:
 
     def _poll_failed(self, now: float, error: BaseException | None) -> None:
         self._poll_failures += 1
+        self._poll_backing_off = True
         upload = self.config.upload
         delay = backoff(self._poll_failures, initial=upload.initial_backoff,
                         cap=max(upload.max_backoff, self.config.matching.poll_seconds))

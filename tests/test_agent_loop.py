@@ -25,7 +25,7 @@ from loguru import logger
 
 from pushagent.agent import Agent
 from pushagent.config import AgentConfig, load_config
-from pushagent.errors import ExchangeError, ExchangeUnavailable, NotAuthenticated
+from pushagent.errors import ExchangeError, ExchangeUnavailable, NotAuthenticated, RateLimited
 from pushagent.exchange import BodyGate, ExpectedBody, Job, JobCategory, JobStatus, UploadResult
 from pushagent.journal import Journal
 from pushagent.lifecycle import FileState
@@ -407,6 +407,34 @@ def test_thousands_of_failed_polls_in_a_row_never_end_the_loop(agents: AgentFact
     assert run.running
     exchange.list_error = None
     wait_for(run.healthy, what="health to turn green once the Exchange answers")
+
+
+def test_new_files_during_a_retry_after_do_not_bring_the_next_list_call_forward(
+    agents: AgentFactory,
+) -> None:
+    """A file made ready just after a list call is matched after a short gap instead of at the
+    next poll; that shortcut once also cut short a backoff and a Retry-After, so a stream of
+    files during a rate limit (or an outage) sent a list call for each new file."""
+    exchange = FakeExchange(45311)
+    exchange.list_error = RateLimited(
+        "slow down", method="GET", url=LIST_URL, status=429, retry_after=2.0
+    )
+    run = agents(exchange, upload={"initial_backoff": 0.05, "max_backoff": 0.1}).start()
+    wait_for(lambda: exchange.list_calls, what="the first list call")
+    first = exchange.list_calls[0]
+
+    folder = run.config.folders.drop / "45311"
+    folder.mkdir()
+    for n in range(10):  # a new file ready every 0.1 s, for a second
+        hidden = folder / f".f{n}.csv.part"
+        hidden.write_bytes(VALID)
+        os.replace(hidden, folder / f"f{n}.csv")
+        time.sleep(0.1)
+        assert len(exchange.list_calls) == 1, "a new file brought on a list call in Retry-After"
+
+    exchange.list_error = None
+    wait_for(lambda: exchange.uploads, what="an upload once the list answers")
+    assert exchange.list_calls[1] - first >= 2.0, "the Retry-After was not waited out"
 
 
 # --- 4. the idle heartbeat ------------------------------------------------------------------------
