@@ -123,7 +123,9 @@ def test_an_invalid_file_fails_its_job_with_the_line_and_moves_to_failed(
     home.start()
     drop_atomically(home.drop, "45311.csv", b"Email,firstName\na@example.com,A\nb@example.com\n")
     report_path = home.failed / "45311.csv.error.json"
-    wait_for(report_path.exists, what="error report")
+    # The report is written first, then the file is moved beside it: wait for both.
+    wait_for(lambda: report_path.exists() and (home.failed / "45311.csv").exists(),
+             what="the file and its error report in failed/")
     report = json.loads(report_path.read_text())
     assert report["job_ids"] == [str(job)]
     assert "line 3: expected 2 fields, found 1" in report["reason"]
@@ -163,7 +165,9 @@ def test_a_symlink_is_moved_aside_and_its_target_never_read(
     secret.write_bytes(b"Email\nroot-password-8842@example.com\n")
     home.start()
     os.symlink(secret, home.drop / "45311.csv")
-    wait_for((home.failed / "45311.csv.error.json").exists, what="symlink moved aside")
+    # The report is written first, then the link is moved beside it: wait for both.
+    wait_for(lambda: (home.failed / "45311.csv.error.json").exists()
+             and os.path.lexists(home.failed / "45311.csv"), what="symlink moved aside")
     assert (home.failed / "45311.csv").is_symlink()
     assert sim.uploads(job) == []
     assert all(r["body_bytes"] == 0 for r in sim.request_log() if r["method"] == "POST")
