@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -174,6 +175,13 @@ class AgentHome:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def served_url(self) -> str:
+        """Where the agent serves /healthz and /metrics, from its log: with ``metrics.port: 0``
+        it takes a free port itself, so tests running side by side never race for one."""
+        found = wait_for(lambda: re.search(r"serving (http://\S+)/healthz", self.log()),
+                         what="the agent to serve /healthz")
+        return found.group(1)
 
     def names(self, folder: Path) -> list[str]:
         return sorted(

@@ -12,7 +12,7 @@ import pytest
 from pushagent.simulator import Simulator
 from tests.e2e import KEY, AgentHome, drop_atomically, received, wait_for, waiting_job
 from tests.test_cli_api import run_cli
-from tests.test_health import _scrape, free_port
+from tests.test_health import _scrape
 
 pytestmark = pytest.mark.e2e
 
@@ -55,17 +55,17 @@ def labelled(text: str, name: str, category: str) -> float | None:
 def test_an_identity_import_job_gets_the_file_of_its_segment_and_metrics_name_it(
     tmp_path: Path, sim: Simulator
 ) -> None:
-    port = free_port()
     home = AgentHome(tmp_path / "agent", sim.url,
-                     extra=f"metrics: {{enabled: true, host: 127.0.0.1, port: {port}}}\n")
+                     extra="metrics: {enabled: true, host: 127.0.0.1, port: 0}\n")
     identity = identity_import(sim)
     export = waiting_job(sim)
     other = identity_import(sim, segment=777)
     assert sim.job(identity)["jobCategory"] == "IDENTITY_IMPORT"
     home.start()
     try:
+        base = home.served_url()
         listed = wait_for(
-            lambda: (t := _scrape(f"http://127.0.0.1:{port}/metrics"))
+            lambda: (t := _scrape(f"{base}/metrics"))
             and labelled(t, "pushagent_jobs_waiting", "IDENTITY_IMPORT") is not None and t,
             what="the first poll in the metrics",
         )
@@ -77,7 +77,7 @@ def test_an_identity_import_job_gets_the_file_of_its_segment_and_metrics_name_it
         assert received(sim, export) == [VALID]
         assert received(sim, other) == []
         text = wait_for(
-            lambda: (t := _scrape(f"http://127.0.0.1:{port}/metrics"))
+            lambda: (t := _scrape(f"{base}/metrics"))
             and labelled(t, "pushagent_job_uploads_total", "IDENTITY_IMPORT") == 1 and t,
             what="the identity import upload counted",
         )

@@ -374,11 +374,12 @@ def test_an_unknown_job_exits_4(sim: Simulator) -> None:
 
 
 def test_an_unreachable_exchange_exits_5() -> None:
+    # Bound but not listening: refused, and held so no test beside this one can take it.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    result = run_cli("jobs", "list", "SEGMENT_EXPORT", "--base-url", f"http://127.0.0.1:{port}",
-                     environ={"EXCHANGE_API_KEY": KEY})
+        result = run_cli("jobs", "list", "SEGMENT_EXPORT", "--base-url",
+                         f"http://127.0.0.1:{port}", environ={"EXCHANGE_API_KEY": KEY})
     assert result.code == 5
     assert "could not reach the Exchange" in result.err
 

@@ -76,13 +76,14 @@ def test_check_with_a_wrong_key_fails_with_exit_3(home: AgentHome) -> None:
 
 
 def test_check_with_the_exchange_down_fails_with_exit_5(tmp_path: Path) -> None:
+    # Bound but not listening: refused, and held so no test beside this one can take it.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    (tmp_path / "state").mkdir()
-    home = AgentHome(tmp_path, f"http://127.0.0.1:{port}")
-    started = time.monotonic()
-    result = ops("check", "-c", str(home.config))
+        (tmp_path / "state").mkdir()
+        home = AgentHome(tmp_path, f"http://127.0.0.1:{port}")
+        started = time.monotonic()
+        result = ops("check", "-c", str(home.config))
     assert result.code == 5
     assert "could not reach the Exchange" in result.out
     assert time.monotonic() - started < 5  # one attempt, no retry budget

@@ -100,12 +100,6 @@ def test_stop_frees_the_port() -> None:
 # --- the real agent --------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def metric(text: str, name: str) -> float:
     for line in text.splitlines():
         if line.startswith(name + " "):
@@ -116,16 +110,15 @@ def metric(text: str, name: str) -> float:
 @pytest.mark.e2e
 def test_the_running_agent_serves_health_and_metrics_that_move(tmp_path: Path) -> None:
     data = b"Email,firstName\nana@example.com,Ana\n"
-    port = free_port()
     with Simulator(account_key=KEY, data_dir=tmp_path / "sim", complete_after=0.1) as sim:
         job = sim.add_job(producerEndpointID=ENDPOINT, producerSegmentID=45311)["jobId"]
         (tmp_path / "agent" / "state").mkdir(parents=True)
         home = AgentHome(tmp_path / "agent", sim.url, settle=0.1, extra=(
-            f"metrics:\n  enabled: true\n  host: 127.0.0.1\n  port: {port}\n"
+            "metrics:\n  enabled: true\n  host: 127.0.0.1\n  port: 0\n"
         ))
         home.start()
         try:
-            base = f"http://127.0.0.1:{port}"
+            base = home.served_url()
             before = wait_for(lambda: _scrape(f"{base}/metrics"), what="/metrics to answer")
             assert before is not None
             assert metric(before, "pushagent_files_uploaded_total") == 0
@@ -152,7 +145,7 @@ def test_the_running_agent_serves_health_and_metrics_that_move(tmp_path: Path) -
         assert code == 0
         assert "Traceback" not in home.log()
         with pytest.raises(OSError):
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+            urllib.request.urlopen(f"{base}/healthz", timeout=2)
 
 
 def _scrape(url: str) -> str | None:
