@@ -106,6 +106,13 @@ class FaultHome(AgentHome):
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def assert_running(self) -> None:
+        """Fail at once, with the exit code and the log's last line, if the agent has ended: a
+        wait for its progress would otherwise run to its deadline and blame slowness."""
+        if self.process is not None and self.process.poll() is not None:
+            last = self.log().rstrip().rsplit("\n", 1)[-1]
+            raise AssertionError(f"the agent exited with {self.process.poll()}: {last}")
+
     def wait_started(self) -> None:
         wait_for(lambda: "pushagent watching" in self.log(), what="the agent to start")
 
@@ -370,6 +377,8 @@ def assert_invariant(
             _check_all(home, sim, drops)
             break
         except AssertionError:
+            if alive:
+                home.assert_running()
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)

@@ -194,7 +194,11 @@ def test_a_second_sigterm_stops_at_once_and_the_file_resumes(
 
 
 def more_done_than(home: FaultHome, count: int) -> Callable[[], bool]:
-    return lambda: len(list(home.done.iterdir())) > count
+    def probe() -> bool:
+        home.assert_running()
+        return len(list(home.done.iterdir())) > count
+
+    return probe
 
 
 def test_repeated_kill_9_under_a_stream_of_files(tmp_path: Path, sim: Simulator) -> None:
