@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import os
 import sqlite3
 import threading
@@ -44,6 +45,34 @@ def wait_for(condition: Callable[[], object], *, what: str, timeout: float = 5.0
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout:g} s: {what}")
         time.sleep(0.01)
+
+
+@contextmanager
+def stall_meter() -> Iterator[Callable[[float, float], float]]:
+    """A thread that sleeps 10 ms at a time and notes how late each sleep ends. The callable it
+    yields, ``stalled(a, b)``, sums that lateness over the sleeps overlapping ``a``..``b``
+    (``time.monotonic()``): how long this process's threads were kept from running in that
+    window (a loaded machine, the GIL), a share of any gap that no schedule of the agent's made."""
+    sleeps: list[tuple[float, float]] = []  # (start, lateness)
+    done = threading.Event()
+
+    def measure() -> None:
+        while not done.is_set():
+            start = time.monotonic()
+            time.sleep(0.01)
+            sleeps.append((start, time.monotonic() - start - 0.01))
+
+    def stalled(a: float, b: float) -> float:
+        return sum(late for start, late in list(sleeps)
+                   if start <= b and start + 0.01 + late >= a)
+
+    thread = threading.Thread(target=measure, name="stall-meter", daemon=True)
+    thread.start()
+    try:
+        yield stalled
+    finally:
+        done.set()
+        thread.join()
 
 
 def unreachable() -> ExchangeUnavailable:
@@ -372,17 +401,27 @@ def test_a_long_outage_backs_off_up_to_the_cap_and_keeps_the_agent_running(
     cap = 0.05
     exchange = FakeExchange(45311)
     exchange.list_error = unreachable()
-    run = agents(
-        exchange,
-        upload={"initial_backoff": 0.005, "max_backoff": cap},
-        matching={"poll_seconds": cap},
-    ).start()
-    run.drop("45311.csv")
-    wait_for(lambda: len(exchange.list_calls) >= 30, what="30 failed list calls", timeout=10)
+    with stall_meter() as stalled:
+        run = agents(
+            exchange,
+            upload={"initial_backoff": 0.005, "max_backoff": cap},
+            matching={"poll_seconds": cap},
+        ).start()
+        run.drop("45311.csv")
+        wait_for(lambda: len(exchange.list_calls) >= 30, what="30 failed list calls", timeout=10)
 
-    assert run.running
-    gaps = [b - a for a, b in zip(exchange.list_calls, exchange.list_calls[1:], strict=False)]
-    assert max(gaps) < cap + 0.25, f"a poll waited past the cap of {cap} s: {max(gaps):.3f} s"
+        assert run.running
+        calls = list(exchange.list_calls)
+        # Each gap's bound grows by what the machine held this process back in it (measured
+        # beside the agent): a run beside other tests on two cores stalls threads for tenths of
+        # a second; a schedule of the agent's that waits past the cap does not hide in that.
+        over = [
+            f"{b - a:.3f} s (stalled {stalled(a, b):.3f} s)"
+            for a, b in itertools.pairwise(calls)
+            if b - a >= cap + 0.25 + stalled(a, b)
+        ]
+    assert not over, f"a poll waited past the cap of {cap} s: {over}"
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
     # It does back off: once the streak is long, every wait is the cap, not a hammering loop.
     assert min(gaps[-10:]) >= cap * 0.9, gaps[-10:]
     healthy, reason = run.agent.health()
@@ -407,6 +446,39 @@ def test_thousands_of_failed_polls_in_a_row_never_end_the_loop(agents: AgentFact
     assert run.running
     exchange.list_error = None
     wait_for(run.healthy, what="health to turn green once the Exchange answers")
+
+
+def test_new_files_during_an_outage_do_not_put_off_the_next_list_call(
+    agents: AgentFactory,
+) -> None:
+    """A poll due 0.05 s after a failed one (the backoff's cap) once waited for the 0.2 s gap
+    kept after a list call for files made ready meanwhile: with files arriving all the time,
+    every gap was 0.2 s or more."""
+    cap = 0.05
+    exchange = FakeExchange(45311)
+    exchange.list_error = unreachable()
+    run = agents(
+        exchange, upload={"initial_backoff": cap, "max_backoff": cap},
+        matching={"poll_seconds": cap},
+    ).start()
+    wait_for(lambda: exchange.list_calls, what="the first list call")
+
+    folder = run.config.folders.drop / "45311"
+    folder.mkdir()
+    deadline = time.monotonic() + 20
+    n = 0
+    while len(exchange.list_calls) < 21 and time.monotonic() < deadline:
+        hidden = folder / f".f{n}.csv.part"  # a new file ready every 20 ms or so
+        hidden.write_bytes(VALID)
+        os.replace(hidden, folder / f"f{n}.csv")
+        n += 1
+        time.sleep(0.02)
+
+    calls = exchange.list_calls[:21]
+    assert len(calls) == 21, f"{len(calls)} list calls in 20 s"
+    gaps = sorted(b - a for a, b in itertools.pairwise(calls))
+    median = gaps[len(gaps) // 2]
+    assert median < 0.15, f"the polls waited {median:.3f} s (median) with a cap of {cap} s"
 
 
 def test_new_files_during_a_retry_after_do_not_bring_the_next_list_call_forward(
