@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
 import io
 import json
 import os
 import re
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -1446,15 +1448,36 @@ def test_key_never_appears_in_messages_reprs_tracebacks_or_logs(
 def test_own_session_never_takes_credentials_from_netrc(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """requests would put ~/.netrc's login in place of the key's Authorization header."""
+    """requests would put ~/.netrc's login in place of the key's Authorization header. The
+    client's own session and transport, on loopback: a mock would replace what is tested."""
     netrc = tmp_path / ".netrc"
     netrc.write_text("machine 127.0.0.1 login someone password secret\n")
     netrc.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc))
     monkeypatch.setenv("HOME", str(tmp_path))
-    client = ExchangeClient(BASE, KEY, retry=POLICY, sleep=RecordingSleep())
-    with requests_mock.Mocker() as mocker:
-        mocker.get(ROOT + "/v1/jobs/SEGMENT_EXPORT", text="[]")
-        client.list_jobs("SEGMENT_EXPORT")
+    seen: list[str | None] = []
 
-    assert mocker.last_request.headers["Authorization"].startswith("Bearer ")
+    class Jobs(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"[]")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Jobs)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with ExchangeClient(f"http://127.0.0.1:{server.server_address[1]}", KEY,
+                            retry=POLICY, sleep=RecordingSleep()) as client:
+            assert client.list_jobs("SEGMENT_EXPORT") == []
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+    assert seen == [f"Bearer {KEY}"]
