@@ -1,10 +1,10 @@
 """HTTP client for the Exchange jobs API: one method per call, streamed bodies, mapped errors.
 
 Every call goes through ``_send``, which adds the headers, turns transport failures into
-ExchangeUnavailable and error statuses into the matching ExchangeHTTPError, and through the
-client's one tenacity.Retrying (see retry.py). The API key lives only in the Authorization header:
-it is registered with pushagent.logs for masking, never formatted into a message, and not shown
-by ``repr``.
+ExchangeUnavailable and error statuses into the matching ExchangeHTTPError, and (unless it is
+one attempt) through the client's one tenacity.Retrying (see retry.py). The API key lives only in
+the Authorization header: it is registered with pushagent.logs for masking, never formatted into
+a message, and not shown by ``repr``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import requests
 import requests.adapters
-import tenacity
 from loguru import logger
 from requests.structures import CaseInsensitiveDict
 
@@ -963,10 +962,12 @@ class ExchangeClient:
     # --- plumbing ---------------------------------------------------------------------------
 
     def _call(self, attempt: Callable[[], T], *, retry: bool = True) -> T:
+        if not retry:
+            # One attempt: the Retrying (reraise=True) would only raise what it raises, after
+            # a copy and a retry state per call (every upload of the agent is one attempt).
+            return attempt()
         # A copy per call keeps concurrent calls' retry state apart.
-        if retry:
-            return self._retrying.copy()(attempt)
-        return self._retrying.copy(stop=tenacity.stop_after_attempt(1))(attempt)
+        return self._retrying.copy()(attempt)
 
     def _send(
         self,
