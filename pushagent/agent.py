@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePath
+from pathlib import Path
 
 from loguru import logger
 
@@ -173,6 +173,7 @@ class Agent:
         folders, self._endpoint = config.push_side()
         self._folders = folders
         self._drop = folders.drop
+        self._drop_prefix = os.path.join(str(self._drop), "")
         self._watcher = DropWatcher(self._drop, self._inbox.put, polling=config.watch.polling)
         self._readiness = ReadinessTracker(
             settle_seconds=config.watch.settle_seconds,
@@ -207,7 +208,7 @@ class Agent:
                 validate_while_sending=config.upload.validate_while_sending,
             ),
             dialect_for=lambda row: config.input.for_segment(
-                *self._router.names_of(PurePath(row.rel_path))),
+                *self._router.names_of(row.rel_path)),
         )
         self._uploads: WorkerPool[DeliveryResult] = WorkerPool(
             size=config.upload.workers, report=self._inbox.put, name="upload"
@@ -227,7 +228,7 @@ class Agent:
         self._streaks: dict[int, int] = {}
         self._jobs: dict[str, ListedJob] = {}
         self._to_claim: deque[Assignment] = deque()
-        self._placed: deque[tuple[FileRow, Path, Path | None, DeliveryResult]] = deque()
+        self._placed: deque[tuple[FileRow, str, Path | None, DeliveryResult]] = deque()
         self._job_index = JobIndex([])
         self._idle_since: dict[str, float] = {}
         self._idle_written: set[str] = set()
@@ -400,8 +401,14 @@ class Agent:
 
     # --- the drop folder --------------------------------------------------------------------------
 
-    def _relative(self, path: Path) -> PurePath:
-        return PurePath(os.path.relpath(path, self._drop))
+    def _relative(self, path: Path) -> str:
+        """``path`` under the drop folder, ``/``-separated, as journalled: the watcher and the
+        scan name every path from the drop folder's own, so the prefix is cut, not worked out
+        by os.path.relpath for every event."""
+        text = str(path)
+        if text.startswith(self._drop_prefix):
+            return text[len(self._drop_prefix):]
+        return os.path.relpath(text, self._drop)
 
     def _rescan_if_due(self, now: float) -> None:
         if now >= self._next_prune:
@@ -423,46 +430,48 @@ class Agent:
             path for path in scan_drop_folder(self._drop, ignored=self._ignored)
             if path not in self._readiness and str(path) not in self._waiting_paths
         )
-        seen = [path for path in new if self._observe(path, "scan")]
+        relatives = ((self._relative(path), path) for path in new)
+        seen = [(relative, path) for relative, path in relatives
+                if self._observe(path, "scan", relative)]
         # One transaction for the lot: a start with 20,000 files present records them at once.
-        self._journal.note_settling_many((str(self._relative(path)), path) for path in seen)
+        self._journal.note_settling_many(seen)
 
     def _writer_holds_claimed(self, path: Path) -> bool:
         return path in self._resettling and open_for_writing(path)
 
-    def _ignored(self, relative: PurePath) -> bool:
+    def _ignored(self, relative: str) -> bool:
         """The configured ignore patterns, and the drop-folder lock whatever they say."""
-        return relative == PurePath(LOCK_NAME) or self._readiness.ignored(relative)
+        return relative == LOCK_NAME or self._readiness.ignored(relative)
 
     def _on_event(self, event: WatchEvent) -> None:
         relative = self._relative(event.path)
         trigger = self.config.watch.trigger_suffix
-        if trigger and relative.name.endswith(trigger):
-            data = event.path.with_name(relative.name[: -len(trigger)])
+        if trigger and relative.endswith(trigger):
+            data = event.path.with_name(event.path.name[: -len(trigger)])
             if data in self._readiness:
                 self._readiness.observe(data, event="scan")
             return
         if not self._ignored(relative):
-            self._track(event.path, event.kind)
+            self._track(event.path, event.kind, relative)
 
-    def _track(self, path: Path, event: str) -> None:
+    def _track(self, path: Path, event: str, relative: str) -> None:
         file_id = self._waiting_paths.get(str(path))
         if file_id is not None:
             if event != "written":
                 return
             self._forget_waiting(file_id)
             self._journal.back_to_settling(file_id)
-        if self._observe(path, event):
-            self._journal.note_settling_many([(str(self._relative(path)), path)])
+        if self._observe(path, event, relative):
+            self._journal.note_settling_many([(relative, path)])
 
-    def _observe(self, path: Path, event: str) -> bool:
+    def _observe(self, path: Path, event: str, relative: str) -> bool:
         """Into the readiness tracker; True when it is tracked for the first time."""
         if not _storable(path):
             self._move_aside_unjournaled(path)
             return False
         self._readiness.observe(path, event=event)
         if path in self._readiness and path not in self._segments:
-            self._segments[path] = self._router.segment_of(self._relative(path))
+            self._segments[path] = self._router.segment_of(relative)
             return True
         return False
 
@@ -503,7 +512,7 @@ class Agent:
                 self._journal.reclaim(file_id)
                 self._schedule.add(file_id, self._clock())
                 continue
-            relative = str(self._relative(candidate.path))
+            relative = self._relative(candidate.path)
             segment = self._segments.pop(candidate.path, None)
             self.metrics.files_seen.inc()
             if candidate.odd is None and segment is not None:
@@ -738,15 +747,15 @@ class Agent:
             self._journal.claim(row.id, path=Path(row.path), job_ids=job_ids,
                                 categories=categories)
             return True
-        target = self._placer.claim_path(row.id, PurePath(row.rel_path).name)
+        target = self._placer.claim_path(row.id, row.rel_path.rpartition("/")[2])
         self._journal.claim(row.id, path=target, job_ids=job_ids, categories=categories)
         try:
-            self._placer.claim(Path(row.path), target)
+            self._placer.claim(row.path, target)
         except FileNotFoundError:
             logger.bind(file=row.rel_path).warning("removed from the drop folder before upload")
             self._journal.vanish(row.id, "removed from the drop folder before upload")
             return False
-        self._placer.carry_trigger(Path(row.path), target)
+        self._placer.carry_trigger(row.path, target)
         return True
 
     def _start(self, file_id: int) -> None:
@@ -854,7 +863,7 @@ class Agent:
             self._placed.popleft()
             self._count_finished(row, target, result)
 
-    def _count_finished(self, row: FileRow, target: Path, result: DeliveryResult) -> None:
+    def _count_finished(self, row: FileRow, target: str, result: DeliveryResult) -> None:
         delivered = result.verdict is Verdict.DELIVERED
         log = logger.bind(file=row.rel_path, segment=row.segment)
         if delivered:

@@ -78,17 +78,23 @@ class _Refused(Exception):
     """The file cannot be read as CSV in its dialect; the message says why and what to do."""
 
 
-def staged_path(claimed: Path) -> Path:
+def staged_path(claimed: str | os.PathLike[str]) -> Path:
     """The staged copy of the claimed file at ``claimed``: its name (which starts with the
     file's id) cut so that the copy's name, ``.tmp`` added, fits the folder's limit."""
-    budget = name_limit(claimed.parent) - len(_STAGED_SUFFIX) - len(".tmp")
-    return claimed.with_name(fit_name(claimed.name, budget) + _STAGED_SUFFIX)
+    return Path(_staged(os.fspath(claimed)))
 
 
-def remove_staged(claimed: Path) -> None:
+def _staged(claimed: str) -> str:
+    # In strings: every file placed asks for it (``remove_staged``), converted or not.
+    folder, name = os.path.split(claimed)
+    budget = name_limit(folder) - len(_STAGED_SUFFIX) - len(".tmp")
+    return os.path.join(folder, fit_name(name, budget) + _STAGED_SUFFIX)
+
+
+def remove_staged(claimed: str | os.PathLike[str]) -> None:
     """Remove the staged copy of ``claimed`` and any half-written one; missing is fine."""
-    staged = staged_path(claimed)
-    for path in (staged, staged.with_name(staged.name + ".tmp")):
+    staged = _staged(os.fspath(claimed))
+    for path in (staged, staged + ".tmp"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 

@@ -462,7 +462,7 @@ class Journal:
     # --- claimed files and their deliveries -----------------------------------------------------
 
     def claim(
-        self, file_id: int, *, path: Path, job_ids: Iterable[str],
+        self, file_id: int, *, path: str | os.PathLike[str], job_ids: Iterable[str],
         categories: Mapping[str, str] | None = None,
     ) -> None:
         """``categories``: job id -> its category (a job left out is SEGMENT_EXPORT)."""
@@ -535,12 +535,15 @@ class Journal:
         with self._statement() as db:
             self._move(db, file_id, state, "reason = ?, next_attempt_at = NULL", (reason,))
 
-    def intend_final(self, file_id: int, target: Path) -> None:
+    def intend_final(self, file_id: int, target: str | os.PathLike[str]) -> None:
         """Written before the final move, so a crash inside the move can be finished, not redone."""
         with self._statement() as db:
             db.execute("UPDATE files SET final_path = ? WHERE id = ?", (str(target), file_id))
 
-    def finish(self, file_id: int, *, final_path: Path, report_path: Path | None = None) -> None:
+    def finish(
+        self, file_id: int, *, final_path: str | os.PathLike[str],
+        report_path: str | os.PathLike[str] | None = None,
+    ) -> None:
         """DELIVERED -> DONE or REJECTED -> FAILED, now that the file is in its final folder."""
         assert FILE_MOVES[FileState.DELIVERED] == {FileState.DONE}
         assert FILE_MOVES[FileState.REJECTED] == {FileState.FAILED}

@@ -28,11 +28,12 @@ FALLBACK_STEM_BYTES = 100
 
 
 @functools.lru_cache(maxsize=1024)
-def name_limit(folder: Path) -> int:
+def name_limit(folder: str | os.PathLike[str]) -> int:
     """The longest file name, in bytes, ``folder`` takes; asked of the nearest existing folder
     (a missing one is made on its parent's filesystem), 255 when that cannot be told. Asked
     once per folder: a pathconf per file placed and per claim cost 3 % of the agent's CPU."""
-    for candidate in (folder, *folder.parents):
+    path = Path(folder)
+    for candidate in (path, *path.parents):
         try:
             limit = os.pathconf(candidate, "PC_NAME_MAX")
         except FileNotFoundError:
@@ -84,8 +85,11 @@ def _split(name: str) -> tuple[str, str]:
     for double in _DOUBLE_SUFFIXES:
         if name.lower().endswith(double) and len(name) > len(double):
             return name[: -len(double)], name[-len(double):]
-    relative = PurePath(name)
-    return relative.stem, relative.suffix
+    # As PurePath(name).stem and .suffix, without making a path of every name.
+    dot = name.rfind(".")
+    if 0 < dot < len(name) - 1:
+        return name[:dot], name[dot:]
+    return name, ""
 
 
 def _fit(name: str, stem: str, counter: str, suffix: str, budget: int) -> str:
@@ -108,7 +112,7 @@ def _truncate(text: str, limit: int) -> str:
         if used > limit:
             return text[:index]
     return text
-def same_entry(a: Path, b: Path) -> bool:
+def same_entry(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """Two names of one file (hard links), without following symlinks."""
     try:
         sa, sb = os.lstat(a), os.lstat(b)
@@ -139,8 +143,8 @@ def report_path_for(target: Path) -> Path | None:
 
 
 def move_to(
-    src: Path,
-    target: Path,
+    src: str | os.PathLike[str],
+    target: str | os.PathLike[str],
     *,
     durable: bool = True,
     name_max: Callable[[Path], int] = name_limit,
@@ -154,11 +158,11 @@ def move_to(
     except OSError as error:
         if error.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
             raise
-        _move_fallback(src, target, durable=durable, name_max=name_max)
+        _move_fallback(Path(src), Path(target), durable=durable, name_max=name_max)
         return
     os.unlink(src)
     if durable:
-        _fsync_dir(target.parent)
+        _fsync_dir(os.path.dirname(target))
 
 
 def _move_fallback(
@@ -179,7 +183,7 @@ def _move_fallback(
         _fsync_dir(target.parent)
 
 
-def sync_folders(folders: Iterable[Path]) -> None:
+def sync_folders(folders: Iterable[str | os.PathLike[str]]) -> None:
     """fsync each folder once: the names moved into it by ``move_to(durable=False)`` survive a
     power cut from here on."""
     for folder in folders:
@@ -240,7 +244,7 @@ def _partial_path(path: Path, *, name_max: Callable[[Path], int]) -> Path:
     return path.with_name(f".{digest}{PARTIAL_SUFFIX}")
 
 
-def _fsync_dir(folder: Path) -> None:
+def _fsync_dir(folder: str | os.PathLike[str]) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -193,7 +193,7 @@ class Deliverer:
         clock: Callable[[], float] = time.monotonic,
         validate: Callable[..., CSVReport] = validate_csv,
         user: Callable[[], str] = getpass.getuser,
-        stat: Callable[[Path], os.stat_result] = os.stat,
+        stat: Callable[[str], os.stat_result] = os.stat,
         being_written: Callable[[Path], bool] = open_for_writing,
         dialect_for: Callable[[FileRow], InputDialect] = lambda file: InputDialect(),
         prepare_source: Callable[..., Source] = prepare,
@@ -232,7 +232,7 @@ class Deliverer:
         """A dropper that writes on after its rename: what went out is no longer the file, so
         done/ must not keep it as if it had been delivered."""
         try:
-            now = self._stat(Path(file.path))
+            now = self._stat(file.path)
         except OSError:
             return  # the final move will tell
         if (now.st_size, now.st_mtime_ns) != (report.size, report.mtime_ns):
@@ -254,14 +254,15 @@ class Deliverer:
         it cannot be sent. With ``stream``, a file sent as it is (not converted), that no job
         has taken yet, is left to be validated while its first upload sends it."""
         log = logger.bind(file=file.rel_path, segment=file.segment)
-        if self._being_written(Path(file.path)):
+        path = Path(file.path)
+        if self._being_written(path):
             # Renamed in (or found at a start) while its writer still holds it open: it waits,
             # in its claim folder, until the writer is done.
             self._changed(file, "its writer still holds it open")
         try:
             # Converted afresh on every attempt: the same original always gives the same bytes,
             # so a copy cut short by a crash is never trusted, and the hash still matches.
-            source = self._prepare(Path(file.path), dialect=self._dialect_for(file),
+            source = self._prepare(path, dialect=self._dialect_for(file),
                                    max_bytes=self._settings.max_bytes)
             if source.changed:
                 self._changed(file, source.changed)
@@ -311,7 +312,7 @@ class Deliverer:
             if source.converted_from is not None:
                 log.info("converted from {} into {} bytes of UTF-8, comma-separated CSV",
                          source.converted_from, report.size)
-        if source.send == Path(file.path):  # the validator's own look at the file is the latest
+        if source.send == path:  # the validator's own look at the file is the latest
             return _Snapshot(report, source.send, report.size, report.mtime_ns)
         return _Snapshot(report, source.send, source.size, source.mtime_ns)
 

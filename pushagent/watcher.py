@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import Path
 
 from loguru import logger
 from watchdog.events import (
@@ -118,10 +118,10 @@ class DropWatcher:
         return True
 
 
-def scan_drop_folder(root: Path, *, ignored: Callable[[PurePath], bool]) -> Iterator[Path]:
+def scan_drop_folder(root: Path, *, ignored: Callable[[str], bool]) -> Iterator[Path]:
     """Every entry the agent must look at: files at the top and one level down (segment
     folders); a directory named like a CSV and any link or device come out too, to be moved aside.
-    Symlinked folders are never entered."""
+    Symlinked folders are never entered. ``ignored`` is asked with the path under ``root``."""
     # Entries are read as they are used, never listed: 20,000 of them listed took 5 MiB.
     try:
         top = os.scandir(root)
@@ -129,25 +129,22 @@ def scan_drop_folder(root: Path, *, ignored: Callable[[PurePath], bool]) -> Iter
         return
     with top:
         for entry in top:
-            if ignored(PurePath(entry.name)):
+            if ignored(entry.name):
                 continue
             if entry.is_dir(follow_symlinks=False) and not looks_like_csv(entry.name):
-                yield from _scan_segment_folder(root, Path(entry.path), ignored=ignored)
+                yield from _scan_segment_folder(Path(entry.path), ignored=ignored)
             else:
                 yield Path(entry.path)
 
 
-def _scan_segment_folder(
-    root: Path, folder: Path, *, ignored: Callable[[PurePath], bool]
-) -> Iterator[Path]:
+def _scan_segment_folder(folder: Path, *, ignored: Callable[[str], bool]) -> Iterator[Path]:
     try:
         entries = os.scandir(folder)
     except (FileNotFoundError, NotADirectoryError):
         return
     with entries:
         for entry in entries:
-            relative = PurePath(os.path.relpath(entry.path, root))
-            if ignored(relative):
+            if ignored(f"{folder.name}/{entry.name}"):
                 continue
             if entry.is_dir(follow_symlinks=False) and not looks_like_csv(entry.name):
                 continue  # deeper folders are not part of the drop-folder convention

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any
 
 from loguru import logger
@@ -118,7 +118,7 @@ def _dialect(config: AgentConfig | None, path: Path) -> InputDialect:
     if config is None:
         return InputDialect()
     router = SegmentRouter(names=config.segments, pattern=config.watch.filename_pattern)
-    return config.input.for_segment(*router.names_of(PurePath(path.name)))
+    return config.input.for_segment(*router.names_of(path.name))
 
 
 def _validate(
