@@ -217,6 +217,7 @@ class Agent:
             size=1, report=lambda done: self._inbox.put(_Polled(done)), name="list"
         )
         self._segments: dict[Path, str | None] = {}  # settling drop paths -> segment
+        self._unrecorded: list[tuple[str, Path]] = []  # newly settling, not yet journalled
         self._waiting: dict[int, WaitingFile] = {}
         # Keyed by the row's own path string: a Path per waiting file would add 300 bytes each.
         self._waiting_paths: dict[str, int] = {}
@@ -358,7 +359,16 @@ class Agent:
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
-                return
+                break
+        self._guarded(self._record_settling)
+
+    def _record_settling(self) -> None:
+        """The files first seen by the events just handled, in one transaction (a storm of
+        renames brings hundreds at a time). Lost with a failed write, as a single one would
+        be: they are recorded when they are admitted anyway."""
+        seen, self._unrecorded = self._unrecorded, []
+        if seen:
+            self._journal.note_settling_many(seen)
 
     def _handle(self, item: WatchEvent | Finished[DeliveryResult] | _Polled | _Stop) -> None:
         if isinstance(item, _Stop):
@@ -462,7 +472,7 @@ class Agent:
             self._forget_waiting(file_id)
             self._journal.back_to_settling(file_id)
         if self._observe(path, event, relative):
-            self._journal.note_settling_many([(relative, path)])
+            self._unrecorded.append((relative, path))  # recorded when the inbox is drained
 
     def _observe(self, path: Path, event: str, relative: str) -> bool:
         """Into the readiness tracker; True when it is tracked for the first time."""
@@ -723,8 +733,10 @@ class Agent:
                 return
             planned = self._to_claim.popleft()
             row = self._waiting.get(int(planned.file.key))
-            if row is not None and self._claim(row, [str(job.job_id) for job in planned.jobs]):
-                self._start(row.id)
+            claimed = None if row is None else self._claim(
+                row, [str(job.job_id) for job in planned.jobs])
+            if claimed is not None:
+                self._submit(claimed)
                 room -= 1
 
     def _oldest_settling_by_segment(self) -> dict[str, float]:
@@ -738,25 +750,26 @@ class Agent:
             self._reasons[file_id] = reason
             self._journal.set_reason(file_id, reason)
 
-    def _claim(self, row: WaitingFile, job_ids: list[str]) -> bool:
-        """Move the file out of the drop folder, so a new drop under its name cannot mix in."""
+    def _claim(self, row: WaitingFile, job_ids: list[str]) -> FileRow | None:
+        """Move the file out of the drop folder, so a new drop under its name cannot mix in;
+        the claimed row, or None when the file vanished first."""
         self._forget_waiting(row.id)
         categories = {job_id: self._jobs[job_id].category for job_id in job_ids
                       if job_id in self._jobs}
         if row.in_claim_area:  # requeued: it waited for a new job in its claim folder
-            self._journal.claim(row.id, path=Path(row.path), job_ids=job_ids,
-                                categories=categories)
-            return True
+            return self._journal.claim(row.id, path=row.path, job_ids=job_ids,
+                                       categories=categories)
         target = self._placer.claim_path(row.id, row.rel_path.rpartition("/")[2])
-        self._journal.claim(row.id, path=target, job_ids=job_ids, categories=categories)
+        claimed = self._journal.claim(row.id, path=target, job_ids=job_ids,
+                                      categories=categories)
         try:
             self._placer.claim(row.path, target)
         except FileNotFoundError:
             logger.bind(file=row.rel_path).warning("removed from the drop folder before upload")
             self._journal.vanish(row.id, "removed from the drop folder before upload")
-            return False
+            return None
         self._placer.carry_trigger(row.path, target)
-        return True
+        return claimed
 
     def _start(self, file_id: int) -> None:
         if file_id in self._finishing:
@@ -768,10 +781,12 @@ class Agent:
                 self._schedule.add(file_id, self._clock() + IDLE_WAIT_SECONDS)
                 raise
             return
-        row = self._journal.file(file_id)
+        self._submit(self._journal.file(file_id))
+
+    def _submit(self, row: FileRow) -> None:
         jobs = self._jobs  # never changed in place, only replaced: a snapshot for the worker
-        self._in_flight.add(file_id)
-        self._uploads.submit(file_id, lambda: self._deliverer.deliver(row, jobs))
+        self._in_flight.add(row.id)
+        self._uploads.submit(row.id, lambda: self._deliverer.deliver(row, jobs))
 
     # --- outcomes ---------------------------------------------------------------------------------
 
@@ -828,13 +843,19 @@ class Agent:
     def _finish(self, row: FileRow, result: DeliveryResult) -> None:
         """To done/ or failed/ (its report written first: never one without the other)."""
         delivered = result.verdict is Verdict.DELIVERED
-        if row.state not in (FileState.DELIVERED, FileState.REJECTED):
-            state = FileState.DELIVERED if delivered else FileState.REJECTED
-            self._journal.conclude(row.id, state, reason=result.reason)
-            row = replace(row, state=state, reason=result.reason)
         folder = self._placer.folder(delivered=delivered)
         try:
-            target, report = self._placer.place(row, delivered=delivered, reason=result.reason)
+            target = self._placer.target(row, delivered=delivered)
+            if row.state not in (FileState.DELIVERED, FileState.REJECTED):
+                # The verdict and the target in one write, before the move.
+                state = FileState.DELIVERED if delivered else FileState.REJECTED
+                self._journal.conclude(row.id, state, reason=result.reason, final_path=target)
+                row = replace(row, state=state, reason=result.reason)
+            elif target is not None:
+                self._journal.intend_final(row.id, target)
+            if target is not None:
+                row = replace(row, final_path=target)
+            report = self._placer.place(row, delivered=delivered, reason=result.reason)
         except OSError as error:
             delay = self._backoff(row.id, cap=MOVE_RETRY_MAX_SECONDS)
             message = f"cannot move the file to {folder} ({error}); retrying in {delay:.0f} s"
@@ -851,16 +872,17 @@ class Agent:
         self.conditions.clear(Cause.FINAL_FOLDER)
         self._streaks.pop(row.id, None)
         self._reasons.pop(row.id, None)
-        self._placed.append((row, target, report, result))
+        assert row.final_path is not None
+        self._placed.append((row, row.final_path, report, result))
 
     def _commit_placed(self) -> None:
         """The journal says done or failed only once the move is on disk: one fsync per folder
-        for every file placed in this pass, then one journal write each."""
+        for every file placed in this pass, then one journal transaction for them all."""
         self._placer.sync()
-        while self._placed:
-            row, target, report, result = self._placed[0]
-            self._journal.finish(row.id, final_path=target, report_path=report)
-            self._placed.popleft()
+        placed = list(self._placed)
+        self._journal.finish_many((row.id, target, report) for row, target, report, _ in placed)
+        self._placed.clear()
+        for row, target, _, result in placed:
             self._count_finished(row, target, result)
 
     def _count_finished(self, row: FileRow, target: str, result: DeliveryResult) -> None:

@@ -401,7 +401,8 @@ class Journal:
             return file_id
 
     def note_settling_many(self, files: Iterable[tuple[str, Path]]) -> None:
-        """Record files first seen by a scan, in one transaction (thousands at a start)."""
+        """Record files first seen (by a scan, or by the events of one pass), in one
+        transaction: thousands at a start, hundreds in a storm of renames."""
         with self._tx() as db:
             for rel_path, path in files:
                 self._open_or_new(db, rel_path, path, size=0, mtime=0.0)
@@ -412,7 +413,7 @@ class Journal:
         """Ready files (rel_path, path, size, mtime, segment) to WAITING, in one transaction;
         a file not recorded yet is recorded first. Returns their rows."""
         now = self._clock()
-        ids: list[int] = []
+        rows: list[FileRow] = []
         with self._tx() as db:
             for rel_path, path, size, mtime, segment in files:
                 file_id, _ = self._open_or_new(db, rel_path, path, size=size, mtime=mtime)
@@ -422,8 +423,10 @@ class Journal:
                     "mtime = ?",
                     (segment, f"waiting for a job for segment {segment}", now, size, mtime),
                 )
-                ids.append(file_id)
-        return [self.file(file_id) for file_id in ids]
+                # Read back inside the transaction: no read transaction of its own per row.
+                rows.append(FileRow.of(
+                    db.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()))
+        return rows
 
     def mark_waiting(self, file_id: int, *, segment: str, reason: str) -> FileRow:
         """Ready (from the drop folder), or back to waiting in its claim folder (jobs gone)."""
@@ -464,8 +467,9 @@ class Journal:
     def claim(
         self, file_id: int, *, path: str | os.PathLike[str], job_ids: Iterable[str],
         categories: Mapping[str, str] | None = None,
-    ) -> None:
-        """``categories``: job id -> its category (a job left out is SEGMENT_EXPORT)."""
+    ) -> FileRow:
+        """``categories``: job id -> its category (a job left out is SEGMENT_EXPORT). Returns
+        the claimed row, read back inside the transaction."""
         categories = categories or {}
         with self._tx() as db:
             self._move(db, file_id, FileState.CLAIMED,
@@ -481,6 +485,7 @@ class Journal:
                     for job_id in job_ids
                 ],
             )
+            return FileRow.of(db.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone())
 
     def resettle(self, file_id: int, reason: str) -> None:
         """A claimed file changed under us: it must be still again before it is read again."""
@@ -528,12 +533,19 @@ class Journal:
             row = db.execute("SELECT attempts FROM files WHERE id = ?", (file_id,)).fetchone()
             return int(row["attempts"])
 
-    def conclude(self, file_id: int, state: FileState, *, reason: str | None) -> None:
-        """The verdict is in (DELIVERED or REJECTED); only the move to done/ or failed/ is left."""
+    def conclude(
+        self, file_id: int, state: FileState, *, reason: str | None,
+        final_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        """The verdict is in (DELIVERED or REJECTED); only the move to done/ or failed/ is left.
+        ``final_path``: where the file goes, recorded with it (as ``intend_final``)."""
         if state not in (FileState.DELIVERED, FileState.REJECTED):
             raise IllegalTransition(f"journal: conclude takes DELIVERED or REJECTED, not {state}")
+        target = None if final_path is None else os.fspath(final_path)
         with self._statement() as db:
-            self._move(db, file_id, state, "reason = ?, next_attempt_at = NULL", (reason,))
+            self._move(db, file_id, state,
+                       "reason = ?, next_attempt_at = NULL, final_path = COALESCE(?, final_path)",
+                       (reason, target))
 
     def intend_final(self, file_id: int, target: str | os.PathLike[str]) -> None:
         """Written before the final move, so a crash inside the move can be finished, not redone."""
@@ -545,23 +557,35 @@ class Journal:
         report_path: str | os.PathLike[str] | None = None,
     ) -> None:
         """DELIVERED -> DONE or REJECTED -> FAILED, now that the file is in its final folder."""
+        self.finish_many([(file_id, final_path, report_path)])
+
+    def finish_many(
+        self,
+        placed: Iterable[tuple[int, str | os.PathLike[str], str | os.PathLike[str] | None]],
+    ) -> None:
+        """``finish`` for each (file id, final path, report path), in one transaction: the
+        files of one pass were fsynced in place together."""
         assert FILE_MOVES[FileState.DELIVERED] == {FileState.DONE}
         assert FILE_MOVES[FileState.REJECTED] == {FileState.FAILED}
-        with self._statement() as db:
-            cursor = db.execute(
-                "UPDATE files SET state = CASE state WHEN ? THEN ? ELSE ? END, final_path = ?, "
-                "path = ?, finished_at = ?, report_path = ? WHERE id = ? AND state IN (?, ?)",
-                (FileState.DELIVERED.value, FileState.DONE.value, FileState.FAILED.value,
-                 str(final_path), str(final_path), self._clock(),
-                 None if report_path is None else str(report_path), file_id,
-                 FileState.DELIVERED.value, FileState.REJECTED.value),
-            )
-            if cursor.rowcount != 1:
-                row = db.execute("SELECT state FROM files WHERE id = ?", (file_id,)).fetchone()
-                now = row["state"] if row else "no such file"
-                raise IllegalTransition(
-                    f"journal: file {file_id} cannot go from {now} to done or failed"
+        now = self._clock()
+        with self._tx() as db:
+            for file_id, final_path, report_path in placed:
+                final = os.fspath(final_path)
+                cursor = db.execute(
+                    "UPDATE files SET state = CASE state WHEN ? THEN ? ELSE ? END, "
+                    "final_path = ?, path = ?, finished_at = ?, report_path = ? "
+                    "WHERE id = ? AND state IN (?, ?)",
+                    (FileState.DELIVERED.value, FileState.DONE.value, FileState.FAILED.value,
+                     final, final, now, None if report_path is None else os.fspath(report_path),
+                     file_id, FileState.DELIVERED.value, FileState.REJECTED.value),
                 )
+                if cursor.rowcount != 1:
+                    row = db.execute("SELECT state FROM files WHERE id = ?",
+                                     (file_id,)).fetchone()
+                    state = row["state"] if row else "no such file"
+                    raise IllegalTransition(
+                        f"journal: file {file_id} cannot go from {state} to done or failed"
+                    )
 
     def unclaim(self, file_id: int, dropped: Path) -> None:
         """The claim was journalled but the file never left the drop folder: wait again."""

@@ -1,9 +1,10 @@
 """Where a finished file goes: ``done/``, or ``failed/`` beside its report, never overwriting.
 
-The target is written to the journal before the move, so a crash inside the move is finished at
-the next start, not redone. A report is written before its file arrives, so a file is never in
-``failed/`` without its reason; a report that cannot be written keeps its file in the claim area.
-A converted file's staged copy (``pushagent.intake``) is removed once the original is in place.
+The target is written to the journal before the move (``target``, then ``place``), so a crash
+inside the move is finished at the next start, not redone. A report is written before its file
+arrives, so a file is never in ``failed/`` without its reason; a report that cannot be written
+keeps its file in the claim area. A converted file's staged copy (``pushagent.intake``) is
+removed once the original is in place.
 """
 
 from __future__ import annotations
@@ -52,19 +53,24 @@ class Placer:
     def folder(self, *, delivered: bool) -> Path:
         return self._done if delivered else self._failed
 
-    def place(
-        self, row: FileRow, *, delivered: bool, reason: str | None
-    ) -> tuple[str, Path | None]:
-        """Move ``row``'s file to its final folder; returns where it went and its report.
+    def target(self, row: FileRow, *, delivered: bool) -> str | None:
+        """Where ``row``'s file is to go, when the journal does not say yet (None: its
+        ``final_path``, still free or already this file's, from a move a stop cut short). The
+        caller journals it before ``place``, with the verdict when that is new too."""
+        intended = row.final_path
+        if intended is not None and (
+            not os.path.lexists(intended) or same_entry(row.path, intended)
+        ):
+            return None
+        return str(unique_target(self.folder(delivered=delivered), PurePath(row.rel_path),
+                                 with_report=not delivered))
+
+    def place(self, row: FileRow, *, delivered: bool, reason: str | None) -> Path | None:
+        """Move ``row``'s file to its journalled ``final_path``; returns its report, if any.
         Paths are plain strings here, as in the journal: Path objects made per file placed
         cost more than the moves."""
-        source = row.path
-        intended = row.final_path
-        if intended is None or (os.path.lexists(intended) and not same_entry(source, intended)):
-            folder = self.folder(delivered=delivered)
-            intended = str(unique_target(folder, PurePath(row.rel_path),
-                                         with_report=not delivered))
-            self._journal.intend_final(row.id, intended)
+        source, intended = row.path, row.final_path
+        assert intended is not None, "the target is journalled before the move"
         report = None
         if not delivered:  # the report goes first, so its folder must be there
             os.makedirs(os.path.dirname(intended), exist_ok=True)
@@ -81,7 +87,7 @@ class Placer:
         if row.in_claim_area and os.path.dirname(source) != self._claimed_text:
             with contextlib.suppress(OSError):  # a claim folder of the first release, if empty
                 os.rmdir(os.path.dirname(source))
-        return intended, report
+        return report
 
     def claim_path(self, file_id: int, name: str) -> str:
         """``claimed/<id>-<name>``: flat (no folder to make and remove per file), unique by
