@@ -846,15 +846,15 @@ class Agent:
         folder = self._placer.folder(delivered=delivered)
         try:
             target = self._placer.target(row, delivered=delivered)
+            final_path = row.final_path if target is None else target
             if row.state not in (FileState.DELIVERED, FileState.REJECTED):
                 # The verdict and the target in one write, before the move.
                 state = FileState.DELIVERED if delivered else FileState.REJECTED
                 self._journal.conclude(row.id, state, reason=result.reason, final_path=target)
-                row = replace(row, state=state, reason=result.reason)
+                row = replace(row, state=state, reason=result.reason, final_path=final_path)
             elif target is not None:
                 self._journal.intend_final(row.id, target)
-            if target is not None:
-                row = replace(row, final_path=target)
+                row = replace(row, final_path=final_path)
             report = self._placer.place(row, delivered=delivered, reason=result.reason)
         except OSError as error:
             delay = self._backoff(row.id, cap=MOVE_RETRY_MAX_SECONDS)

@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path, PurePath
+from pathlib import Path
 
 DEFAULT_NAME_MAX = 255
 REPORT_SUFFIX = ".error.json"
@@ -45,27 +45,28 @@ def name_limit(folder: str | os.PathLike[str]) -> int:
 
 
 def unique_target(
-    folder: Path,
-    relative: PurePath,
+    folder: str | os.PathLike[str],
+    relative: str | os.PathLike[str],
     *,
     with_report: bool = True,
-    name_max: Callable[[Path], int] = name_limit,
+    name_max: Callable[[str], int] = name_limit,
 ) -> Path:
     """``folder/relative``, or ``name-2.csv``, ``name-3.csv``... when that name (or, with
     ``with_report``, its error report: failed/ only) is taken. A name too long for the folder's
     limit (with ``.error.json`` added, when ``with_report``) is shortened (whole characters; the
     extension and counter kept), so the file and its report both fit; a file in done/ keeps
     every byte of a name that fits. The report's partial name is kept short by
-    ``write_error_report``."""
-    parent = folder / relative.parent
+    ``write_error_report``. Worked out in strings: it runs for every file placed."""
+    below, _, name = os.fspath(relative).rpartition("/")
+    parent = os.path.join(os.fspath(folder), below) if below else os.fspath(folder)
     budget = name_max(parent) - (_size(REPORT_SUFFIX) if with_report else 0)
-    stem, suffix = _split(relative.name)
+    stem, suffix = _split(name)
     n = 1
     while True:
         counter = "" if n == 1 else f"-{n}"
-        target = parent / _fit(relative.name, stem, counter, suffix, budget)
-        if not os.path.lexists(target) and not (with_report and report_path_for(target)):
-            return target
+        target = os.path.join(parent, _fit(name, stem, counter, suffix, budget))
+        if not os.path.lexists(target) and not (with_report and report_path_for(Path(target))):
+            return Path(target)
         n += 1
 
 

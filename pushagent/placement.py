@@ -62,7 +62,7 @@ class Placer:
             not os.path.lexists(intended) or same_entry(row.path, intended)
         ):
             return None
-        return str(unique_target(self.folder(delivered=delivered), PurePath(row.rel_path),
+        return str(unique_target(self.folder(delivered=delivered), row.rel_path,
                                  with_report=not delivered))
 
     def place(self, row: FileRow, *, delivered: bool, reason: str | None) -> Path | None:
