@@ -35,6 +35,16 @@ class WatchEvent:
     path: Path
 
 
+# The events ``_Enqueue`` turns into items; watchdog drops the rest before they are queued (and
+# leaves deletes and reads-without-write out of its inotify mask): a file renamed in and then
+# claimed out of the folder otherwise made four events for one item (two of them the folder's
+# own "modified", one a delete held half a second for a rename to pair it with).
+_WANTED: list[type[FileSystemEvent]] = [
+    DirCreatedEvent, DirMovedEvent, FileMovedEvent, FileCreatedEvent, FileOpenedEvent,
+    FileModifiedEvent, FileClosedEvent,
+]
+
+
 class _Enqueue(FileSystemEventHandler):
     def __init__(self, put: Callable[[WatchEvent], None], *, polling: bool) -> None:
         self._put = put
@@ -84,7 +94,8 @@ class DropWatcher:
             return
         observer: BaseObserver = PollingObserver(timeout=1.0) if self._polling else Observer()
         observer.schedule(
-            _Enqueue(self._put, polling=self._polling), str(self.root), recursive=True
+            _Enqueue(self._put, polling=self._polling), str(self.root), recursive=True,
+            event_filter=_WANTED,
         )
         observer.daemon = True
         observer.start()
