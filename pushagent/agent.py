@@ -64,7 +64,6 @@ from pushagent.watcher import DropWatcher, WatchEvent, scan_drop_folder
 # files costs a handful of list calls, not a thousand.
 MIN_POLL_GAP_SECONDS = 0.2
 IDLE_WAIT_SECONDS = 1.0
-CLAIM_BUDGET_SECONDS = 0.05
 CLAIMS_PER_WORKER = 4
 READY_LINES_MAX = 100  # more files ready at once: one INFO line for them all
 MOVE_RETRY_MAX_SECONDS = 30.0
@@ -723,21 +722,22 @@ class Agent:
         return f"{reason}: {doubt}"
 
     def _claim_some(self) -> None:
-        """Claims from the last plan, a few at a time: each is a move and a journal write, so a
-        plan of 20,000 files never holds the loop (or a stop) for more than a moment, and files
-        are claimed about as fast as the upload workers take them."""
-        deadline = self._clock() + CLAIM_BUDGET_SECONDS
+        """Claims from the last plan, as many as the upload workers have room for: each is a
+        move and a journal write, so a plan of 20,000 files never holds the loop (or a stop)
+        for more than a moment, and files are claimed about as fast as the upload workers
+        take them."""
+        if self.conditions.blocks_claims or self._stopping is not None:
+            return
         room = self.config.upload.workers * CLAIMS_PER_WORKER - len(self._in_flight)
-        while self._to_claim and room > 0 and self._clock() < deadline:
-            if self.conditions.blocks_claims or self._stopping is not None:
-                return
+        batch: list[tuple[WaitingFile, list[str]]] = []
+        while self._to_claim and len(batch) < room:
             planned = self._to_claim.popleft()
             row = self._waiting.get(int(planned.file.key))
-            claimed = None if row is None else self._claim(
-                row, [str(job.job_id) for job in planned.jobs])
-            if claimed is not None:
+            if row is not None:
+                batch.append((row, [str(job.job_id) for job in planned.jobs]))
+        if batch:
+            for claimed in self._claim(batch):
                 self._submit(claimed)
-                room -= 1
 
     def _oldest_settling_by_segment(self) -> dict[str, float]:
         """Oldest first holds across readiness: a newer file waits while an older one of its
@@ -750,25 +750,33 @@ class Agent:
             self._reasons[file_id] = reason
             self._journal.set_reason(file_id, reason)
 
-    def _claim(self, row: WaitingFile, job_ids: list[str]) -> FileRow | None:
-        """Move the file out of the drop folder, so a new drop under its name cannot mix in;
-        the claimed row, or None when the file vanished first."""
-        self._forget_waiting(row.id)
-        categories = {job_id: self._jobs[job_id].category for job_id in job_ids
-                      if job_id in self._jobs}
-        if row.in_claim_area:  # requeued: it waited for a new job in its claim folder
-            return self._journal.claim(row.id, path=row.path, job_ids=job_ids,
-                                       categories=categories)
-        target = self._placer.claim_path(row.id, row.rel_path.rpartition("/")[2])
-        claimed = self._journal.claim(row.id, path=target, job_ids=job_ids,
-                                      categories=categories)
-        try:
-            self._placer.claim(row.path, target)
-        except FileNotFoundError:
-            logger.bind(file=row.rel_path).warning("removed from the drop folder before upload")
-            self._journal.vanish(row.id, "removed from the drop folder before upload")
-            return None
-        self._placer.carry_trigger(row.path, target)
+    def _claim(self, batch: list[tuple[WaitingFile, list[str]]]) -> list[FileRow]:
+        """Move each file out of the drop folder, so a new drop under its name cannot mix in:
+        the claims in one journal transaction first (a stop before a move is undone at the
+        next start), then the moves. The claimed rows; a file that vanished first is not
+        among them. A file leaves the waiting ones only once its claim is journalled."""
+        claims = [
+            (row.id,
+             row.path if row.in_claim_area  # requeued: it waited in its claim folder
+             else self._placer.claim_path(row.id, row.rel_path.rpartition("/")[2]),
+             job_ids,
+             {job_id: self._jobs[job_id].category for job_id in job_ids if job_id in self._jobs})
+            for row, job_ids in batch
+        ]
+        rows = self._journal.claim_many(claims)
+        claimed: list[FileRow] = []
+        for (row, _), claimed_row in zip(batch, rows, strict=True):
+            self._forget_waiting(row.id)
+            if not row.in_claim_area:
+                try:
+                    self._placer.claim(row.path, claimed_row.path)
+                except FileNotFoundError:
+                    logger.bind(file=row.rel_path).warning(
+                        "removed from the drop folder before upload")
+                    self._journal.vanish(row.id, "removed from the drop folder before upload")
+                    continue
+                self._placer.carry_trigger(row.path, claimed_row.path)
+            claimed.append(claimed_row)
         return claimed
 
     def _start(self, file_id: int) -> None:

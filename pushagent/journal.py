@@ -469,23 +469,36 @@ class Journal:
         categories: Mapping[str, str] | None = None,
     ) -> FileRow:
         """``categories``: job id -> its category (a job left out is SEGMENT_EXPORT). Returns
-        the claimed row, read back inside the transaction."""
-        categories = categories or {}
+        the claimed row."""
+        return self.claim_many([(file_id, path, job_ids, categories or {})])[0]
+
+    def claim_many(
+        self,
+        claims: Iterable[
+            tuple[int, str | os.PathLike[str], Iterable[str], Mapping[str, str]]
+        ],
+    ) -> list[FileRow]:
+        """``claim`` for each (file id, path, job ids, categories), in one transaction; the
+        claimed rows, read back inside it, in the same order."""
+        rows: list[FileRow] = []
         with self._tx() as db:
-            self._move(db, file_id, FileState.CLAIMED,
-                       "path = ?, claimed_at = COALESCE(claimed_at, ?), reason = 'uploading'",
-                       (str(path), self._clock()))
-            db.executemany(
-                "INSERT INTO deliveries (file_id, job_id, state, category) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (file_id, job_id) DO UPDATE SET state = excluded.state, "
-                "error = NULL WHERE state = ?",
-                [
-                    (file_id, job_id, DeliveryState.ASSIGNED.value, categories.get(job_id),
-                     DeliveryState.GONE.value)
-                    for job_id in job_ids
-                ],
-            )
-            return FileRow.of(db.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone())
+            for file_id, path, job_ids, categories in claims:
+                self._move(db, file_id, FileState.CLAIMED,
+                           "path = ?, claimed_at = COALESCE(claimed_at, ?), reason = 'uploading'",
+                           (os.fspath(path), self._clock()))
+                db.executemany(
+                    "INSERT INTO deliveries (file_id, job_id, state, category) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (file_id, job_id) DO UPDATE SET "
+                    "state = excluded.state, error = NULL WHERE state = ?",
+                    [
+                        (file_id, job_id, DeliveryState.ASSIGNED.value, categories.get(job_id),
+                         DeliveryState.GONE.value)
+                        for job_id in job_ids
+                    ],
+                )
+                rows.append(FileRow.of(
+                    db.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()))
+        return rows
 
     def resettle(self, file_id: int, reason: str) -> None:
         """A claimed file changed under us: it must be still again before it is read again."""
