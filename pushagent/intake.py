@@ -25,6 +25,7 @@ import codecs
 import contextlib
 import csv
 import gzip
+import io
 import os
 import re
 import zipfile
@@ -114,7 +115,8 @@ def prepare(
     OSError from the dropped file or the claim folder propagates; a file that cannot be read
     in its dialect comes back with ``problem`` set."""
     staged = staged or staged_path(path)
-    with open(path, "rb") as stream:
+    # An explicit buffer size spares open() its isatty() (an ioctl) for every file claimed.
+    with open(path, "rb", buffering=io.DEFAULT_BUFFER_SIZE) as stream:
         opened = fstat(stream.fileno())
         if max_bytes and opened.st_size > max_bytes:  # the validator refuses it unread
             return Source(path, None, None, opened.st_size, opened.st_mtime_ns)
