@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import sqlite3
 import threading
@@ -239,18 +240,28 @@ def move_row(
     """UPDATE the one row of ``table`` matching ``where`` to state ``to`` (and ``sets``), only
     from ``sources``, the states its lifecycle table allows; IllegalTransition naming ``what``
     otherwise. The check is in the UPDATE itself, so no other writer can slip in between."""
-    marks, allowed = in_marks(sources)
-    condition = " AND ".join(f"{column} = ?" for column in where)
-    cursor = db.execute(
-        f"UPDATE {table} SET state = ?{', ' + sets if sets else ''} "
-        f"WHERE {condition} AND state IN ({marks})",
-        (to.value, *params, *where.values(), *allowed),
-    )
+    update, allowed, check = _move_statements(table, tuple(where), frozenset(sources), sets)
+    cursor = db.execute(update, (to.value, *params, *where.values(), *allowed))
     if cursor.rowcount != 1:
-        row = db.execute(f"SELECT state FROM {table} WHERE {condition}",
-                         tuple(where.values())).fetchone()
+        row = db.execute(check, tuple(where.values())).fetchone()
         now = row["state"] if row else "nowhere (it is not in the journal)"
         raise IllegalTransition(f"journal: {what} cannot go from {now} to {to.value}")
+
+
+@functools.lru_cache(maxsize=128)
+def _move_statements(
+    table: str, columns: tuple[str, ...], sources: frozenset[Enum], sets: str
+) -> tuple[str, tuple[str, ...], str]:
+    """``move_row``'s UPDATE, the source states it binds and its check, written once per kind
+    of move: every file makes several moves."""
+    marks, allowed = in_marks(sources)
+    condition = " AND ".join(f"{column} = ?" for column in columns)
+    update = (f"UPDATE {table} SET state = ?{', ' + sets if sets else ''} "
+              f"WHERE {condition} AND state IN ({marks})")
+    return update, allowed, f"SELECT state FROM {table} WHERE {condition}"
+
+
+_IN_DROP_MARKS = in_marks(IN_DROP_FOLDER)  # asked twice for every file seen
 
 
 class Journal:
@@ -375,7 +386,7 @@ class Journal:
     ) -> tuple[int, bool]:
         """The row of the file at ``path`` in the drop folder, or a new settling one; True when
         it is new."""
-        marks, states = in_marks(IN_DROP_FOLDER)
+        marks, states = _IN_DROP_MARKS
         row = db.execute(
             f"SELECT id FROM files WHERE path = ? AND state IN ({marks})", (str(path), *states)
         ).fetchone()
