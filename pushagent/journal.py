@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -164,13 +164,20 @@ class FileRow:
 
     @classmethod
     def of(cls, row: sqlite3.Row) -> FileRow:
-        values = dict(row)
-        values["state"] = FileState(values["state"])
-        return cls(**values)
+        """A row selected as ``SELECT {_FILE_COLUMNS}``: by position, in this class's order
+        (three rows are read for every file)."""
+        values = list(row)
+        values[_FILE_STATE_AT] = FileState(values[_FILE_STATE_AT])
+        return cls(*values)
 
     @property
     def in_claim_area(self) -> bool:
         return self.claimed_at is not None
+
+
+_FILE_COLUMNS = ", ".join(field.name for field in fields(FileRow))
+_FILE_STATE_AT = [field.name for field in fields(FileRow)].index("state")
+_FILE_BY_ID = f"SELECT {_FILE_COLUMNS} FROM files WHERE id = ?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,8 +442,7 @@ class Journal:
                     (segment, f"waiting for a job for segment {segment}", now, size, mtime),
                 )
                 # Read back inside the transaction: no read transaction of its own per row.
-                rows.append(FileRow.of(
-                    db.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()))
+                rows.append(FileRow.of(db.execute(_FILE_BY_ID, (file_id,)).fetchone()))
         return rows
 
     def mark_waiting(self, file_id: int, *, segment: str, reason: str) -> FileRow:
@@ -507,8 +513,7 @@ class Journal:
                         for job_id in job_ids
                     ],
                 )
-                rows.append(FileRow.of(
-                    db.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()))
+                rows.append(FileRow.of(db.execute(_FILE_BY_ID, (file_id,)).fetchone()))
         return rows
 
     def resettle(self, file_id: int, reason: str) -> None:
@@ -660,7 +665,7 @@ class Journal:
     # --- reading ---------------------------------------------------------------------------------
 
     def file(self, file_id: int) -> FileRow:
-        row = self._one("SELECT * FROM files WHERE id = ?", (file_id,))
+        row = self._one(_FILE_BY_ID, (file_id,))
         if row is None:
             raise IllegalTransition(f"journal: no file {file_id}")
         return FileRow.of(row)
@@ -669,7 +674,7 @@ class Journal:
         """Files in ``states``, oldest first."""
         marks, values = in_marks(states)
         return self._select(
-            f"SELECT * FROM files WHERE state IN ({marks}) "
+            f"SELECT {_FILE_COLUMNS} FROM files WHERE state IN ({marks}) "
             "ORDER BY COALESCE(mtime, ready_at, seen_at), id",
             values,
         )
@@ -694,7 +699,8 @@ class Journal:
     def recently_finished(self, *, limit: int) -> list[FileRow]:
         marks, values = in_marks((FileState.DONE, FileState.FAILED))
         return self._select(
-            f"SELECT * FROM files WHERE state IN ({marks}) ORDER BY finished_at DESC LIMIT ?",
+            f"SELECT {_FILE_COLUMNS} FROM files WHERE state IN ({marks}) "
+            "ORDER BY finished_at DESC LIMIT ?",
             (*values, limit),
         )
 

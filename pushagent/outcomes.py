@@ -56,7 +56,18 @@ def unique_target(
     limit (with ``.error.json`` added, when ``with_report``) is shortened (whole characters; the
     extension and counter kept), so the file and its report both fit; a file in done/ keeps
     every byte of a name that fits. The report's partial name is kept short by
-    ``write_error_report``. Worked out in strings: it runs for every file placed."""
+    ``write_error_report``."""
+    return Path(unique_name(folder, relative, with_report=with_report, name_max=name_max))
+
+
+def unique_name(
+    folder: str | os.PathLike[str],
+    relative: str | os.PathLike[str],
+    *,
+    with_report: bool = True,
+    name_max: Callable[[str], int] = name_limit,
+) -> str:
+    """``unique_target`` as a string: the placer asks it for every file placed."""
     below, _, name = os.fspath(relative).rpartition("/")
     parent = os.path.join(os.fspath(folder), below) if below else os.fspath(folder)
     budget = name_max(parent) - (_size(REPORT_SUFFIX) if with_report else 0)
@@ -66,7 +77,7 @@ def unique_target(
         counter = "" if n == 1 else f"-{n}"
         target = os.path.join(parent, _fit(name, stem, counter, suffix, budget))
         if not os.path.lexists(target) and not (with_report and report_path_for(Path(target))):
-            return Path(target)
+            return target
         n += 1
 
 

@@ -25,6 +25,7 @@ from pushagent.outcomes import (
     name_limit,
     same_entry,
     sync_folders,
+    unique_name,
     unique_target,
     write_error_report,
 )
@@ -62,8 +63,8 @@ class Placer:
             not os.path.lexists(intended) or same_entry(row.path, intended)
         ):
             return None
-        return str(unique_target(self.folder(delivered=delivered), row.rel_path,
-                                 with_report=not delivered))
+        return unique_name(self.folder(delivered=delivered), row.rel_path,
+                           with_report=not delivered)
 
     def place(self, row: FileRow, *, delivered: bool, reason: str | None) -> Path | None:
         """Move ``row``'s file to its journalled ``final_path``; returns its report, if any.
