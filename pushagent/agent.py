@@ -34,7 +34,7 @@ from pushagent.exchange import ExchangeClient
 from pushagent.exchange.outcome import Outcome, classify
 from pushagent.exchange.retry import backoff
 from pushagent.intake import remove_staged
-from pushagent.journal import FileRow, Journal
+from pushagent.journal import DeliveryRow, FileRow, Journal
 from pushagent.lifecycle import DeliveryState, FileState
 from pushagent.listing import Listing, list_waiting
 from pushagent.metrics import AgentMetrics
@@ -736,8 +736,8 @@ class Agent:
             if row is not None:
                 batch.append((row, [str(job.job_id) for job in planned.jobs]))
         if batch:
-            for claimed in self._claim(batch):
-                self._submit(claimed)
+            for claimed, deliveries in self._claim(batch):
+                self._submit(claimed, deliveries)
 
     def _oldest_settling_by_segment(self) -> dict[str, float]:
         """Oldest first holds across readiness: a newer file waits while an older one of its
@@ -750,11 +750,14 @@ class Agent:
             self._reasons[file_id] = reason
             self._journal.set_reason(file_id, reason)
 
-    def _claim(self, batch: list[tuple[WaitingFile, list[str]]]) -> list[FileRow]:
+    def _claim(
+        self, batch: list[tuple[WaitingFile, list[str]]]
+    ) -> list[tuple[FileRow, list[DeliveryRow]]]:
         """Move each file out of the drop folder, so a new drop under its name cannot mix in:
         the claims in one journal transaction first (a stop before a move is undone at the
-        next start), then the moves. The claimed rows; a file that vanished first is not
-        among them. A file leaves the waiting ones only once its claim is journalled."""
+        next start), then the moves. The claimed rows with their deliveries; a file that
+        vanished first is not among them. A file leaves the waiting ones only once its claim
+        is journalled."""
         claims = [
             (row.id,
              row.path if row.in_claim_area  # requeued: it waited in its claim folder
@@ -764,8 +767,8 @@ class Agent:
             for row, job_ids in batch
         ]
         rows = self._journal.claim_many(claims)
-        claimed: list[FileRow] = []
-        for (row, _), claimed_row in zip(batch, rows, strict=True):
+        claimed: list[tuple[FileRow, list[DeliveryRow]]] = []
+        for (row, _), (claimed_row, deliveries) in zip(batch, rows, strict=True):
             self._forget_waiting(row.id)
             if not row.in_claim_area:
                 try:
@@ -776,7 +779,7 @@ class Agent:
                     self._journal.vanish(row.id, "removed from the drop folder before upload")
                     continue
                 self._placer.carry_trigger(row.path, claimed_row.path)
-            claimed.append(claimed_row)
+            claimed.append((claimed_row, deliveries))
         return claimed
 
     def _start(self, file_id: int) -> None:
@@ -791,10 +794,11 @@ class Agent:
             return
         self._submit(self._journal.file(file_id))
 
-    def _submit(self, row: FileRow) -> None:
+    def _submit(self, row: FileRow, deliveries: list[DeliveryRow] | None = None) -> None:
+        """``deliveries``: the row's, as read with it (None: the worker reads them)."""
         jobs = self._jobs  # never changed in place, only replaced: a snapshot for the worker
         self._in_flight.add(row.id)
-        self._uploads.submit(row.id, lambda: self._deliverer.deliver(row, jobs))
+        self._uploads.submit(row.id, lambda: self._deliverer.deliver(row, jobs, deliveries))
 
     # --- outcomes ---------------------------------------------------------------------------------
 

@@ -178,6 +178,7 @@ class FileRow:
 _FILE_COLUMNS = ", ".join(field.name for field in fields(FileRow))
 _FILE_STATE_AT = [field.name for field in fields(FileRow)].index("state")
 _FILE_BY_ID = f"SELECT {_FILE_COLUMNS} FROM files WHERE id = ?"
+_DELIVERIES_OF = "SELECT * FROM deliveries WHERE file_id = ? ORDER BY job_id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,17 +488,18 @@ class Journal:
     ) -> FileRow:
         """``categories``: job id -> its category (a job left out is SEGMENT_EXPORT). Returns
         the claimed row."""
-        return self.claim_many([(file_id, path, job_ids, categories or {})])[0]
+        return self.claim_many([(file_id, path, job_ids, categories or {})])[0][0]
 
     def claim_many(
         self,
         claims: Iterable[
             tuple[int, str | os.PathLike[str], Iterable[str], Mapping[str, str]]
         ],
-    ) -> list[FileRow]:
-        """``claim`` for each (file id, path, job ids, categories), in one transaction; the
-        claimed rows, read back inside it, in the same order."""
-        rows: list[FileRow] = []
+    ) -> list[tuple[FileRow, list[DeliveryRow]]]:
+        """``claim`` for each (file id, path, job ids, categories), in one transaction; each
+        claimed row with its deliveries, read back inside it, in the same order (what its
+        upload worker would otherwise read first)."""
+        rows: list[tuple[FileRow, list[DeliveryRow]]] = []
         with self._tx() as db:
             for file_id, path, job_ids, categories in claims:
                 self._move(db, file_id, FileState.CLAIMED,
@@ -513,7 +515,9 @@ class Journal:
                         for job_id in job_ids
                     ],
                 )
-                rows.append(FileRow.of(db.execute(_FILE_BY_ID, (file_id,)).fetchone()))
+                deliveries = db.execute(_DELIVERIES_OF, (file_id,)).fetchall()
+                rows.append((FileRow.of(db.execute(_FILE_BY_ID, (file_id,)).fetchone()),
+                             [DeliveryRow.of(row) for row in deliveries]))
         return rows
 
     def resettle(self, file_id: int, reason: str) -> None:
@@ -706,9 +710,7 @@ class Journal:
 
     def deliveries(self, file_id: int) -> list[DeliveryRow]:
         with self._lock:
-            rows = self._read(
-                "SELECT * FROM deliveries WHERE file_id = ? ORDER BY job_id", (file_id,)
-            )
+            rows = self._read(_DELIVERIES_OF, (file_id,))
         return [DeliveryRow.of(row) for row in rows]
 
     def set_meta(self, key: str, value: str) -> None:

@@ -30,7 +30,7 @@ import errno
 import getpass
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -213,10 +213,17 @@ class Deliverer:
         self._dialect_for = dialect_for
         self._prepare = prepare_source
 
-    def deliver(self, file: FileRow, known_jobs: Mapping[str, ListedJob]) -> DeliveryResult:
+    def deliver(
+        self, file: FileRow, known_jobs: Mapping[str, ListedJob],
+        deliveries: Sequence[DeliveryRow] | None = None,
+    ) -> DeliveryResult:
+        """``deliveries``: the file's, when they were read with its row (its claim); else they
+        are read here."""
         try:
             snapshot = self._read(file, stream=self._settings.validate_while_sending)
-            for delivery in self._journal.deliveries(file.id):
+            if deliveries is None:
+                deliveries = self._journal.deliveries(file.id)
+            for delivery in deliveries:
                 if delivery.state in OPEN_DELIVERIES:
                     snapshot = self._deliver_one(file, delivery, snapshot, known_jobs)
         except _Retry as retry:
