@@ -150,7 +150,7 @@ class _BlockAdapter(requests.adapters.HTTPAdapter):
     - a request body goes to the socket in blocks of ``SEND_BLOCK``, not http.client's 16 KiB:
       a 1 GB upload makes 4,000 send calls instead of 65,000 (the POST took a third less);
     - an origin's connection pool is looked up once, not worked out of every request's URL and
-      TLS settings again (a fifth of a small upload's time in the adapter);
+      TLS settings again;
     - an answer is built without a cookie jar: this API sets no cookies, the client reads none.
     """
 
