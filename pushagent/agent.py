@@ -722,10 +722,10 @@ class Agent:
         return f"{reason}: {doubt}"
 
     def _claim_some(self) -> None:
-        """Claims from the last plan, as many as the upload workers have room for: each is a
-        move and a journal write, so a plan of 20,000 files never holds the loop (or a stop)
-        for more than a moment, and files are claimed about as fast as the upload workers
-        take them."""
+        """Claims from the last plan, as many as the upload workers have room for (one journal
+        write for them, then a move each), so a plan of 20,000 files never holds the loop (or
+        a stop) for more than a moment, and files are claimed about as fast as the upload
+        workers take them."""
         if self.conditions.blocks_claims or self._stopping is not None:
             return
         room = self.config.upload.workers * CLAIMS_PER_WORKER - len(self._in_flight)
