@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePath
+from pathlib import Path
 
 from loguru import logger
 
@@ -34,7 +34,7 @@ from pushagent.exchange import ExchangeClient
 from pushagent.exchange.outcome import Outcome, classify
 from pushagent.exchange.retry import backoff
 from pushagent.intake import remove_staged
-from pushagent.journal import FileRow, Journal
+from pushagent.journal import DeliveryRow, FileRow, Journal
 from pushagent.lifecycle import DeliveryState, FileState
 from pushagent.listing import Listing, list_waiting
 from pushagent.metrics import AgentMetrics
@@ -64,7 +64,6 @@ from pushagent.watcher import DropWatcher, WatchEvent, scan_drop_folder
 # files costs a handful of list calls, not a thousand.
 MIN_POLL_GAP_SECONDS = 0.2
 IDLE_WAIT_SECONDS = 1.0
-CLAIM_BUDGET_SECONDS = 0.05
 CLAIMS_PER_WORKER = 4
 READY_LINES_MAX = 100  # more files ready at once: one INFO line for them all
 MOVE_RETRY_MAX_SECONDS = 30.0
@@ -173,6 +172,7 @@ class Agent:
         folders, self._endpoint = config.push_side()
         self._folders = folders
         self._drop = folders.drop
+        self._drop_prefix = os.path.join(str(self._drop), "")
         self._watcher = DropWatcher(self._drop, self._inbox.put, polling=config.watch.polling)
         self._readiness = ReadinessTracker(
             settle_seconds=config.watch.settle_seconds,
@@ -207,7 +207,7 @@ class Agent:
                 validate_while_sending=config.upload.validate_while_sending,
             ),
             dialect_for=lambda row: config.input.for_segment(
-                *self._router.names_of(PurePath(row.rel_path))),
+                *self._router.names_of(row.rel_path)),
         )
         self._uploads: WorkerPool[DeliveryResult] = WorkerPool(
             size=config.upload.workers, report=self._inbox.put, name="upload"
@@ -216,6 +216,7 @@ class Agent:
             size=1, report=lambda done: self._inbox.put(_Polled(done)), name="list"
         )
         self._segments: dict[Path, str | None] = {}  # settling drop paths -> segment
+        self._unrecorded: list[tuple[str, Path]] = []  # newly settling, not yet journalled
         self._waiting: dict[int, WaitingFile] = {}
         # Keyed by the row's own path string: a Path per waiting file would add 300 bytes each.
         self._waiting_paths: dict[str, int] = {}
@@ -227,7 +228,7 @@ class Agent:
         self._streaks: dict[int, int] = {}
         self._jobs: dict[str, ListedJob] = {}
         self._to_claim: deque[Assignment] = deque()
-        self._placed: deque[tuple[FileRow, Path, Path | None, DeliveryResult]] = deque()
+        self._placed: deque[tuple[FileRow, str, Path | None, DeliveryResult]] = deque()
         self._job_index = JobIndex([])
         self._idle_since: dict[str, float] = {}
         self._idle_written: set[str] = set()
@@ -359,7 +360,16 @@ class Agent:
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
-                return
+                break
+        self._guarded(self._record_settling)
+
+    def _record_settling(self) -> None:
+        """The files first seen by the events just handled, in one transaction (a storm of
+        renames brings hundreds at a time). Lost with a failed write, as a single one would
+        be: they are recorded when they are admitted anyway."""
+        seen, self._unrecorded = self._unrecorded, []
+        if seen:
+            self._journal.note_settling_many(seen)
 
     def _handle(self, item: WatchEvent | Finished[DeliveryResult] | _Polled | _Stop) -> None:
         if isinstance(item, _Stop):
@@ -402,8 +412,14 @@ class Agent:
 
     # --- the drop folder --------------------------------------------------------------------------
 
-    def _relative(self, path: Path) -> PurePath:
-        return PurePath(os.path.relpath(path, self._drop))
+    def _relative(self, path: Path) -> str:
+        """``path`` under the drop folder, ``/``-separated, as journalled: the watcher and the
+        scan name every path from the drop folder's own, so the prefix is cut, not worked out
+        by os.path.relpath for every event."""
+        text = str(path)
+        if text.startswith(self._drop_prefix):
+            return text[len(self._drop_prefix):]
+        return os.path.relpath(text, self._drop)
 
     def _rescan_if_due(self, now: float) -> None:
         if now >= self._next_prune:
@@ -425,46 +441,48 @@ class Agent:
             path for path in scan_drop_folder(self._drop, ignored=self._ignored)
             if path not in self._readiness and str(path) not in self._waiting_paths
         )
-        seen = [path for path in new if self._observe(path, "scan")]
+        relatives = ((self._relative(path), path) for path in new)
+        seen = [(relative, path) for relative, path in relatives
+                if self._observe(path, "scan", relative)]
         # One transaction for the lot: a start with 20,000 files present records them at once.
-        self._journal.note_settling_many((str(self._relative(path)), path) for path in seen)
+        self._journal.note_settling_many(seen)
 
     def _writer_holds_claimed(self, path: Path) -> bool:
         return path in self._resettling and open_for_writing(path)
 
-    def _ignored(self, relative: PurePath) -> bool:
+    def _ignored(self, relative: str) -> bool:
         """The configured ignore patterns, and the drop-folder lock whatever they say."""
-        return relative == PurePath(LOCK_NAME) or self._readiness.ignored(relative)
+        return relative == LOCK_NAME or self._readiness.ignored(relative)
 
     def _on_event(self, event: WatchEvent) -> None:
         relative = self._relative(event.path)
         trigger = self.config.watch.trigger_suffix
-        if trigger and relative.name.endswith(trigger):
-            data = event.path.with_name(relative.name[: -len(trigger)])
+        if trigger and relative.endswith(trigger):
+            data = event.path.with_name(event.path.name[: -len(trigger)])
             if data in self._readiness:
                 self._readiness.observe(data, event="scan")
             return
         if not self._ignored(relative):
-            self._track(event.path, event.kind)
+            self._track(event.path, event.kind, relative)
 
-    def _track(self, path: Path, event: str) -> None:
+    def _track(self, path: Path, event: str, relative: str) -> None:
         file_id = self._waiting_paths.get(str(path))
         if file_id is not None:
             if event != "written":
                 return
             self._forget_waiting(file_id)
             self._journal.back_to_settling(file_id)
-        if self._observe(path, event):
-            self._journal.note_settling_many([(str(self._relative(path)), path)])
+        if self._observe(path, event, relative):
+            self._unrecorded.append((relative, path))  # recorded when the inbox is drained
 
-    def _observe(self, path: Path, event: str) -> bool:
+    def _observe(self, path: Path, event: str, relative: str) -> bool:
         """Into the readiness tracker; True when it is tracked for the first time."""
         if not _storable(path):
             self._move_aside_unjournaled(path)
             return False
         self._readiness.observe(path, event=event)
         if path in self._readiness and path not in self._segments:
-            self._segments[path] = self._router.segment_of(self._relative(path))
+            self._segments[path] = self._router.segment_of(relative)
             return True
         return False
 
@@ -505,7 +523,7 @@ class Agent:
                 self._journal.reclaim(file_id)
                 self._schedule.add(file_id, self._clock())
                 continue
-            relative = str(self._relative(candidate.path))
+            relative = self._relative(candidate.path)
             segment = self._segments.pop(candidate.path, None)
             self.metrics.files_seen.inc()
             if candidate.odd is None and segment is not None:
@@ -710,19 +728,22 @@ class Agent:
         return f"{reason}: {doubt}"
 
     def _claim_some(self) -> None:
-        """Claims from the last plan, a few at a time: each is a move and a journal write, so a
-        plan of 20,000 files never holds the loop (or a stop) for more than a moment, and files
-        are claimed about as fast as the upload workers take them."""
-        deadline = self._clock() + CLAIM_BUDGET_SECONDS
+        """Claims from the last plan, as many as the upload workers have room for (one journal
+        write for them, then a move each), so a plan of 20,000 files never holds the loop (or
+        a stop) for more than a moment, and files are claimed about as fast as the upload
+        workers take them."""
+        if self.conditions.blocks_claims or self._stopping is not None:
+            return
         room = self.config.upload.workers * CLAIMS_PER_WORKER - len(self._in_flight)
-        while self._to_claim and room > 0 and self._clock() < deadline:
-            if self.conditions.blocks_claims or self._stopping is not None:
-                return
+        batch: list[tuple[WaitingFile, list[str]]] = []
+        while self._to_claim and len(batch) < room:
             planned = self._to_claim.popleft()
             row = self._waiting.get(int(planned.file.key))
-            if row is not None and self._claim(row, [str(job.job_id) for job in planned.jobs]):
-                self._start(row.id)
-                room -= 1
+            if row is not None:
+                batch.append((row, [str(job.job_id) for job in planned.jobs]))
+        if batch:
+            for claimed, deliveries in self._claim(batch):
+                self._submit(claimed, deliveries)
 
     def _oldest_settling_by_segment(self) -> dict[str, float]:
         """Oldest first holds across readiness: a newer file waits while an older one of its
@@ -735,25 +756,37 @@ class Agent:
             self._reasons[file_id] = reason
             self._journal.set_reason(file_id, reason)
 
-    def _claim(self, row: WaitingFile, job_ids: list[str]) -> bool:
-        """Move the file out of the drop folder, so a new drop under its name cannot mix in."""
-        self._forget_waiting(row.id)
-        categories = {job_id: self._jobs[job_id].category for job_id in job_ids
-                      if job_id in self._jobs}
-        if row.in_claim_area:  # requeued: it waited for a new job in its claim folder
-            self._journal.claim(row.id, path=Path(row.path), job_ids=job_ids,
-                                categories=categories)
-            return True
-        target = self._placer.claim_path(row.id, PurePath(row.rel_path).name)
-        self._journal.claim(row.id, path=target, job_ids=job_ids, categories=categories)
-        try:
-            self._placer.claim(Path(row.path), target)
-        except FileNotFoundError:
-            logger.bind(file=row.rel_path).warning("removed from the drop folder before upload")
-            self._journal.vanish(row.id, "removed from the drop folder before upload")
-            return False
-        self._placer.carry_trigger(Path(row.path), target)
-        return True
+    def _claim(
+        self, batch: list[tuple[WaitingFile, list[str]]]
+    ) -> list[tuple[FileRow, list[DeliveryRow]]]:
+        """Move each file out of the drop folder, so a new drop under its name cannot mix in:
+        the claims in one journal transaction first (a stop before a move is undone at the
+        next start), then the moves. The claimed rows with their deliveries; a file that
+        vanished first is not among them. A file leaves the waiting ones only once its claim
+        is journalled."""
+        claims = [
+            (row.id,
+             row.path if row.in_claim_area  # requeued: it waited in its claim folder
+             else self._placer.claim_path(row.id, row.rel_path.rpartition("/")[2]),
+             job_ids,
+             {job_id: self._jobs[job_id].category for job_id in job_ids if job_id in self._jobs})
+            for row, job_ids in batch
+        ]
+        rows = self._journal.claim_many(claims)
+        claimed: list[tuple[FileRow, list[DeliveryRow]]] = []
+        for (row, _), (claimed_row, deliveries) in zip(batch, rows, strict=True):
+            self._forget_waiting(row.id)
+            if not row.in_claim_area:
+                try:
+                    self._placer.claim(row.path, claimed_row.path)
+                except FileNotFoundError:
+                    logger.bind(file=row.rel_path).warning(
+                        "removed from the drop folder before upload")
+                    self._journal.vanish(row.id, "removed from the drop folder before upload")
+                    continue
+                self._placer.carry_trigger(row.path, claimed_row.path)
+            claimed.append((claimed_row, deliveries))
+        return claimed
 
     def _start(self, file_id: int) -> None:
         if file_id in self._finishing:
@@ -765,10 +798,13 @@ class Agent:
                 self._schedule.add(file_id, self._clock() + IDLE_WAIT_SECONDS)
                 raise
             return
-        row = self._journal.file(file_id)
+        self._submit(self._journal.file(file_id))
+
+    def _submit(self, row: FileRow, deliveries: list[DeliveryRow] | None = None) -> None:
+        """``deliveries``: the row's, as read with it (None: the worker reads them)."""
         jobs = self._jobs  # never changed in place, only replaced: a snapshot for the worker
-        self._in_flight.add(file_id)
-        self._uploads.submit(file_id, lambda: self._deliverer.deliver(row, jobs))
+        self._in_flight.add(row.id)
+        self._uploads.submit(row.id, lambda: self._deliverer.deliver(row, jobs, deliveries))
 
     # --- outcomes ---------------------------------------------------------------------------------
 
@@ -825,13 +861,19 @@ class Agent:
     def _finish(self, row: FileRow, result: DeliveryResult) -> None:
         """To done/ or failed/ (its report written first: never one without the other)."""
         delivered = result.verdict is Verdict.DELIVERED
-        if row.state not in (FileState.DELIVERED, FileState.REJECTED):
-            state = FileState.DELIVERED if delivered else FileState.REJECTED
-            self._journal.conclude(row.id, state, reason=result.reason)
-            row = replace(row, state=state, reason=result.reason)
         folder = self._placer.folder(delivered=delivered)
         try:
-            target, report = self._placer.place(row, delivered=delivered, reason=result.reason)
+            target = self._placer.target(row, delivered=delivered)
+            final_path = row.final_path if target is None else target
+            if row.state not in (FileState.DELIVERED, FileState.REJECTED):
+                # The verdict and the target in one write, before the move.
+                state = FileState.DELIVERED if delivered else FileState.REJECTED
+                self._journal.conclude(row.id, state, reason=result.reason, final_path=target)
+                row = replace(row, state=state, reason=result.reason, final_path=final_path)
+            elif target is not None:
+                self._journal.intend_final(row.id, target)
+                row = replace(row, final_path=final_path)
+            report = self._placer.place(row, delivered=delivered, reason=result.reason)
         except OSError as error:
             delay = self._backoff(row.id, cap=MOVE_RETRY_MAX_SECONDS)
             message = f"cannot move the file to {folder} ({error}); retrying in {delay:.0f} s"
@@ -848,19 +890,20 @@ class Agent:
         self.conditions.clear(Cause.FINAL_FOLDER)
         self._streaks.pop(row.id, None)
         self._reasons.pop(row.id, None)
-        self._placed.append((row, target, report, result))
+        assert row.final_path is not None
+        self._placed.append((row, row.final_path, report, result))
 
     def _commit_placed(self) -> None:
         """The journal says done or failed only once the move is on disk: one fsync per folder
-        for every file placed in this pass, then one journal write each."""
+        for every file placed in this pass, then one journal transaction for them all."""
         self._placer.sync()
-        while self._placed:
-            row, target, report, result = self._placed[0]
-            self._journal.finish(row.id, final_path=target, report_path=report)
-            self._placed.popleft()
+        placed = list(self._placed)
+        self._journal.finish_many((row.id, target, report) for row, target, report, _ in placed)
+        self._placed.clear()
+        for row, target, _, result in placed:
             self._count_finished(row, target, result)
 
-    def _count_finished(self, row: FileRow, target: Path, result: DeliveryResult) -> None:
+    def _count_finished(self, row: FileRow, target: str, result: DeliveryResult) -> None:
         delivered = result.verdict is Verdict.DELIVERED
         log = logger.bind(file=row.rel_path, segment=row.segment)
         if delivered:

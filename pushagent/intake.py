@@ -25,6 +25,7 @@ import codecs
 import contextlib
 import csv
 import gzip
+import io
 import os
 import re
 import zipfile
@@ -78,17 +79,23 @@ class _Refused(Exception):
     """The file cannot be read as CSV in its dialect; the message says why and what to do."""
 
 
-def staged_path(claimed: Path) -> Path:
+def staged_path(claimed: str | os.PathLike[str]) -> Path:
     """The staged copy of the claimed file at ``claimed``: its name (which starts with the
     file's id) cut so that the copy's name, ``.tmp`` added, fits the folder's limit."""
-    budget = name_limit(claimed.parent) - len(_STAGED_SUFFIX) - len(".tmp")
-    return claimed.with_name(fit_name(claimed.name, budget) + _STAGED_SUFFIX)
+    return Path(_staged(os.fspath(claimed)))
 
 
-def remove_staged(claimed: Path) -> None:
+def _staged(claimed: str) -> str:
+    # In strings: every file placed asks for it (``remove_staged``), converted or not.
+    folder, name = os.path.split(claimed)
+    budget = name_limit(folder) - len(_STAGED_SUFFIX) - len(".tmp")
+    return os.path.join(folder, fit_name(name, budget) + _STAGED_SUFFIX)
+
+
+def remove_staged(claimed: str | os.PathLike[str]) -> None:
     """Remove the staged copy of ``claimed`` and any half-written one; missing is fine."""
-    staged = staged_path(claimed)
-    for path in (staged, staged.with_name(staged.name + ".tmp")):
+    staged = _staged(os.fspath(claimed))
+    for path in (staged, staged + ".tmp"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 
@@ -108,7 +115,8 @@ def prepare(
     OSError from the dropped file or the claim folder propagates; a file that cannot be read
     in its dialect comes back with ``problem`` set."""
     staged = staged or staged_path(path)
-    with open(path, "rb") as stream:
+    # An explicit buffer size spares open() its isatty() (an ioctl) for every file claimed.
+    with open(path, "rb", buffering=io.DEFAULT_BUFFER_SIZE) as stream:
         opened = fstat(stream.fileno())
         if max_bytes and opened.st_size > max_bytes:  # the validator refuses it unread
             return Source(path, None, None, opened.st_size, opened.st_mtime_ns)

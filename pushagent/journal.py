@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -163,13 +164,21 @@ class FileRow:
 
     @classmethod
     def of(cls, row: sqlite3.Row) -> FileRow:
-        values = dict(row)
-        values["state"] = FileState(values["state"])
-        return cls(**values)
+        """A row selected as ``SELECT {_FILE_COLUMNS}``: by position, in this class's order
+        (three rows are read for every file)."""
+        values = list(row)
+        values[_FILE_STATE_AT] = FileState(values[_FILE_STATE_AT])
+        return cls(*values)
 
     @property
     def in_claim_area(self) -> bool:
         return self.claimed_at is not None
+
+
+_FILE_COLUMNS = ", ".join(field.name for field in fields(FileRow))
+_FILE_STATE_AT = [field.name for field in fields(FileRow)].index("state")
+_FILE_BY_ID = f"SELECT {_FILE_COLUMNS} FROM files WHERE id = ?"
+_DELIVERIES_OF = "SELECT * FROM deliveries WHERE file_id = ? ORDER BY job_id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,18 +248,28 @@ def move_row(
     """UPDATE the one row of ``table`` matching ``where`` to state ``to`` (and ``sets``), only
     from ``sources``, the states its lifecycle table allows; IllegalTransition naming ``what``
     otherwise. The check is in the UPDATE itself, so no other writer can slip in between."""
-    marks, allowed = in_marks(sources)
-    condition = " AND ".join(f"{column} = ?" for column in where)
-    cursor = db.execute(
-        f"UPDATE {table} SET state = ?{', ' + sets if sets else ''} "
-        f"WHERE {condition} AND state IN ({marks})",
-        (to.value, *params, *where.values(), *allowed),
-    )
+    update, allowed, check = _move_statements(table, tuple(where), frozenset(sources), sets)
+    cursor = db.execute(update, (to.value, *params, *where.values(), *allowed))
     if cursor.rowcount != 1:
-        row = db.execute(f"SELECT state FROM {table} WHERE {condition}",
-                         tuple(where.values())).fetchone()
+        row = db.execute(check, tuple(where.values())).fetchone()
         now = row["state"] if row else "nowhere (it is not in the journal)"
         raise IllegalTransition(f"journal: {what} cannot go from {now} to {to.value}")
+
+
+@functools.lru_cache(maxsize=128)
+def _move_statements(
+    table: str, columns: tuple[str, ...], sources: frozenset[Enum], sets: str
+) -> tuple[str, tuple[str, ...], str]:
+    """``move_row``'s UPDATE, the source states it binds and its check, written once per kind
+    of move: every file makes several moves."""
+    marks, allowed = in_marks(sources)
+    condition = " AND ".join(f"{column} = ?" for column in columns)
+    update = (f"UPDATE {table} SET state = ?{', ' + sets if sets else ''} "
+              f"WHERE {condition} AND state IN ({marks})")
+    return update, allowed, f"SELECT state FROM {table} WHERE {condition}"
+
+
+_IN_DROP_MARKS = in_marks(IN_DROP_FOLDER)  # asked twice for every file seen
 
 
 class Journal:
@@ -375,7 +394,7 @@ class Journal:
     ) -> tuple[int, bool]:
         """The row of the file at ``path`` in the drop folder, or a new settling one; True when
         it is new."""
-        marks, states = in_marks(IN_DROP_FOLDER)
+        marks, states = _IN_DROP_MARKS
         row = db.execute(
             f"SELECT id FROM files WHERE path = ? AND state IN ({marks})", (str(path), *states)
         ).fetchone()
@@ -401,7 +420,8 @@ class Journal:
             return file_id
 
     def note_settling_many(self, files: Iterable[tuple[str, Path]]) -> None:
-        """Record files first seen by a scan, in one transaction (thousands at a start)."""
+        """Record files first seen (by a scan, or by the events of one pass), in one
+        transaction: thousands at a start, hundreds in a storm of renames."""
         with self._tx() as db:
             for rel_path, path in files:
                 self._open_or_new(db, rel_path, path, size=0, mtime=0.0)
@@ -412,7 +432,7 @@ class Journal:
         """Ready files (rel_path, path, size, mtime, segment) to WAITING, in one transaction;
         a file not recorded yet is recorded first. Returns their rows."""
         now = self._clock()
-        ids: list[int] = []
+        rows: list[FileRow] = []
         with self._tx() as db:
             for rel_path, path, size, mtime, segment in files:
                 file_id, _ = self._open_or_new(db, rel_path, path, size=size, mtime=mtime)
@@ -422,8 +442,9 @@ class Journal:
                     "mtime = ?",
                     (segment, f"waiting for a job for segment {segment}", now, size, mtime),
                 )
-                ids.append(file_id)
-        return [self.file(file_id) for file_id in ids]
+                # Read back inside the transaction: no read transaction of its own per row.
+                rows.append(FileRow.of(db.execute(_FILE_BY_ID, (file_id,)).fetchone()))
+        return rows
 
     def mark_waiting(self, file_id: int, *, segment: str, reason: str) -> FileRow:
         """Ready (from the drop folder), or back to waiting in its claim folder (jobs gone)."""
@@ -462,25 +483,42 @@ class Journal:
     # --- claimed files and their deliveries -----------------------------------------------------
 
     def claim(
-        self, file_id: int, *, path: Path, job_ids: Iterable[str],
+        self, file_id: int, *, path: str | os.PathLike[str], job_ids: Iterable[str],
         categories: Mapping[str, str] | None = None,
-    ) -> None:
-        """``categories``: job id -> its category (a job left out is SEGMENT_EXPORT)."""
-        categories = categories or {}
+    ) -> FileRow:
+        """``categories``: job id -> its category (a job left out is SEGMENT_EXPORT). Returns
+        the claimed row."""
+        return self.claim_many([(file_id, path, job_ids, categories or {})])[0][0]
+
+    def claim_many(
+        self,
+        claims: Iterable[
+            tuple[int, str | os.PathLike[str], Iterable[str], Mapping[str, str]]
+        ],
+    ) -> list[tuple[FileRow, list[DeliveryRow]]]:
+        """``claim`` for each (file id, path, job ids, categories), in one transaction; each
+        claimed row with its deliveries, read back inside it, in the same order (what its
+        upload worker would otherwise read first)."""
+        rows: list[tuple[FileRow, list[DeliveryRow]]] = []
         with self._tx() as db:
-            self._move(db, file_id, FileState.CLAIMED,
-                       "path = ?, claimed_at = COALESCE(claimed_at, ?), reason = 'uploading'",
-                       (str(path), self._clock()))
-            db.executemany(
-                "INSERT INTO deliveries (file_id, job_id, state, category) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (file_id, job_id) DO UPDATE SET state = excluded.state, "
-                "error = NULL WHERE state = ?",
-                [
-                    (file_id, job_id, DeliveryState.ASSIGNED.value, categories.get(job_id),
-                     DeliveryState.GONE.value)
-                    for job_id in job_ids
-                ],
-            )
+            for file_id, path, job_ids, categories in claims:
+                self._move(db, file_id, FileState.CLAIMED,
+                           "path = ?, claimed_at = COALESCE(claimed_at, ?), reason = 'uploading'",
+                           (os.fspath(path), self._clock()))
+                db.executemany(
+                    "INSERT INTO deliveries (file_id, job_id, state, category) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (file_id, job_id) DO UPDATE SET "
+                    "state = excluded.state, error = NULL WHERE state = ?",
+                    [
+                        (file_id, job_id, DeliveryState.ASSIGNED.value, categories.get(job_id),
+                         DeliveryState.GONE.value)
+                        for job_id in job_ids
+                    ],
+                )
+                deliveries = db.execute(_DELIVERIES_OF, (file_id,)).fetchall()
+                rows.append((FileRow.of(db.execute(_FILE_BY_ID, (file_id,)).fetchone()),
+                             [DeliveryRow.of(row) for row in deliveries]))
+        return rows
 
     def resettle(self, file_id: int, reason: str) -> None:
         """A claimed file changed under us: it must be still again before it is read again."""
@@ -528,37 +566,59 @@ class Journal:
             row = db.execute("SELECT attempts FROM files WHERE id = ?", (file_id,)).fetchone()
             return int(row["attempts"])
 
-    def conclude(self, file_id: int, state: FileState, *, reason: str | None) -> None:
-        """The verdict is in (DELIVERED or REJECTED); only the move to done/ or failed/ is left."""
+    def conclude(
+        self, file_id: int, state: FileState, *, reason: str | None,
+        final_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        """The verdict is in (DELIVERED or REJECTED); only the move to done/ or failed/ is left.
+        ``final_path``: where the file goes, recorded with it (as ``intend_final``)."""
         if state not in (FileState.DELIVERED, FileState.REJECTED):
             raise IllegalTransition(f"journal: conclude takes DELIVERED or REJECTED, not {state}")
+        target = None if final_path is None else os.fspath(final_path)
         with self._statement() as db:
-            self._move(db, file_id, state, "reason = ?, next_attempt_at = NULL", (reason,))
+            self._move(db, file_id, state,
+                       "reason = ?, next_attempt_at = NULL, final_path = COALESCE(?, final_path)",
+                       (reason, target))
 
-    def intend_final(self, file_id: int, target: Path) -> None:
+    def intend_final(self, file_id: int, target: str | os.PathLike[str]) -> None:
         """Written before the final move, so a crash inside the move can be finished, not redone."""
         with self._statement() as db:
             db.execute("UPDATE files SET final_path = ? WHERE id = ?", (str(target), file_id))
 
-    def finish(self, file_id: int, *, final_path: Path, report_path: Path | None = None) -> None:
+    def finish(
+        self, file_id: int, *, final_path: str | os.PathLike[str],
+        report_path: str | os.PathLike[str] | None = None,
+    ) -> None:
         """DELIVERED -> DONE or REJECTED -> FAILED, now that the file is in its final folder."""
+        self.finish_many([(file_id, final_path, report_path)])
+
+    def finish_many(
+        self,
+        placed: Iterable[tuple[int, str | os.PathLike[str], str | os.PathLike[str] | None]],
+    ) -> None:
+        """``finish`` for each (file id, final path, report path), in one transaction: the
+        files of one pass were fsynced in place together."""
         assert FILE_MOVES[FileState.DELIVERED] == {FileState.DONE}
         assert FILE_MOVES[FileState.REJECTED] == {FileState.FAILED}
-        with self._statement() as db:
-            cursor = db.execute(
-                "UPDATE files SET state = CASE state WHEN ? THEN ? ELSE ? END, final_path = ?, "
-                "path = ?, finished_at = ?, report_path = ? WHERE id = ? AND state IN (?, ?)",
-                (FileState.DELIVERED.value, FileState.DONE.value, FileState.FAILED.value,
-                 str(final_path), str(final_path), self._clock(),
-                 None if report_path is None else str(report_path), file_id,
-                 FileState.DELIVERED.value, FileState.REJECTED.value),
-            )
-            if cursor.rowcount != 1:
-                row = db.execute("SELECT state FROM files WHERE id = ?", (file_id,)).fetchone()
-                now = row["state"] if row else "no such file"
-                raise IllegalTransition(
-                    f"journal: file {file_id} cannot go from {now} to done or failed"
+        now = self._clock()
+        with self._tx() as db:
+            for file_id, final_path, report_path in placed:
+                final = os.fspath(final_path)
+                cursor = db.execute(
+                    "UPDATE files SET state = CASE state WHEN ? THEN ? ELSE ? END, "
+                    "final_path = ?, path = ?, finished_at = ?, report_path = ? "
+                    "WHERE id = ? AND state IN (?, ?)",
+                    (FileState.DELIVERED.value, FileState.DONE.value, FileState.FAILED.value,
+                     final, final, now, None if report_path is None else os.fspath(report_path),
+                     file_id, FileState.DELIVERED.value, FileState.REJECTED.value),
                 )
+                if cursor.rowcount != 1:
+                    row = db.execute("SELECT state FROM files WHERE id = ?",
+                                     (file_id,)).fetchone()
+                    state = row["state"] if row else "no such file"
+                    raise IllegalTransition(
+                        f"journal: file {file_id} cannot go from {state} to done or failed"
+                    )
 
     def unclaim(self, file_id: int, dropped: Path) -> None:
         """The claim was journalled but the file never left the drop folder: wait again."""
@@ -609,7 +669,7 @@ class Journal:
     # --- reading ---------------------------------------------------------------------------------
 
     def file(self, file_id: int) -> FileRow:
-        row = self._one("SELECT * FROM files WHERE id = ?", (file_id,))
+        row = self._one(_FILE_BY_ID, (file_id,))
         if row is None:
             raise IllegalTransition(f"journal: no file {file_id}")
         return FileRow.of(row)
@@ -618,7 +678,7 @@ class Journal:
         """Files in ``states``, oldest first."""
         marks, values = in_marks(states)
         return self._select(
-            f"SELECT * FROM files WHERE state IN ({marks}) "
+            f"SELECT {_FILE_COLUMNS} FROM files WHERE state IN ({marks}) "
             "ORDER BY COALESCE(mtime, ready_at, seen_at), id",
             values,
         )
@@ -643,15 +703,14 @@ class Journal:
     def recently_finished(self, *, limit: int) -> list[FileRow]:
         marks, values = in_marks((FileState.DONE, FileState.FAILED))
         return self._select(
-            f"SELECT * FROM files WHERE state IN ({marks}) ORDER BY finished_at DESC LIMIT ?",
+            f"SELECT {_FILE_COLUMNS} FROM files WHERE state IN ({marks}) "
+            "ORDER BY finished_at DESC LIMIT ?",
             (*values, limit),
         )
 
     def deliveries(self, file_id: int) -> list[DeliveryRow]:
         with self._lock:
-            rows = self._read(
-                "SELECT * FROM deliveries WHERE file_id = ? ORDER BY job_id", (file_id,)
-            )
+            rows = self._read(_DELIVERIES_OF, (file_id,))
         return [DeliveryRow.of(row) for row in rows]
 
     def set_meta(self, key: str, value: str) -> None:

@@ -17,6 +17,7 @@ after another job got it), is RELEASED, free for another file.
 
 from __future__ import annotations
 
+import functools
 from enum import Enum
 
 from pushagent.errors import PushAgentError
@@ -135,10 +136,12 @@ class IllegalTransition(PushAgentError):
     """A move the table does not allow: a bug, refused before it reaches the journal."""
 
 
+@functools.cache  # one frozenset per state, asked for every journal move
 def sources_of(target: FileState) -> frozenset[FileState]:
     return frozenset(s for s, targets in FILE_MOVES.items() if target in targets)
 
 
+@functools.cache  # one frozenset per state, asked for every journal move
 def delivery_sources_of(target: DeliveryState) -> frozenset[DeliveryState]:
     return frozenset(s for s, targets in DELIVERY_MOVES.items() if target in targets)
 
@@ -180,9 +183,11 @@ PULL_FILE_MOVES: dict[PullFileState, frozenset[PullFileState]] = {
 }
 
 
+@functools.cache  # one frozenset per state, asked for every journal move
 def pull_job_sources_of(target: PullJobState) -> frozenset[PullJobState]:
     return frozenset(s for s, targets in PULL_JOB_MOVES.items() if target in targets)
 
 
+@functools.cache  # one frozenset per state, asked for every journal move
 def pull_file_sources_of(target: PullFileState) -> frozenset[PullFileState]:
     return frozenset(s for s, targets in PULL_FILE_MOVES.items() if target in targets)

@@ -32,6 +32,9 @@ HUMAN_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {message}{extra[c
 # process that makes many clients (a test run, a library user) does not keep every key forever.
 _secrets: dict[str, int] = {}
 _secrets_lock = threading.Lock()
+# The secrets longest first, as ``mask`` replaces them: rebuilt when one is registered or
+# released, not sorted under the lock for every record (several records per file).
+_masked_order: tuple[str, ...] = ()
 
 
 def register_secret(value: str | None) -> None:
@@ -39,6 +42,7 @@ def register_secret(value: str | None) -> None:
     if value:
         with _secrets_lock:
             _secrets[value] = _secrets.get(value, 0) + 1
+            _reorder()
 
 
 def release_secret(value: str | None) -> None:
@@ -50,6 +54,13 @@ def release_secret(value: str | None) -> None:
                 _secrets[value] = count
             else:
                 _secrets.pop(value, None)
+            _reorder()
+
+
+def _reorder() -> None:
+    """Called with ``_secrets_lock`` held."""
+    global _masked_order
+    _masked_order = tuple(sorted(_secrets, key=len, reverse=True))
 
 
 def secrets_held() -> int:
@@ -59,9 +70,7 @@ def secrets_held() -> int:
 
 
 def mask(text: str) -> str:
-    with _secrets_lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
-    for secret in secrets:
+    for secret in _masked_order:  # one tuple, replaced whole: no lock needed to read it
         if secret in text:
             text = text.replace(secret, MASK)
     return text

@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path, PurePath
+from pathlib import Path
 
 DEFAULT_NAME_MAX = 255
 REPORT_SUFFIX = ".error.json"
@@ -28,11 +28,12 @@ FALLBACK_STEM_BYTES = 100
 
 
 @functools.lru_cache(maxsize=1024)
-def name_limit(folder: Path) -> int:
+def name_limit(folder: str | os.PathLike[str]) -> int:
     """The longest file name, in bytes, ``folder`` takes; asked of the nearest existing folder
     (a missing one is made on its parent's filesystem), 255 when that cannot be told. Asked
     once per folder: a pathconf per file placed and per claim cost 3 % of the agent's CPU."""
-    for candidate in (folder, *folder.parents):
+    path = Path(folder)
+    for candidate in (path, *path.parents):
         try:
             limit = os.pathconf(candidate, "PC_NAME_MAX")
         except FileNotFoundError:
@@ -44,11 +45,11 @@ def name_limit(folder: Path) -> int:
 
 
 def unique_target(
-    folder: Path,
-    relative: PurePath,
+    folder: str | os.PathLike[str],
+    relative: str | os.PathLike[str],
     *,
     with_report: bool = True,
-    name_max: Callable[[Path], int] = name_limit,
+    name_max: Callable[[str], int] = name_limit,
 ) -> Path:
     """``folder/relative``, or ``name-2.csv``, ``name-3.csv``... when that name (or, with
     ``with_report``, its error report: failed/ only) is taken. A name too long for the folder's
@@ -56,14 +57,26 @@ def unique_target(
     extension and counter kept), so the file and its report both fit; a file in done/ keeps
     every byte of a name that fits. The report's partial name is kept short by
     ``write_error_report``."""
-    parent = folder / relative.parent
+    return Path(unique_name(folder, relative, with_report=with_report, name_max=name_max))
+
+
+def unique_name(
+    folder: str | os.PathLike[str],
+    relative: str | os.PathLike[str],
+    *,
+    with_report: bool = True,
+    name_max: Callable[[str], int] = name_limit,
+) -> str:
+    """``unique_target`` as a string: the placer asks it for every file placed."""
+    below, _, name = os.fspath(relative).rpartition("/")
+    parent = os.path.join(os.fspath(folder), below) if below else os.fspath(folder)
     budget = name_max(parent) - (_size(REPORT_SUFFIX) if with_report else 0)
-    stem, suffix = _split(relative.name)
+    stem, suffix = _split(name)
     n = 1
     while True:
         counter = "" if n == 1 else f"-{n}"
-        target = parent / _fit(relative.name, stem, counter, suffix, budget)
-        if not os.path.lexists(target) and not (with_report and report_path_for(target)):
+        target = os.path.join(parent, _fit(name, stem, counter, suffix, budget))
+        if not os.path.lexists(target) and not (with_report and report_path_for(Path(target))):
             return target
         n += 1
 
@@ -84,8 +97,11 @@ def _split(name: str) -> tuple[str, str]:
     for double in _DOUBLE_SUFFIXES:
         if name.lower().endswith(double) and len(name) > len(double):
             return name[: -len(double)], name[-len(double):]
-    relative = PurePath(name)
-    return relative.stem, relative.suffix
+    # As PurePath(name).stem and .suffix, without making a path of every name.
+    dot = name.rfind(".")
+    if 0 < dot < len(name) - 1:
+        return name[:dot], name[dot:]
+    return name, ""
 
 
 def _fit(name: str, stem: str, counter: str, suffix: str, budget: int) -> str:
@@ -108,7 +124,7 @@ def _truncate(text: str, limit: int) -> str:
         if used > limit:
             return text[:index]
     return text
-def same_entry(a: Path, b: Path) -> bool:
+def same_entry(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """Two names of one file (hard links), without following symlinks."""
     try:
         sa, sb = os.lstat(a), os.lstat(b)
@@ -139,8 +155,8 @@ def report_path_for(target: Path) -> Path | None:
 
 
 def move_to(
-    src: Path,
-    target: Path,
+    src: str | os.PathLike[str],
+    target: str | os.PathLike[str],
     *,
     durable: bool = True,
     name_max: Callable[[Path], int] = name_limit,
@@ -154,11 +170,11 @@ def move_to(
     except OSError as error:
         if error.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
             raise
-        _move_fallback(src, target, durable=durable, name_max=name_max)
+        _move_fallback(Path(src), Path(target), durable=durable, name_max=name_max)
         return
     os.unlink(src)
     if durable:
-        _fsync_dir(target.parent)
+        _fsync_dir(os.path.dirname(target))
 
 
 def _move_fallback(
@@ -179,7 +195,7 @@ def _move_fallback(
         _fsync_dir(target.parent)
 
 
-def sync_folders(folders: Iterable[Path]) -> None:
+def sync_folders(folders: Iterable[str | os.PathLike[str]]) -> None:
     """fsync each folder once: the names moved into it by ``move_to(durable=False)`` survive a
     power cut from here on."""
     for folder in folders:
@@ -240,7 +256,7 @@ def _partial_path(path: Path, *, name_max: Callable[[Path], int]) -> Path:
     return path.with_name(f".{digest}{PARTIAL_SUFFIX}")
 
 
-def _fsync_dir(folder: Path) -> None:
+def _fsync_dir(folder: str | os.PathLike[str]) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -1,9 +1,10 @@
 """Where a finished file goes: ``done/``, or ``failed/`` beside its report, never overwriting.
 
-The target is written to the journal before the move, so a crash inside the move is finished at
-the next start, not redone. A report is written before its file arrives, so a file is never in
-``failed/`` without its reason; a report that cannot be written keeps its file in the claim area.
-A converted file's staged copy (``pushagent.intake``) is removed once the original is in place.
+The target is written to the journal before the move (``target``, then ``place``), so a crash
+inside the move is finished at the next start, not redone. A report is written before its file
+arrives, so a file is never in ``failed/`` without its reason; a report that cannot be written
+keeps its file in the claim area. A converted file's staged copy (``pushagent.intake``) is
+removed once the original is in place.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pushagent.outcomes import (
     name_limit,
     same_entry,
     sync_folders,
+    unique_name,
     unique_target,
     write_error_report,
 )
@@ -42,7 +44,8 @@ class Placer:
     ) -> None:
         self._journal = journal
         self._claimed = claimed
-        self.unsynced: set[Path] = set()  # folders with moves not yet fsynced
+        self._claimed_text = str(claimed)
+        self.unsynced: set[str] = set()  # folders with moves not yet fsynced
         self._done = done
         self._failed = failed
         self._trigger = trigger_suffix
@@ -51,43 +54,59 @@ class Placer:
     def folder(self, *, delivered: bool) -> Path:
         return self._done if delivered else self._failed
 
-    def place(
-        self, row: FileRow, *, delivered: bool, reason: str | None
-    ) -> tuple[Path, Path | None]:
-        """Move ``row``'s file to its final folder; returns where it went and its report."""
-        source, relative = Path(row.path), PurePath(row.rel_path)
-        intended = Path(row.final_path) if row.final_path else None
-        if intended is None or (os.path.lexists(intended) and not same_entry(source, intended)):
-            folder = self.folder(delivered=delivered)
-            intended = unique_target(folder, relative, with_report=not delivered)
-            self._journal.intend_final(row.id, intended)
+    def target(self, row: FileRow, *, delivered: bool) -> str | None:
+        """Where ``row``'s file is to go, when the journal does not say yet (None: its
+        ``final_path``, still free or already this file's, from a move a stop cut short). The
+        caller journals it before ``place``, with the verdict when that is new too."""
+        intended = row.final_path
+        if intended is not None and (
+            not os.path.lexists(intended) or same_entry(row.path, intended)
+        ):
+            return None
+        return unique_name(self.folder(delivered=delivered), row.rel_path,
+                           with_report=not delivered)
+
+    def place(self, row: FileRow, *, delivered: bool, reason: str | None) -> Path | None:
+        """Move ``row``'s file to its journalled ``final_path``; returns its report, if any.
+        Paths are plain strings here, as in the journal: Path objects made per file placed
+        cost more than the moves."""
+        source, intended = row.path, row.final_path
+        assert intended is not None, "the target is journalled before the move"
         report = None
         if not delivered:  # the report goes first, so its folder must be there
-            intended.parent.mkdir(parents=True, exist_ok=True)
-            report = write_error_report(intended, self.report(row, reason))
-        if same_entry(source, intended):
-            os.unlink(source)  # the last run stopped between the link and the unlink
-        elif os.path.lexists(source):
+            os.makedirs(os.path.dirname(intended), exist_ok=True)
+            report = write_error_report(Path(intended), self.report(row, reason))
+        # Moved first, asked after: the names are looked at only when the move finds the target
+        # taken, or the file gone (three lstat calls per file otherwise).
+        try:
             _move_making_folder(source, intended)
-            self.unsynced.add(intended.parent)
+        except FileExistsError:
+            if not same_entry(source, intended):
+                raise
+            os.unlink(source)  # the last run stopped between the link and the unlink
+        except FileNotFoundError:
+            pass  # the last run moved it already
+        else:
+            self.unsynced.add(os.path.dirname(intended))
         self.carry_trigger(source, intended)
         if row.in_claim_area:
             # After the original is in place (a crash between the two redoes only this).
             remove_staged(source)
-        if row.in_claim_area and source.parent != self._claimed:
+        if row.in_claim_area and os.path.dirname(source) != self._claimed_text:
             with contextlib.suppress(OSError):  # a claim folder of the first release, if empty
-                source.parent.rmdir()
-        return intended, report
+                os.rmdir(os.path.dirname(source))
+        return report
 
-    def claim_path(self, file_id: int, name: str) -> Path:
+    def claim_path(self, file_id: int, name: str) -> str:
         """``claimed/<id>-<name>``: flat (no folder to make and remove per file), unique by
         id, and still readable by a person; the name is cut to fit the folder's limit."""
-        return self._claimed / fit_name(f"{file_id}-{name}", name_limit(self._claimed))
+        return os.path.join(self._claimed_text,
+                            fit_name(f"{file_id}-{name}", name_limit(self._claimed)))
 
-    def claim(self, dropped: Path, target: Path) -> None:
+    def claim(self, dropped: str, target: str) -> None:
         _move_making_folder(dropped, target)
-        self.unsynced.add(target.parent)
-        self.unsynced.add(dropped.parent)
+        self.unsynced.add(os.path.dirname(target))
+        self.unsynced.add(os.path.dirname(dropped))
 
     def sync(self) -> None:
         """One fsync per folder for all the moves since the last call."""
@@ -105,14 +124,11 @@ class Placer:
         move_to(path, target)
         return shown, reason
 
-    def carry_trigger(self, old: Path, new: Path) -> None:
+    def carry_trigger(self, old: str | os.PathLike[str], new: str | os.PathLike[str]) -> None:
         """The ``<name><trigger_suffix>`` marker travels with its file, so it never lingers."""
         if self._trigger:
             with contextlib.suppress(OSError):  # a marker: losing it loses no data
-                os.replace(
-                    old.with_name(old.name + self._trigger),
-                    new.with_name(new.name + self._trigger),
-                )
+                os.replace(os.fspath(old) + self._trigger, os.fspath(new) + self._trigger)
 
     def report(self, row: FileRow, reason: str | None) -> dict[str, object]:
         deliveries = self._journal.deliveries(row.id)
@@ -135,7 +151,7 @@ class Placer:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._wall()))
 
 
-def _move_making_folder(source: Path, target: Path) -> None:
+def _move_making_folder(source: str, target: str) -> None:
     """``move_to`` (fsync left to ``Placer.sync``), making the target's folder only when the
     move finds it missing: a mkdir before every move cost more than the move itself."""
     try:
@@ -143,5 +159,5 @@ def _move_making_folder(source: Path, target: Path) -> None:
     except FileNotFoundError:
         if not os.path.lexists(source):
             raise  # the file is gone, not the folder
-        target.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
         move_to(source, target, durable=False)

@@ -25,7 +25,7 @@ import stat as stat_module
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import Path
 
 # How long a create event waits for the open-for-write that tells a writer from a rename.
 RENAME_GRACE_SECONDS = 0.1
@@ -135,13 +135,14 @@ class ReadinessTracker:
     def __len__(self) -> int:
         return len(self._tracked)
 
-    def ignored(self, relative: PurePath) -> bool:
-        """Hidden, temporary and trigger names, in the file name or any folder above it."""
-        if self._trigger and relative.name.endswith(self._trigger):
+    def ignored(self, relative: str) -> bool:
+        """Hidden, temporary and trigger names, in the file name or any folder above it
+        (``relative``: the path under the drop folder, ``/``-separated)."""
+        if self._trigger and relative.endswith(self._trigger):
             return True
         return any(
             fnmatch.fnmatchcase(part, pattern)
-            for part in relative.parts
+            for part in relative.split("/")
             for pattern in self._ignore
         )
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import PurePath
 from typing import Protocol
 
 from pushagent.exchange import Job
@@ -67,39 +66,43 @@ class SegmentRouter:
         self._names = names
         self._pattern = pattern
 
-    def segment_of(self, relative: PurePath) -> str | None:
+    def segment_of(self, relative: str) -> str | None:
+        """``relative``: the file's path under the drop folder, ``/``-separated (as journalled)."""
         raw = self._raw(relative)
         if not raw:
             return None
         return self._names.get(raw, raw)
 
-    def names_of(self, relative: PurePath) -> tuple[str, ...]:
+    def names_of(self, relative: str) -> tuple[str, ...]:
         """The names settings may know a file's segment by: as the file names it, the segment
         it resolves to, and the subfolder the file is in."""
         raw = self._raw(relative)
         names = [raw, self._names.get(raw, raw)] if raw else []
-        if len(relative.parts) > 1:
-            names.append(relative.parts[0])
+        folder, slash, _ = relative.partition("/")
+        if slash:
+            names.append(folder)
         return tuple(names)
 
-    def _raw(self, relative: PurePath) -> str | None:
+    def _raw(self, relative: str) -> str | None:
         return self._from_pattern(relative) if self._pattern else self._from_layout(relative)
 
-    def _from_pattern(self, relative: PurePath) -> str | None:
+    def _from_pattern(self, relative: str) -> str | None:
         assert self._pattern is not None
-        match = self._pattern.fullmatch(relative.name)
+        match = self._pattern.fullmatch(relative.rpartition("/")[2])
         return match.group("segment") if match else None
 
     @staticmethod
-    def _from_layout(relative: PurePath) -> str | None:
-        name = relative.name.lower()
-        suffix = next((s for s in DROP_SUFFIXES if name.endswith(s)), None)
+    def _from_layout(relative: str) -> str | None:
+        parts = relative.split("/")
+        name = parts[-1]
+        lowered = name.lower()
+        suffix = next((s for s in DROP_SUFFIXES if lowered.endswith(s)), None)
         if suffix is None:
             return None
-        if len(relative.parts) == 1:
-            return relative.name[: -len(suffix)]
-        if len(relative.parts) == 2:
-            return relative.parts[0]
+        if len(parts) == 1:
+            return name[: -len(suffix)]
+        if len(parts) == 2:
+            return parts[0]
         return None
 
 

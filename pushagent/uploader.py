@@ -30,11 +30,11 @@ import errno
 import getpass
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 from loguru import logger
 
@@ -56,6 +56,9 @@ from pushagent.validator import (
     sha256_of,
     validate_csv,
 )
+
+if TYPE_CHECKING:
+    from loguru import Logger
 
 # A smaller file is validated first (a few milliseconds), then sent: it would gain nothing, and
 # a problem in it is found before the request starts rather than by cutting it.
@@ -193,7 +196,7 @@ class Deliverer:
         clock: Callable[[], float] = time.monotonic,
         validate: Callable[..., CSVReport] = validate_csv,
         user: Callable[[], str] = getpass.getuser,
-        stat: Callable[[Path], os.stat_result] = os.stat,
+        stat: Callable[[str], os.stat_result] = os.stat,
         being_written: Callable[[Path], bool] = open_for_writing,
         dialect_for: Callable[[FileRow], InputDialect] = lambda file: InputDialect(),
         prepare_source: Callable[..., Source] = prepare,
@@ -210,10 +213,17 @@ class Deliverer:
         self._dialect_for = dialect_for
         self._prepare = prepare_source
 
-    def deliver(self, file: FileRow, known_jobs: Mapping[str, ListedJob]) -> DeliveryResult:
+    def deliver(
+        self, file: FileRow, known_jobs: Mapping[str, ListedJob],
+        deliveries: Sequence[DeliveryRow] | None = None,
+    ) -> DeliveryResult:
+        """``deliveries``: the file's, when they were read with its row (its claim); else they
+        are read here."""
         try:
             snapshot = self._read(file, stream=self._settings.validate_while_sending)
-            for delivery in self._journal.deliveries(file.id):
+            if deliveries is None:
+                deliveries = self._journal.deliveries(file.id)
+            for delivery in deliveries:
                 if delivery.state in OPEN_DELIVERIES:
                     snapshot = self._deliver_one(file, delivery, snapshot, known_jobs)
         except _Retry as retry:
@@ -232,7 +242,7 @@ class Deliverer:
         """A dropper that writes on after its rename: what went out is no longer the file, so
         done/ must not keep it as if it had been delivered."""
         try:
-            now = self._stat(Path(file.path))
+            now = self._stat(file.path)
         except OSError:
             return  # the final move will tell
         if (now.st_size, now.st_mtime_ns) != (report.size, report.mtime_ns):
@@ -253,15 +263,15 @@ class Deliverer:
         """Convert (if need be) and validate the file as it is now; raises _Stop or _Retry when
         it cannot be sent. With ``stream``, a file sent as it is (not converted), that no job
         has taken yet, is left to be validated while its first upload sends it."""
-        log = logger.bind(file=file.rel_path, segment=file.segment)
-        if self._being_written(Path(file.path)):
+        path = Path(file.path)
+        if self._being_written(path):
             # Renamed in (or found at a start) while its writer still holds it open: it waits,
             # in its claim folder, until the writer is done.
             self._changed(file, "its writer still holds it open")
         try:
             # Converted afresh on every attempt: the same original always gives the same bytes,
             # so a copy cut short by a crash is never trusted, and the hash still matches.
-            source = self._prepare(Path(file.path), dialect=self._dialect_for(file),
+            source = self._prepare(path, dialect=self._dialect_for(file),
                                    max_bytes=self._settings.max_bytes)
             if source.changed:
                 self._changed(file, source.changed)
@@ -287,7 +297,7 @@ class Deliverer:
                     f"{file.rel_path}: cannot read it ({error.strerror or error}; the agent "
                     f"runs as user {self._user()}); fix its permissions and it is sent"
                 )
-            log.error("{}", reason)
+            _file_log(file).error("{}", reason)
             raise _Retry(reason, counts=True) from error
         if report is not None and report.changed:
             self._changed(file, report.changed)
@@ -296,7 +306,7 @@ class Deliverer:
             reason = f"invalid CSV: {'; '.join(problems)}"
             if source.converted_from is not None:
                 reason += f" (in the copy converted from {source.converted_from})"
-            log.warning("rejected: {}", reason)
+            _file_log(file).warning("rejected: {}", reason)
             self._fail_open_jobs(file, reason)
             raise _Stop(DeliveryResult(Verdict.REJECTED, reason))
         assert report is not None and report.sha256 is not None, "a valid report hashes it all"
@@ -309,9 +319,10 @@ class Deliverer:
             self._journal.validated(file.id, size=report.size, sha256=report.sha256,
                                     converted_from=source.converted_from)
             if source.converted_from is not None:
-                log.info("converted from {} into {} bytes of UTF-8, comma-separated CSV",
-                         source.converted_from, report.size)
-        if source.send == Path(file.path):  # the validator's own look at the file is the latest
+                _file_log(file).info(
+                    "converted from {} into {} bytes of UTF-8, comma-separated CSV",
+                    source.converted_from, report.size)
+        if source.send == path:  # the validator's own look at the file is the latest
             return _Snapshot(report, source.send, report.size, report.mtime_ns)
         return _Snapshot(report, source.send, source.size, source.mtime_ns)
 
@@ -376,14 +387,14 @@ class Deliverer:
     ) -> _Snapshot:
         """The file to a job that waits for it."""
         job_id, state, category = delivery.job_id, delivery.state, _category(delivery)
-        log = logger.bind(file=file.rel_path, segment=file.segment, job=job_id, category=category)
         if snapshot.report is None:
             return self._upload_validating(file, delivery, job, snapshot)
         if self._settings.check_mapped_columns:
             missing = missing_columns(snapshot.report.header, job.required_columns())
             if missing:
                 reason = "; ".join(missing)
-                log.warning("rejected for job {}: {}", job_id, reason)
+                logger.bind(file=file.rel_path, segment=file.segment, job=job_id,
+                            category=category).warning("rejected for job {}: {}", job_id, reason)
                 self._fail_job(file, job_id, reason, category)
                 return snapshot
         if state is DeliveryState.ASSIGNED:
@@ -635,6 +646,12 @@ class Deliverer:
         return DeliveryResult(
             Verdict.REQUEUE, "every job assigned to it stopped waiting before the upload"
         )
+
+
+def _file_log(file: FileRow) -> Logger:
+    """A logger naming the file: bound where a line is written, not ahead of every file's
+    read for lines that are rarely written."""
+    return logger.bind(file=file.rel_path, segment=file.segment)
 
 
 def _category(delivery: DeliveryRow) -> str:

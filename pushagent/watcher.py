@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import Path
 
 from loguru import logger
 from watchdog.events import (
@@ -33,6 +33,16 @@ from watchdog.observers.polling import PollingObserver
 class WatchEvent:
     kind: str  # "moved" | "created" | "opened" | "written" | "scan" | "scan-dir"
     path: Path
+
+
+# The events ``_Enqueue`` turns into items; watchdog drops the rest before they are queued (and
+# leaves deletes and reads-without-write out of its inotify mask): a file renamed in and then
+# claimed out of the folder otherwise made four events for one item (two of them the folder's
+# own "modified", one a delete held half a second for a rename to pair it with).
+_WANTED: list[type[FileSystemEvent]] = [
+    DirCreatedEvent, DirMovedEvent, FileMovedEvent, FileCreatedEvent, FileOpenedEvent,
+    FileModifiedEvent, FileClosedEvent,
+]
 
 
 class _Enqueue(FileSystemEventHandler):
@@ -84,7 +94,8 @@ class DropWatcher:
             return
         observer: BaseObserver = PollingObserver(timeout=1.0) if self._polling else Observer()
         observer.schedule(
-            _Enqueue(self._put, polling=self._polling), str(self.root), recursive=True
+            _Enqueue(self._put, polling=self._polling), str(self.root), recursive=True,
+            event_filter=_WANTED,
         )
         observer.daemon = True
         observer.start()
@@ -118,10 +129,10 @@ class DropWatcher:
         return True
 
 
-def scan_drop_folder(root: Path, *, ignored: Callable[[PurePath], bool]) -> Iterator[Path]:
+def scan_drop_folder(root: Path, *, ignored: Callable[[str], bool]) -> Iterator[Path]:
     """Every entry the agent must look at: files at the top and one level down (segment
     folders); a directory named like a CSV and any link or device come out too, to be moved aside.
-    Symlinked folders are never entered."""
+    Symlinked folders are never entered. ``ignored`` is asked with the path under ``root``."""
     # Entries are read as they are used, never listed: 20,000 of them listed took 5 MiB.
     try:
         top = os.scandir(root)
@@ -129,25 +140,22 @@ def scan_drop_folder(root: Path, *, ignored: Callable[[PurePath], bool]) -> Iter
         return
     with top:
         for entry in top:
-            if ignored(PurePath(entry.name)):
+            if ignored(entry.name):
                 continue
             if entry.is_dir(follow_symlinks=False) and not looks_like_csv(entry.name):
-                yield from _scan_segment_folder(root, Path(entry.path), ignored=ignored)
+                yield from _scan_segment_folder(Path(entry.path), ignored=ignored)
             else:
                 yield Path(entry.path)
 
 
-def _scan_segment_folder(
-    root: Path, folder: Path, *, ignored: Callable[[PurePath], bool]
-) -> Iterator[Path]:
+def _scan_segment_folder(folder: Path, *, ignored: Callable[[str], bool]) -> Iterator[Path]:
     try:
         entries = os.scandir(folder)
     except (FileNotFoundError, NotADirectoryError):
         return
     with entries:
         for entry in entries:
-            relative = PurePath(os.path.relpath(entry.path, root))
-            if ignored(relative):
+            if ignored(f"{folder.name}/{entry.name}"):
                 continue
             if entry.is_dir(follow_symlinks=False) and not looks_like_csv(entry.name):
                 continue  # deeper folders are not part of the drop-folder convention

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
 import io
 import json
 import os
 import re
+import threading
 import traceback
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -1443,6 +1446,36 @@ def test_key_never_appears_in_messages_reprs_tracebacks_or_logs(
         assert KEY.split(":")[0] not in text
 
 
+@contextmanager
+def loopback(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A server on loopback for the client's own session and transport (a mock would replace
+    what is tested); yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+class Quiet(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the Exchange
+
+    def answer(self, status: int, body: bytes, *headers: tuple[str, str]) -> None:
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 def test_own_session_never_takes_credentials_from_netrc(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1452,9 +1485,60 @@ def test_own_session_never_takes_credentials_from_netrc(
     netrc.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc))
     monkeypatch.setenv("HOME", str(tmp_path))
-    client = ExchangeClient(BASE, KEY, retry=POLICY, sleep=RecordingSleep())
-    with requests_mock.Mocker() as mocker:
-        mocker.get(ROOT + "/v1/jobs/SEGMENT_EXPORT", text="[]")
-        client.list_jobs("SEGMENT_EXPORT")
+    seen: list[str | None] = []
 
-    assert mocker.last_request.headers["Authorization"].startswith("Bearer ")
+    class Jobs(Quiet):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            self.answer(200, b"[]")
+
+    with loopback(Jobs) as url, ExchangeClient(url, KEY, retry=POLICY,
+                                               sleep=RecordingSleep()) as client:
+        assert client.list_jobs("SEGMENT_EXPORT") == []
+
+    assert seen == [f"Bearer {KEY}"]
+
+
+def test_own_transport_answers_every_call_over_one_connection_and_keeps_no_cookie(
+    csv_file: Path,
+) -> None:
+    """The client's own adapter keeps the origin's connection pool at hand and builds answers
+    without a cookie jar: calls to many paths share one connection, each gets its own answer,
+    and a cookie the server sets is never sent back."""
+    connections: list[str] = []
+    cookies: list[str | None] = []
+
+    class Exchange(Quiet):
+        def setup(self) -> None:
+            connections.append(str(self.client_address))
+            super().setup()
+
+        def do_GET(self) -> None:
+            cookies.append(self.headers.get("Cookie"))
+            self.answer(200, b"[]", ("Set-Cookie", "affinity=node-7; Path=/"))
+
+        def do_POST(self) -> None:
+            cookies.append(self.headers.get("Cookie"))
+            self.rfile.read(int(self.headers["Content-Length"]))
+            if self.path.startswith("/v1/jobs/2/"):
+                self.answer(503, b'{"message": "busy"}', ("Content-Type", "application/json"))
+            else:
+                self.answer(200, self.path.split("/")[3].encode())
+
+        def do_PUT(self) -> None:
+            cookies.append(self.headers.get("Cookie"))
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.answer(200, b"true")
+
+    with loopback(Exchange) as url, ExchangeClient(url, KEY, retry=POLICY,
+                                                   sleep=RecordingSleep()) as client:
+        assert client.list_jobs("SEGMENT_EXPORT") == []
+        assert client.upload_data(1347, csv_file, retry=False).response_text == "1347"
+        with pytest.raises(ServerError, match="busy"):
+            client.upload_data(2, csv_file, retry=False)
+        assert client.upload_data(8, csv_file, retry=False).response_text == "8"
+        client.fail_job(9, "a reason")
+        assert client.list_jobs("SEGMENT_EXPORT") == []
+
+    assert len(connections) == 1
+    assert cookies == [None] * 6

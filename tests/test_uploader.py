@@ -230,9 +230,9 @@ class FakeStat:
 
     grow: int = 0
     touch_ns: int = 0
-    asked: list[Path] = field(default_factory=list)
+    asked: list[str] = field(default_factory=list)
 
-    def __call__(self, path: Path) -> os.stat_result:
+    def __call__(self, path: str) -> os.stat_result:
         self.asked.append(path)
         real = os.stat(path)
         fields = list(real)
@@ -735,7 +735,7 @@ def test_a_change_after_the_last_upload_rejects_the_file(
     assert result.verdict is Verdict.REJECTED
     assert result.reason is not None
     assert f"the Exchange has the {len(VALID)} bytes that were validated" in result.reason
-    assert stat.asked == [rig.path]
+    assert stat.asked == [str(rig.path)]
     assert rig.states() == {"1": UPLOADED}
     assert rig.client.fails == []
 
@@ -744,7 +744,7 @@ def test_an_unchanged_file_is_delivered(tmp_path: Path) -> None:
     stat = FakeStat()
     rig = make(tmp_path, FakeClient(), stat=stat)
     assert rig.deliver().verdict is Verdict.DELIVERED
-    assert stat.asked == [rig.path]
+    assert stat.asked == [str(rig.path)]
 
 
 # --- 8. an invalid file ---------------------------------------------------------------------------

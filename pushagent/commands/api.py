@@ -13,7 +13,7 @@ import contextlib
 import json
 import tempfile
 from collections.abc import Callable, Iterator
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any
 
 from loguru import logger
@@ -64,7 +64,7 @@ def dialect_of(config: AgentConfig | None, path: Path) -> InputDialect:
     if config is None:
         return InputDialect()
     router = SegmentRouter(names=config.segments, pattern=config.watch.filename_pattern)
-    return config.input.for_segment(*router.names_of(PurePath(path.name)))
+    return config.input.for_segment(*router.names_of(path.name))
 
 
 def _number(what: str) -> Callable[[str], int]:

@@ -122,7 +122,7 @@ def _every_failed_file(failed: Path) -> list[Path]:
 
 def _segment_of(config: AgentConfig, relative: PurePath) -> str | None:
     router = SegmentRouter(names=config.segments, pattern=config.watch.filename_pattern)
-    return router.segment_of(relative)
+    return router.segment_of(relative.as_posix())
 
 
 def _failed_rows(journal: Journal) -> dict[str, FileRow]:

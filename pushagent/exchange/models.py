@@ -46,6 +46,9 @@ class JobStatus(str, Enum):
         """Both spellings of the waiting status, any case; anything unrecognised is UNKNOWN."""
         if text is None:
             return cls.UNKNOWN
+        exact = cls._value2member_map_.get(text)  # the wire spelling: every job of a list
+        if exact is not None:
+            return cls(exact)
         key = re.sub(r"[\s\-]+", "_", str(text).strip()).upper()
         if key == cls.WAITING_TO_RECEIVE_DATA.value:
             return cls.WAITING_TO_RECEIVE_DATA
@@ -119,15 +122,18 @@ def _to_dict(value: Any) -> dict[str, Any] | None:
 
 
 class _Fields:
-    """Field lookup by exact name, then case-insensitively (``producerSegmentId`` vs ``...ID``)."""
+    """Field lookup by exact name, then case-insensitively (``producerSegmentId`` vs ``...ID``);
+    the keys are folded only once a name is not found as it is."""
 
     def __init__(self, obj: Mapping[str, Any]) -> None:
         self._obj = obj
-        self._folded = {key.lower(): key for key in obj if isinstance(key, str)}
+        self._folded: dict[str, str] | None = None
 
     def get(self, name: str) -> Any:
         if name in self._obj:
             return self._obj[name]
+        if self._folded is None:
+            self._folded = {key.lower(): key for key in self._obj if isinstance(key, str)}
         key = self._folded.get(name.lower())
         return None if key is None else self._obj[key]
 
@@ -217,7 +223,9 @@ class Job:
     def from_json(cls, obj: Mapping[str, Any]) -> Job:
         fields = _Fields(obj)
         status_raw = _to_str(fields.get("status"))
-        values = {name: convert(fields.get(wire)) for name, wire, convert in _JOB_FIELDS}
+        # An absent or null field keeps its default, None: what every converter makes of None.
+        values = {name: convert(value) for name, wire, convert in _JOB_FIELDS
+                  if (value := fields.get(wire)) is not None}
         return cls(
             job_id=_required_id(fields, "job"),
             status=JobStatus.parse(status_raw),

@@ -130,7 +130,7 @@ def build_retrying(
     sleep: Callable[[float], None],
     uniform: Callable[[float, float], float] = random.uniform,
 ) -> tenacity.Retrying:
-    """The one Retrying of a client; ``.copy(stop=tenacity.stop_after_attempt(1))`` = no retry."""
+    """The one Retrying of a client (a call of one attempt does without it)."""
     return tenacity.Retrying(
         stop=tenacity.stop_after_attempt(policy.max_attempts)
         | stop_when_budget_spent(policy.max_total_seconds),
