@@ -217,6 +217,15 @@ def wait_for(condition: Callable[[], Any], what: str) -> Any:
     return value
 
 
+def cut_off_uploads(sim: Simulator) -> list[dict[str, Any]]:
+    """The upload requests in the simulator's log, once it has logged one (a body cut off is
+    logged when the server gives up on it)."""
+    return wait_for(
+        lambda: [entry for entry in sim.request_log() if entry["path"].endswith("/data")],
+        "the simulator to log the cut-off upload",
+    )
+
+
 def test_exact_upload_is_stored_as_validated(
     sim: Simulator, sim_client: ExchangeClient, tmp_path: Path
 ) -> None:
@@ -255,10 +264,7 @@ def test_bytes_written_after_validation_never_reach_the_exchange(
 
     assert caught.value.path == str(source)
     assert f"(size {expected.size} -> {expected.size + 18} bytes)" in str(caught.value)
-    logged = wait_for(
-        lambda: [entry for entry in sim.request_log() if entry["path"].endswith("/data")],
-        "the simulator to log the cut-off upload",
-    )
+    logged = cut_off_uploads(sim)
     assert [entry["status"] for entry in logged] == [None]  # broke off: nothing to answer
     assert 0 < logged[0]["body_bytes"] <= expected.size - FINAL_BLOCK
     assert sim.uploads(job_id) == []
@@ -343,10 +349,7 @@ def test_a_gate_that_refuses_stops_the_body_before_its_end(
     with pytest.raises(Refusal):
         sim_client.upload_data(job_id, source, retry=False, gate=gate)
 
-    logged = wait_for(
-        lambda: [entry for entry in sim.request_log() if entry["path"].endswith("/data")],
-        "the simulator to log the cut-off upload",
-    )
+    logged = cut_off_uploads(sim)
     assert [entry["status"] for entry in logged] == [None]
     assert logged[0]["body_bytes"] <= size - FINAL_BLOCK
     assert not gate.released
@@ -373,8 +376,7 @@ def test_a_file_changed_during_a_gated_upload_is_cut_before_its_final_block(
 
     assert "changed while it was sent" in str(caught.value)
     assert not gate.released
-    wait_for(lambda: [e for e in sim.request_log() if e["path"].endswith("/data")],
-             "the simulator to log the cut-off upload")
+    cut_off_uploads(sim)
     assert sim.uploads(job_id) == []
 
 
